@@ -1,0 +1,1 @@
+"""Configuration presets: each module's `get_config()` returns an `ml_collections.ConfigDict`."""

@@ -1,0 +1,1 @@
+"""Making and reading training records: synthetic pairs, real tracker outputs, shards, the grain loader."""

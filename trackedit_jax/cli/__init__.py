@@ -1,0 +1,58 @@
+"""The `trackedit` command line: one module per sub-command in this package.
+
+Each sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; it parses, calls one library function and reports. Errors a user can fix
+(bad input, missing files) are printed as one line and exit with code 2; `--debug` shows the
+traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
+COMMANDS: dict[str, str] = {
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trackedit", description="Edit-by-Track: video motion editing with 3D point tracks (JAX)."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"trackedit_jax.cli.{module}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    args.extra = rest  # e.g. `--config.key=value` overrides for `train`
+    if rest and not getattr(args, "_accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return int(args._run(args) or 0)
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            raise
+        print(f"trackedit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

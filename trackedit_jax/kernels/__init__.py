@@ -1,0 +1,5 @@
+"""Attention kernels behind one entry point, `attention()`."""
+
+from trackedit_jax.kernels.attention import attention
+
+__all__ = ["attention"]

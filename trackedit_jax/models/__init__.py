@@ -1,0 +1,1 @@
+"""Flax NNX modules (channels-last): the Wan DiT, VAE and UMT5, the track conditioner, LoRA."""
