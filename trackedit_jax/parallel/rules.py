@@ -94,3 +94,14 @@ def shard_activation(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Ar
         else:
             spec.append(axes if len(axes) > 1 else axes[0])
     return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def partitioned(initializer, *logical_axes: str | None):
+    """Wrap an NNX initializer so the parameter carries logical axis names (its sharding metadata).
+
+    Parameters are created unsharded (eager sharding off: modules must build without a mesh);
+    `parallel.sharding.state_shardings` turns the names into shardings when a mesh is used.
+    """
+    from flax import nnx
+
+    return nnx.with_partitioning(initializer, tuple(logical_axes), eager_sharding=False)
