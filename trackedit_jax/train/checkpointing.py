@@ -1,0 +1,77 @@
+"""Training checkpoints with orbax: `WORKDIR/checkpoints/<step>/` holding three items.
+
+  state   the training state pytree (trainable parameters, optimiser state, step, RNG key, EMA);
+          the frozen Wan base is NOT stored: it is re-read from the Wan checkpoint on start-up
+  data    the grain iterator state of every process, so a resumed run sees the exact next batches
+  config  the run's ConfigDict as JSON
+
+Saving is asynchronous (`save` returns after the device-to-host copy; `wait` blocks). Restoring
+takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a checkpoint written on one mesh
+restores onto any other mesh or device count.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with the project's item layout.
+
+    Args:
+      directory: `WORKDIR/checkpoints`.
+      max_to_keep: how many of the latest checkpoints to keep.
+      async_save: write in a background thread.
+    """
+
+    ITEMS = ("state", "data", "config")
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=self.ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def save(self, step: int, state: Any, data_iterator: Any | None, config: dict, *, force: bool = False) -> bool:
+        """Save `state` (pytree of jax arrays), the iterator state and the config at `step`."""
+        items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
+        """Restore the state onto the shardings in `abstract_state` and, if given, the iterator in place."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+        return out["state"]
+
+    def restore_config(self, step: int) -> dict:
+        return self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s of `tree` placed on `shardings` (a matching tree), the restore target."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
