@@ -1,0 +1,62 @@
+"""The shared shape of every training/inference configuration (a `ml_collections.ConfigDict`).
+
+Every preset fills the same fields, so `--config.<key>=<value>` overrides work uniformly. Fields:
+
+model.wan          WanConfig fields (dim, num_heads, num_layers, ffn_dim, ..., param_dtype, dtype,
+                   remat_policy, attention_impl)
+model.conditioner  ConditionerConfig fields (dim, heads, temporal_layers, num_freqs, track_dims,
+                   sampling, z_embedding, gaussian_sigma)
+model.rope_mode    "sequential": target RoPE frames follow the source frames (f..2f-1);
+                   "shared": same positions plus a learned source/target embedding
+lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
+vae                preset ("wan21" | "tiny"), base_dim/z_dim overrides for tiny
+text               text_len, dropout (classifier-free guidance), guidance-free null = zeros
+diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift
+train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
+                   ema_decay (0 = off), log_every, val_every, val_batches
+checkpoint         every_steps, max_to_keep, async_save
+mesh               data, fsdp, context, tensor (-1 = the rest of the devices)
+data               train_path, val_path, num_frames, height, width, max_tracks, min_tracks, workers,
+                   synthetic_pairs (generated when train_path is empty and the preset allows it)
+init               wan_path (frozen Wan base), vae_path, allow_random_base, require_init_from (stage 2)
+init_from          a stage-1 workdir or checkpoint directory to start from (stage 2)
+hardware           peak_flops_per_device (for MFU)
+"""
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+
+def base_config() -> ConfigDict:
+    c = ConfigDict()
+    c.model = ConfigDict()
+    c.model.wan = ConfigDict(
+        dict(
+            dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, freq_dim=256, in_dim=16, out_dim=16,
+            text_dim=4096, text_len=512, patch_size=(1, 2, 2), eps=1e-6, param_dtype="float32",
+            dtype="bfloat16", remat_policy="dots_with_no_batch_dims", attention_impl="auto",
+        )
+    )
+    c.model.conditioner = ConfigDict(
+        dict(dim=512, heads=8, temporal_layers=2, num_freqs=8, track_dims=3, sampling="cross_attn",
+             z_embedding=True, gaussian_sigma=1.0)
+    )
+    c.model.rope_mode = "sequential"
+    c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
+    c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16))
+    c.text = ConfigDict(dict(text_len=512, dropout=0.1))
+    c.diffusion = ConfigDict(dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0))
+    c.train = ConfigDict(
+        dict(num_steps=4000, seed=0, batch_size=16, grad_accum=1, lr=1e-4, warmup_steps=200,
+             weight_decay=0.01, clip_norm=1.0, ema_decay=0.0, log_every=10, val_every=500, val_batches=4)
+    )
+    c.checkpoint = ConfigDict(dict(every_steps=250, max_to_keep=3, async_save=True))
+    c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+    c.data = ConfigDict(
+        dict(train_path="", val_path="", num_frames=81, height=384, width=672, max_tracks=1000,
+             min_tracks=500, workers=0, synthetic_pairs=0)
+    )
+    c.init = ConfigDict(dict(wan_path="", vae_path="", allow_random_base=False, require_init_from=False))
+    c.init_from = ""
+    c.hardware = ConfigDict(dict(peak_flops_per_device=312e12))  # A100 bf16 dense
+    return c
