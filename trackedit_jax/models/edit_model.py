@@ -1,0 +1,141 @@
+"""Edit-by-Track: the Wan DiT conditioned on a source video and paired 3D tracks (paired V2V tokens).
+
+  nu_src = patchify(z_src)          clean source latents, (B, L, D), L = f*h*w tokens
+  nu_tgt = patchify(x_t)            noisy target latents
+  tau_src, tau_tgt = TrackConditioner(nu_src, tracks)
+  tokens = [nu_src + tau_src, nu_tgt + tau_tgt]        (B, 2L, D), concatenated along the sequence
+  RoPE   : "sequential": source frames 0..f-1, target frames f..2f-1 (target follows source in time)
+           "shared":     both 0..f-1, plus a learned source/target embedding added to the tokens
+  text cross-attention and timestep modulation exactly as in Wan; the head runs on the target half.
+
+The source path (patchify of z_src, the conditioner) does not depend on the noise level, so
+`encode_source` computes it once and `__call__` reuses it at every sampling step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trackedit_jax.models.track_conditioner import ConditionerConfig, TrackConditioner
+from trackedit_jax.models.wan.config import WanConfig
+from trackedit_jax.models.wan.dit import WanDiT
+from trackedit_jax.models.wan.rope import grid_positions
+from trackedit_jax.parallel.rules import shard_activation
+
+ROPE_MODES = ("sequential", "shared")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SourceCache:
+    """What `EditByTrack.encode_source` computes once per clip.
+
+    source_tokens: (B, L, D) nu_src + tau_src (+ source embedding in "shared" mode).
+    target_tracks: (B, L, D) tau_tgt (+ target embedding in "shared" mode), added to nu_tgt each step.
+    """
+
+    source_tokens: Any
+    target_tracks: Any
+
+
+class EditByTrack(nnx.Module):
+    """The edit model. Parameters: `dit` (the Wan backbone, optionally with LoRA), `conditioner`,
+    and in "shared" RoPE mode `side_embedding` (2, D).
+
+    Args:
+      wan: `WanConfig` of the backbone (set `lora_rank` for LoRA fine-tuning).
+      conditioner: `ConditionerConfig`.
+      rope_mode: "sequential" or "shared" (see module docstring).
+    """
+
+    def __init__(self, wan: WanConfig, conditioner: ConditionerConfig, *, rope_mode: str = "sequential", rngs: nnx.Rngs):
+        if rope_mode not in ROPE_MODES:
+            raise ValueError(f"rope_mode must be one of {ROPE_MODES}; got {rope_mode!r}")
+        self.wan_config = wan
+        self.rope_mode = rope_mode
+        self.dit = WanDiT(wan, rngs=rngs)
+        self.conditioner = TrackConditioner(conditioner, wan.dim, rngs=rngs)
+        if rope_mode == "shared":
+            self.side_embedding = nnx.Param(jax.random.normal(rngs.params(), (2, wan.dim), jnp.float32) * 0.02)
+
+    # the parameters that train besides LoRA adapters in "lora" mode (paths contain these names)
+    EXTRA_TRAINABLE = ("conditioner", "side_embedding")
+
+    def _check_latents(self, name: str, z: jax.Array) -> None:
+        c = self.wan_config.in_dim
+        if z.ndim != 5 or z.shape[-1] != c:
+            raise ValueError(f"{name} must have shape (B, f, h, w, {c}); got {z.shape}")
+
+    def encode_source(
+        self,
+        source_latents: jax.Array,
+        source_xyz: jax.Array,
+        target_xyz: jax.Array,
+        source_valid: jax.Array,
+        target_valid: jax.Array,
+    ) -> SourceCache:
+        """The noise-independent source path.
+
+        Args:
+          source_latents: (B, f, h, w, C_in) clean (normalised) source VAE latents.
+          source_xyz, target_xyz: (B, f, N, 3) projected tracks (x, y in [-1, 1], z in [0, 1]).
+          source_valid, target_valid: (B, f, N) bool.
+        Returns:
+          SourceCache with (B, L, D) source tokens and target track tokens.
+        """
+        self._check_latents("source_latents", source_latents)
+        nu_src, grid = self.dit.patchify(source_latents)
+        B, L, D = nu_src.shape
+        f, h, w = grid
+        tau_src, tau_tgt = self.conditioner(
+            nu_src.reshape(B, f, h, w, D), source_xyz, target_xyz, source_valid, target_valid
+        )
+        src = nu_src + tau_src.reshape(B, L, D).astype(nu_src.dtype)
+        tgt = tau_tgt.reshape(B, L, D).astype(nu_src.dtype)
+        if self.rope_mode == "shared":
+            emb = self.side_embedding[...].astype(nu_src.dtype)
+            src, tgt = src + emb[0], tgt + emb[1]
+        return SourceCache(src, tgt)
+
+    def positions(self, grid: tuple[int, int, int]) -> jax.Array:
+        """(2L, 3) int RoPE positions of [source, target] tokens for a token grid (f, h, w)."""
+        f, h, w = grid
+        offset = f if self.rope_mode == "sequential" else 0
+        return jnp.concatenate([jnp.asarray(grid_positions(f, h, w)), jnp.asarray(grid_positions(f, h, w, offset))])
+
+    def __call__(self, x_t: jax.Array, t: jax.Array, context: jax.Array, cache: SourceCache) -> jax.Array:
+        """Predict the velocity of the target latents.
+
+        Args:
+          x_t: (B, f, h, w, C_in) noisy target latents.
+          t: (B,) timesteps in [0, 1000].
+          context: (B, L_text, text_dim) text embeddings.
+          cache: from `encode_source` for the same clip (same f, h, w).
+        Returns:
+          (B, f, h, w, C_out) velocity.
+        """
+        self._check_latents("x_t", x_t)
+        nu_tgt, grid = self.dit.patchify(x_t)
+        if cache.source_tokens.shape != nu_tgt.shape:
+            raise ValueError(
+                f"x_t gives {nu_tgt.shape[1]} tokens but the source cache holds {cache.source_tokens.shape[1]}: "
+                "source and target latents must have the same (f, h, w)"
+            )
+        L = nu_tgt.shape[1]
+        tokens = jnp.concatenate([cache.source_tokens, nu_tgt + cache.target_tracks], axis=1)
+        tokens = shard_activation(tokens, ("act_batch", "act_length", "act_embed"))
+        e, e0 = self.dit.embed_time(t)
+        text = self.dit.embed_text(context)
+        rope = self.dit.rope_frequencies(self.positions(grid))
+        tokens = self.dit.run_blocks(tokens, e0, text, rope)
+        out = self.dit.head(tokens[:, L:], e)
+        return self.dit.unpatchify(out, grid)
+
+    def forward(self, x_t, t, context, source_latents, source_xyz, target_xyz, source_valid, target_valid):
+        """`encode_source` then `__call__` (training: one noise level per example, nothing to reuse)."""
+        cache = self.encode_source(source_latents, source_xyz, target_xyz, source_valid, target_valid)
+        return self(x_t, t, context, cache)

@@ -1,0 +1,122 @@
+"""From a configuration to objects: model configs, the edit model, the VAE, and config validation.
+
+`validate_config` runs before anything is compiled and names the offending field in its error.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from trackedit_jax.models.edit_model import EditByTrack
+from trackedit_jax.models.lora import trainable_filter
+from trackedit_jax.models.track_conditioner import ConditionerConfig
+from trackedit_jax.models.wan.config import WanConfig
+from trackedit_jax.models.wan.vae import WanVAE, WanVAEConfig
+from trackedit_jax.parallel.mesh import resolve_mesh_shape
+
+
+class ConfigError(ValueError):
+    """A configuration field has a bad value; the message starts with the field name."""
+
+
+def wan_config(config: ConfigDict) -> WanConfig:
+    """The backbone's `WanConfig`; LoRA adapters are built when `lora.mode == "lora"`."""
+    kw = dict(config.model.wan)
+    kw["patch_size"] = tuple(kw["patch_size"])
+    if config.lora.mode == "lora":
+        kw.update(lora_rank=int(config.lora.rank), lora_alpha=float(config.lora.alpha))
+    return WanConfig(**kw)
+
+
+def conditioner_config(config: ConfigDict) -> ConditionerConfig:
+    kw = dict(config.model.conditioner)
+    kw.setdefault("attention_impl", config.model.wan.attention_impl)
+    kw["dtype"] = config.model.wan.dtype
+    return ConditionerConfig(**kw)
+
+
+def vae_config(config: ConfigDict) -> WanVAEConfig:
+    if config.vae.preset == "wan21":
+        return WanVAEConfig.wan21()
+    if config.vae.preset == "tiny":
+        return WanVAEConfig.tiny(base_dim=int(config.vae.base_dim), z_dim=int(config.vae.z_dim))
+    raise ConfigError(f"vae.preset must be 'wan21' or 'tiny'; got {config.vae.preset!r}")
+
+
+def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
+    """A freshly initialised `EditByTrack` (the Wan base is loaded separately, see `train.loop`)."""
+    return EditByTrack(
+        wan_config(config), conditioner_config(config), rope_mode=config.model.rope_mode, rngs=nnx.Rngs(seed)
+    )
+
+
+def trainable(config: ConfigDict):
+    """The nnx filter of the parameters the optimiser updates."""
+    return trainable_filter(config.lora.mode, extra=EditByTrack.EXTRA_TRAINABLE)
+
+
+def build_vae(config: ConfigDict, *, seed: int = 1234) -> WanVAE:
+    """The frozen VAE: loaded from `init.vae_path`, or random-initialised for the tiny preset."""
+    if config.init.vae_path:
+        from trackedit_jax.convert.wan_vae import load_wan_vae
+
+        return load_wan_vae(config.init.vae_path, config=vae_config(config))
+    if config.vae.preset != "tiny":
+        raise ConfigError("init.vae_path: the Wan 2.1 VAE weights are needed (vae.preset='wan21')")
+    return WanVAE(vae_config(config), rngs=nnx.Rngs(seed))
+
+
+def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
+    """Check a training config before anything is built or compiled; raises ConfigError naming the field."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    try:
+        shape = resolve_mesh_shape(dict(config.mesh), num_devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    dp = shape[0] * shape[1]
+    t = config.train
+    if t.num_steps <= 0:
+        raise ConfigError(f"train.num_steps must be positive; got {t.num_steps}")
+    if t.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum must be >= 1; got {t.grad_accum}")
+    if t.batch_size % (dp * t.grad_accum):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must be divisible by data*fsdp={dp} times "
+            f"train.grad_accum={t.grad_accum}"
+        )
+    if config.lora.mode not in ("lora", "full"):
+        raise ConfigError(f"lora.mode must be 'lora' or 'full'; got {config.lora.mode!r}")
+    if not config.init.wan_path and not config.init.allow_random_base and not config.init_from:
+        raise ConfigError(
+            "init.wan_path: this config fine-tunes a pretrained Wan model; give the checkpoint with "
+            "--config.init.wan_path=PATH (a diffusers or official Wan 2.1 safetensors file or directory)"
+        )
+    for field in ("wan_path", "vae_path"):
+        p = config.init[field]
+        if p and not pathlib.Path(p).exists():
+            raise ConfigError(f"init.{field}: {p} does not exist")
+    if config.init.require_init_from and not config.init_from:
+        raise ConfigError("init_from: stage 2 starts from a stage-1 run; give --config.init_from=STAGE1_WORKDIR")
+    if config.init_from and not pathlib.Path(config.init_from).exists():
+        raise ConfigError(f"init_from: {config.init_from} does not exist")
+    d = config.data
+    if d.num_frames < 1 or (d.num_frames - 1) % 4:
+        raise ConfigError(f"data.num_frames must be 4k+1 (Wan VAE); got {d.num_frames}")
+    for field in ("height", "width"):
+        if d[field] % 16:
+            raise ConfigError(f"data.{field} must be a multiple of 16 (VAE x8, patch x2); got {d[field]}")
+    if not 1 <= d.min_tracks <= d.max_tracks:
+        raise ConfigError(f"data.min_tracks ({d.min_tracks}) must be in [1, data.max_tracks={d.max_tracks}]")
+    if d.train_path and not os.path.exists(d.train_path):
+        raise ConfigError(f"data.train_path: {d.train_path} does not exist")
+    if not d.train_path and d.synthetic_pairs <= 0:
+        raise ConfigError("data.train_path: no training data given (and this preset does not generate any)")
+    try:
+        wan_config(config)
+        conditioner_config(config)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None

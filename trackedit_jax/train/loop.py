@@ -1,0 +1,306 @@
+"""The training loop: `train(config, workdir)`.
+
+Start-up (before anything compiles): validate the config, build the mesh, (generate synthetic data
+for presets that allow it), build the model abstractly and derive every sharding from the logical
+axis names. Then: initialise or restore (exact resume from `WORKDIR/checkpoints`, or stage 2 from
+`init_from`), jit the step once with explicit in/out shardings and donation, and run with a
+progress bar, metrics (TensorBoard + JSONL), periodic validation, periodic checkpoints and a final
+checkpoint on SIGTERM or at the end, plus a loss-curve PNG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import ConfigDict
+
+from trackedit_jax.parallel.mesh import make_mesh
+from trackedit_jax.parallel.sharding import batch_sharding, state_shardings
+from trackedit_jax.train import build
+from trackedit_jax.train.checkpointing import Checkpointer, abstract_like
+from trackedit_jax.train.flops import train_step_flops
+from trackedit_jax.train.metrics import MetricsWriter, plot_loss_curve
+from trackedit_jax.train.optimizer import make_optimizer
+from trackedit_jax.train.step import TrainState, init_train_state, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the final step, the last logged metrics and where things were written."""
+
+    step: int
+    metrics: dict
+    workdir: pathlib.Path
+    interrupted: bool = False
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop polls at step boundaries (save, then exit cleanly)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def _global_flag(flag: bool) -> bool:
+    """True on every process if any process has `flag` set (so all stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.asarray([flag], np.int32)).max())
+
+
+def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
+    """Training and validation shard paths; generates synthetic sets when the preset asks for them."""
+    from data_pipeline.synthetic import make_dataset
+
+    train_path, val_path = config.data.train_path, config.data.val_path
+    if train_path:
+        return train_path, val_path
+    d = config.data
+    gen_train = workdir / "data" / "train"
+    gen_val = workdir / "data" / "val"
+    if _is_main():
+        for out, n, seed in ((gen_train, d.synthetic_pairs, config.train.seed),
+                             (gen_val, max(2, d.synthetic_pairs // 8), config.train.seed + 10_000)):
+            if not (out / "manifest.json").exists():
+                make_dataset(out, num_pairs=int(n), num_frames=int(d.num_frames), size=(int(d.height), int(d.width)),
+                             seed=int(seed), workers=1)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("trackedit:synthetic-data")
+    return str(gen_train), str(val_path or gen_val)
+
+
+def make_iterator(config: ConfigDict, path: str, *, seed: int, repeat: bool = True):
+    """This process's share of the global batches from the shards at `path` (a grain iterator)."""
+    from data_pipeline.loader import make_loader
+
+    d = config.data
+    per_process = config.train.batch_size // jax.process_count()
+    return make_loader(
+        path, batch_size=per_process, num_frames=d.num_frames, image_size=(d.height, d.width),
+        max_tracks=d.max_tracks, min_tracks=d.min_tracks, seed=seed, shuffle=True, repeat=repeat,
+        num_workers=d.workers, process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+
+
+def _to_global(batch: dict, mesh) -> dict:
+    """Process-local numpy batch -> global jax arrays split over (data, fsdp)."""
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+        for k, v in batch.items()
+        if isinstance(v, np.ndarray) and v.dtype != object
+    }
+
+
+def _load_base(model, config: ConfigDict, mesh) -> None:
+    """Overwrite the backbone's pretrained parameters with the Wan checkpoint at `init.wan_path`."""
+    from trackedit_jax.convert.wan_transformer import load_wan_transformer
+
+    base_cfg = build.wan_config(config).replace(lora_rank=0)
+    base = load_wan_transformer(config.init.wan_path, config=base_cfg, mesh=mesh)
+    base_state = nnx.state(base, nnx.Not(nnx.LoRAParam))
+    target = nnx.state(model.dit, nnx.Not(nnx.LoRAParam))
+    placed = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding), base_state, target)
+    nnx.update(model.dit, placed)
+
+
+def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | None = None) -> TrainResult:
+    """Run (or resume) training as configured; returns when `train.num_steps` (or `max_steps` more
+    steps in this call, a testing aid) are done or on SIGTERM."""
+    workdir = pathlib.Path(workdir).absolute()
+    build.validate_config(config)
+    mesh = make_mesh(dict(config.mesh))
+    if _is_main():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    train_path, val_path = prepare_data(config, workdir)
+    image_size = (int(config.data.height), int(config.data.width))
+    seed = int(config.train.seed)
+
+    # --- model, shardings ------------------------------------------------------------------------
+    trainable = build.trainable(config)
+    abstract = nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed))
+    graphdef, abs_params, abs_frozen = nnx.split(abstract, trainable, ...)
+    params_sh = state_shardings(abs_params, mesh)
+    frozen_sh = state_shardings(abs_frozen, mesh)
+
+    def _init():
+        _, p, f = nnx.split(build.build_edit_model(config, seed=seed), trainable, ...)
+        return p, f
+
+    with jax.set_mesh(mesh):
+        # parameters are created directly on their shardings; nothing is materialised on one device
+        params, frozen = jax.jit(_init, out_shardings=(params_sh, frozen_sh))()
+    if config.init.wan_path:
+        model = nnx.merge(graphdef, params, frozen)
+        _load_base(model, config, mesh)
+        _, params, frozen = nnx.split(model, trainable, ...)
+        del model
+    vae = build.build_vae(config)
+    vae_graphdef, vae_state = nnx.split(vae)
+    vae_state = jax.device_put(vae_state, NamedSharding(mesh, P()))
+
+    tx, schedule = make_optimizer(
+        peak_lr=config.train.lr, warmup_steps=config.train.warmup_steps, total_steps=config.train.num_steps,
+        weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
+    )
+    use_ema = config.train.ema_decay > 0
+    abs_state = jax.eval_shape(lambda p: init_train_state(p, tx, seed, use_ema), abs_params)
+    replicated = NamedSharding(mesh, P())
+    state_sh = TrainState(
+        step=replicated,
+        params=params_sh,
+        opt_state=_opt_state_shardings(tx, abs_state.opt_state, params_sh, replicated),
+        rng=replicated,
+        ema=params_sh if use_ema else None,
+    )
+
+    # --- data and checkpoints ----------------------------------------------------------------------
+    train_iter = make_iterator(config, train_path, seed=seed)
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+                        async_save=config.checkpoint.async_save)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, abstract_like(abs_state, state_sh), train_iter)
+        resumed_from = f"resumed from step {latest}"
+    else:
+        state = jax.jit(lambda p: init_train_state(p, tx, seed, use_ema), out_shardings=state_sh)(params)
+        resumed_from = "fresh start"
+        if config.init_from:
+            state = dataclasses.replace(state, params=_params_from_run(config.init_from, abs_state, state_sh))
+            resumed_from = f"initialised from {config.init_from}"
+    del params
+
+    step_fn = make_train_step(graphdef, vae_graphdef, tx, schedule, config, image_size)
+    frozen_arg_sh = frozen_sh
+    jit_step = jax.jit(
+        step_fn,
+        in_shardings=(state_sh, frozen_arg_sh, replicated, None),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+    eval_fn = jax.jit(make_eval_step(graphdef, vae_graphdef, config, image_size))
+
+    wan = build.wan_config(config)
+    f_lat = (config.data.num_frames - 1) // 4 + 1
+    flops_per_step = train_step_flops(
+        wan, latent_shape=(f_lat, config.data.height // 8, config.data.width // 8),
+        text_tokens=config.text.text_len, batch_size=config.train.batch_size,
+    )
+    peak = float(config.hardware.peak_flops_per_device) * jax.device_count()
+    writer = MetricsWriter(workdir)
+    start = int(jax.device_get(state.step))
+    end = int(config.train.num_steps) if max_steps is None else min(int(config.train.num_steps), start + max_steps)
+    if _is_main():
+        print(f"[trackedit train] {resumed_from}; steps {start} -> {end}; mesh {dict(mesh.shape)}; "
+              f"{jax.device_count()} devices, {jax.process_count()} processes", flush=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=end, initial=start, disable=not _is_main(), unit="step", dynamic_ncols=True)
+    last_metrics: dict = {}
+    pending = None  # metrics of the previous step, fetched one step late so the host never blocks
+    interrupted = False
+    t_prev = time.perf_counter()
+    with _Preemption() as preempt, jax.set_mesh(mesh):
+        step = start
+        while step < end:
+            t0 = time.perf_counter()
+            batch = _to_global(next(train_iter), mesh)
+            t_data = time.perf_counter() - t0
+            state, metrics = jit_step(state, frozen, vae_state, batch)
+            step += 1
+            if pending is not None:
+                last_metrics = _log(writer, pending, bar, flops_per_step, peak)
+            now = time.perf_counter()
+            pending = (step, metrics, now - t_prev, t_data) if step % config.train.log_every == 0 or step == end else None
+            t_prev = now
+            bar.update(1)
+            if config.train.val_every and step % config.train.val_every == 0:
+                val = _validate(eval_fn, state, frozen, vae_state, config, val_path, mesh)
+                writer.write(step, {"loss": val}, prefix="val")
+            stop = _global_flag(preempt.requested)
+            if step % config.checkpoint.every_steps == 0 or step == end or stop:
+                ckpt.save(step, state, train_iter, json.loads(config.to_json_best_effort()), force=True)
+            if stop:
+                interrupted = True
+                break
+        if pending is not None:
+            last_metrics = _log(writer, pending, bar, flops_per_step, peak)
+    bar.close()
+    ckpt.close()
+    writer.close()
+    if _is_main() and (workdir / "metrics.jsonl").exists():
+        plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
+    return TrainResult(step=step, metrics=last_metrics, workdir=workdir, interrupted=interrupted)
+
+
+def _log(writer, pending, bar, flops_per_step, peak) -> dict:
+    step, metrics, dt, t_data = pending
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    m.update(step_time=dt, data_time=t_data, flops_per_second=flops_per_step / max(dt, 1e-9))
+    m["mfu"] = m["flops_per_second"] / peak
+    writer.write(step, m)
+    bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+    return m
+
+
+def _validate(eval_fn, state, frozen, vae_state, config, val_path, mesh) -> float:
+    it = make_iterator(config, val_path, seed=12345, repeat=True)
+    losses = []
+    for i in range(int(config.train.val_batches)):
+        batch = _to_global(next(it), mesh)
+        losses.append(float(eval_fn(state.params, frozen, vae_state, batch, jax.random.PRNGKey(i))))
+    del it
+    return float(np.mean(losses))
+
+
+def _opt_state_shardings(tx, abs_opt_state, params_sh, replicated):
+    """Optimiser-state leaves shaped like parameters take the parameter's sharding; others replicate."""
+    import optax
+
+    return optax.tree_map_params(
+        tx, lambda _, s: s, abs_opt_state, params_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def _params_from_run(run_dir: str, abs_state: TrainState, state_sh: TrainState) -> Any:
+    """Trainable parameters of the latest checkpoint of another run (stage 1 -> stage 2)."""
+    run = pathlib.Path(run_dir)
+    ckdir = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    other = Checkpointer(ckdir, async_save=False)
+    step = other.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"init_from: no checkpoint in {ckdir}")
+    restored = other.restore(step, abstract_like(abs_state, state_sh))
+    other.close()
+    return restored.params
