@@ -13,6 +13,7 @@ import sys
 
 # name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
 COMMANDS: dict[str, str] = {
+    "train": "train",
 }
 
 
