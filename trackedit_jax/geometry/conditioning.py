@@ -29,6 +29,7 @@ and the newest frame the causal encoder has seen for that latent frame).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -154,8 +155,7 @@ def _xyz_of(tracks) -> jax.Array:
 
 
 def _project_side(xyz, camera: Camera, point_mask, near: float, xy_limit: float):
-    cam = Camera(jnp.asarray(camera.intrinsics, jnp.float32), jnp.asarray(camera.extrinsics, jnp.float32),
-                 camera.image_size)
+    cam = camera
     finite = jnp.all(jnp.isfinite(xyz), axis=-1)
     xyz = jnp.where(finite[..., None], xyz, 0.0)
     uv, depth = project(xyz, cam)
@@ -220,14 +220,24 @@ def prepare_track_condition(
         raise ValueError(f"point_mask must have shape (N,) = ({N},); got {point_mask.shape}")
     point_mask = point_mask.astype(bool)
 
-    idx = latent_frame_indices(F)
+    return _prepare(
+        src, jnp.asarray(source_camera.intrinsics, jnp.float32), jnp.asarray(source_camera.extrinsics, jnp.float32),
+        tgt, jnp.asarray(target_camera.intrinsics, jnp.float32), jnp.asarray(target_camera.extrinsics, jnp.float32),
+        point_mask, image_size=tuple(source_camera.image_size), percentiles=tuple(float(p) for p in percentiles),
+        near=float(near), xy_limit=float(xy_limit),
+    )
 
-    def side(xyz, cam):
-        cam_f = Camera(jnp.asarray(cam.intrinsics)[idx], jnp.asarray(cam.extrinsics)[idx], cam.image_size)
-        return _project_side(xyz[idx], cam_f, point_mask, near, xy_limit)
 
-    g_src, z_src, v_src = side(src, source_camera)
-    g_tgt, z_tgt, v_tgt = side(tgt, target_camera)
+@functools.partial(jax.jit, static_argnames=("image_size", "percentiles", "near", "xy_limit"))
+def _prepare(src, K_s, E_s, tgt, K_t, E_t, point_mask, *, image_size, percentiles, near, xy_limit):
+    # One compiled program (also when called eagerly); nested inside the caller's jit/vmap otherwise.
+    idx = latent_frame_indices(src.shape[0])
+
+    def side(xyz, K, E):
+        return _project_side(xyz[idx], Camera(K[idx], E[idx], image_size), point_mask, near, xy_limit)
+
+    g_src, z_src, v_src = side(src, K_s, E_s)
+    g_tgt, z_tgt, v_tgt = side(tgt, K_t, E_t)
     lo, hi = disparity_range([z_src, z_tgt], [v_src, v_tgt], percentiles)
     n_src = normalize_disparity(z_src, v_src, lo, hi)
     n_tgt = normalize_disparity(z_tgt, v_tgt, lo, hi)

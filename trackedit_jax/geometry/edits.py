@@ -95,8 +95,8 @@ def _with_c2w(camera: Camera, c2w: np.ndarray, intrinsics=None) -> Camera:
 
 
 def _np_tracks(tracks: Tracks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    xyz = np.asarray(tracks.xyz, np.float64)
-    vis = np.asarray(tracks.visibility, bool)
+    xyz = np.array(tracks.xyz, np.float64, copy=True)  # edits write into it: never alias the input
+    vis = np.array(tracks.visibility, bool, copy=True)
     ids = np.arange(xyz.shape[1], dtype=np.int32) if tracks.ids is None else np.asarray(tracks.ids, np.int32)
     return xyz, vis, ids
 
