@@ -28,8 +28,8 @@ def disparity_limits(depths: Sequence[np.ndarray], valids: Sequence[np.ndarray],
 
 
 def depth_colors(depth, valid, *, limits: Optional[tuple[float, float]] = None, cmap: str = "turbo") -> np.ndarray:
-    """(F, N) camera depths -> (F, N, 3) uint8 RGB colours: near red ... far blue (turbo of the
-    normalised disparity). limits: shared (lo, hi) disparity range (default from these depths)."""
+    """(F, N) camera depths -> (F, N, 3) uint8 RGB colours: near red ... far blue (turbo over [0.1, 0.9]
+    of the normalised disparity). limits: shared (lo, hi) disparity range (default from these depths)."""
     import matplotlib
 
     depth = np.asarray(depth, np.float64)
@@ -37,7 +37,7 @@ def depth_colors(depth, valid, *, limits: Optional[tuple[float, float]] = None, 
     lo, hi = disparity_limits([depth], [valid]) if limits is None else limits
     d = 1.0 / np.where(valid, depth, 1.0)
     z = np.clip((d - lo) / (hi - lo), 0.0, 1.0) if hi - lo > 1e-6 * abs(hi) else np.full_like(d, 0.5)
-    rgb = matplotlib.colormaps[cmap](z)[..., :3]
+    rgb = matplotlib.colormaps[cmap](0.1 + 0.8 * z)[..., :3]  # skip turbo's near-black ends
     return np.round(rgb * 255).astype(np.uint8)
 
 
