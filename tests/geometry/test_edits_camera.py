@@ -203,6 +203,13 @@ def test_camera_edit_leaves_world_untouched(make_camera, make_tracks):
     np.testing.assert_array_equal(res.tracks.visibility, tr.visibility)
     np.testing.assert_array_equal(res.tracks.ids, np.arange(tr.num_points))
     assert not np.allclose(res.camera.extrinsics, cam.extrinsics)
+    # arc about a selection's per-frame centroid, through the spec
+    spec = parse_edit_spec({"camera": [{"op": "arc", "degrees": 20, "pivot": {"ids": list(range(10))}}]})
+    res = apply_edit_spec(spec, tr, cam)
+    piv = E.selection_centroid(tr, E.select_ids(tr.num_points, range(10)))
+    np.testing.assert_allclose(np.linalg.norm(camera_centers(res.camera) - piv, axis=-1),
+                               np.linalg.norm(camera_centers(cam) - piv, axis=-1), rtol=1e-5)
+    np.testing.assert_array_equal(res.tracks.xyz, tr.xyz)
 
 
 def test_camera_path_files(tmp_path, make_camera, windmill_dir):
