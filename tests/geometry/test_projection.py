@@ -87,7 +87,7 @@ def cameras(draw, F=2, skew=True):
     return Camera(K, E, (H, W))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(cam=cameras(), seed=st.integers(0, 2**31 - 1))
 def test_unproject_then_project_round_trips(cam, seed):
     rng = np.random.default_rng(seed)
@@ -100,7 +100,7 @@ def test_unproject_then_project_round_trips(cam, seed):
     np.testing.assert_allclose(d2, depth, rtol=1e-9, atol=1e-9)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(cam=cameras(), seed=st.integers(0, 2**31 - 1))
 def test_project_then_unproject_round_trips(cam, seed):
     rng = np.random.default_rng(seed)
@@ -113,22 +113,26 @@ def test_project_then_unproject_round_trips(cam, seed):
     np.testing.assert_allclose(back, xyz, atol=1e-8 * (1 + np.abs(xyz).max()))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(cam=cameras(skew=False), seed=st.integers(0, 2**31 - 1))
 def test_project_matches_cv2_on_random_cameras(cam, seed):
     rng = np.random.default_rng(seed)
     from trackedit_jax.geometry import camera_to_world
 
+    # cv2 takes a rotation vector; matrix -> vector is ill-conditioned near 180 degrees, so both sides use
+    # the matrix cv2 rebuilds from the vector
+    rvecs = [cv2.Rodrigues(R)[0] for R in cam.extrinsics[:, :3, :3]]
+    E = cam.extrinsics.copy()
+    E[:, :3, :3] = [cv2.Rodrigues(r)[0] for r in rvecs]
+    cam = Camera(cam.intrinsics, E, cam.image_size)
     xyz = camera_to_world(rng.uniform([-3, -3, 0.2], [3, 3, 30], (2, 16, 3)), cam.extrinsics)
     uv, _ = project(xyz, cam)
     for f in range(2):
-        rvec, _ = cv2.Rodrigues(cam.extrinsics[f, :3, :3])
-        ref, _ = cv2.projectPoints(xyz[f], rvec, cam.extrinsics[f, :3, 3], cam.intrinsics[f], None)
-        # cv2.Rodrigues near 180 degrees loses ~1e-7 relative precision; acceptance is < 1e-3 px
-        np.testing.assert_allclose(uv[f], ref[:, 0], rtol=1e-7, atol=1e-4)
+        ref, _ = cv2.projectPoints(xyz[f], rvecs[f], cam.extrinsics[f, :3, 3], cam.intrinsics[f], None)
+        np.testing.assert_allclose(uv[f], ref[:, 0], rtol=1e-9, atol=1e-6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     H=st.integers(1, 2000), W=st.integers(1, 2000),
     uv=arrays(np.float64, (5, 2), elements=st.floats(-1e4, 1e4, **_floats)),

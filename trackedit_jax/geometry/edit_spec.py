@@ -474,7 +474,7 @@ class _Validator:
             else:
                 out[name] = f.default
         for group in one_of:
-            given = [g for g in group if d.get(g) is not None]
+            given = [g for g in group if d.get(g) not in (None, False)]  # `reverse: false` = not given
             if len(given) != 1:
                 raise self.w.error(
                     path, f"the {what} needs exactly one of {list(group)}; got {given or 'none'}"
