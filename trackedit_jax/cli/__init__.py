@@ -14,6 +14,8 @@ import sys
 # name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
 COMMANDS: dict[str, str] = {
     "train": "train",
+    "edit-tracks": "edit_tracks",
+    "viz": "viz",
 }
 
 
