@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from trackedit_jax.geometry import Camera, Tracks
+from trackedit_jax.geometry import edits as E
 
 
 def _make_camera(F=9, H=96, W=128, f=100.0, moving=True, seed=0, dtype=np.float64):
@@ -44,3 +45,29 @@ def make_tracks():
 @pytest.fixture
 def scene():
     return _make_tracks(), _make_camera()
+
+
+def _rigid_scene(F=17, seed=1, noise=0.003):
+    """Static background + two bodies with different rigid motions; returns tracks and true labels."""
+    rng = np.random.default_rng(seed)
+    bodies = [(120, [0, 0, 6], None), (50, [1.2, 0.2, 4.5], ([0, 1, 0], 70, [0, -0.4, 0.3])),
+              (35, [-1.0, -0.3, 4.0], ([1, 0.3, 0], -50, [0.5, 0, 0]))]
+    xyz, labels = [], []
+    for k, (n, c, motion) in enumerate(bodies):
+        pts = rng.normal(size=(n, 3)) * [0.6, 0.4, 0.3] + c
+        if motion is None:
+            traj = np.broadcast_to(pts, (F, n, 3))
+        else:
+            axis, deg, move = motion
+            R = E.rotation_matrices(axis, np.linspace(0, deg, F))
+            traj = np.einsum("fij,nj->fni", R, pts - c) + c + np.linspace(0, 1, F)[:, None, None] * move
+        xyz.append(traj)
+        labels.append(np.full(n, k))
+    xyz = np.concatenate(xyz, 1) + rng.normal(size=(F, 205, 3)) * noise
+    return Tracks(xyz, np.ones((F, 205), bool)), np.concatenate(labels)
+
+
+@pytest.fixture
+def rigid_scene():
+    """`_rigid_scene` as a fixture: call it with (F, seed, noise)."""
+    return _rigid_scene

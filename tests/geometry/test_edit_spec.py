@@ -142,10 +142,8 @@ def test_apply_errors_name_the_op(tmp_path, make_tracks, make_camera):
         assert words in str(e.value), str(e.value)
 
 
-def test_parts_keep_transfer_and_groups_through_the_spec(make_camera):
-    from test_edits_objects import _rigid_scene
-
-    tr, truth = _rigid_scene(noise=0.0)
+def test_parts_keep_transfer_and_groups_through_the_spec(make_camera, rigid_scene):
+    tr, truth = rigid_scene(noise=0.0)
     cam = make_camera(F=17, moving=False)
     b1, b2 = np.flatnonzero(truth == 1), np.flatnonzero(truth == 2)
     spec = parse_edit_spec({"objects": [

@@ -64,28 +64,8 @@ def test_depth_and_id_selection(make_tracks, make_camera):
         E.select_ids(100, [100])
 
 
-def _rigid_scene(F=17, seed=1, noise=0.003):
-    """Static background + two bodies with different rigid motions; returns tracks and true labels."""
-    rng = np.random.default_rng(seed)
-    bodies = [(120, [0, 0, 6], None), (50, [1.2, 0.2, 4.5], ([0, 1, 0], 70, [0, -0.4, 0.3])),
-              (35, [-1.0, -0.3, 4.0], ([1, 0.3, 0], -50, [0.5, 0, 0]))]
-    xyz, labels = [], []
-    for k, (n, c, motion) in enumerate(bodies):
-        pts = rng.normal(size=(n, 3)) * [0.6, 0.4, 0.3] + c
-        if motion is None:
-            traj = np.broadcast_to(pts, (F, n, 3))
-        else:
-            axis, deg, move = motion
-            R = E.rotation_matrices(axis, np.linspace(0, deg, F))
-            traj = np.einsum("fij,nj->fni", R, pts - c) + c + np.linspace(0, 1, F)[:, None, None] * move
-        xyz.append(traj)
-        labels.append(np.full(n, k))
-    xyz = np.concatenate(xyz, 1) + rng.normal(size=(F, 205, 3)) * noise
-    return Tracks(xyz, np.ones((F, 205), bool)), np.concatenate(labels)
-
-
-def test_rigid_groups_recovers_synthetic_rigid_bodies():
-    tr, truth = _rigid_scene()
+def test_rigid_groups_recovers_synthetic_rigid_bodies(rigid_scene):
+    tr, truth = rigid_scene()
     labels = E.rigid_groups(tr, threshold=0.03)
     # groups are ordered by size, like the truth here; every point recovered
     np.testing.assert_array_equal(labels, truth)
@@ -95,8 +75,8 @@ def test_rigid_groups_recovers_synthetic_rigid_bodies():
     np.testing.assert_array_equal(lab_p, truth[perm])
 
 
-def test_group_at_pixel_picks_the_clicked_body(make_camera):
-    tr, truth = _rigid_scene()
+def test_group_at_pixel_picks_the_clicked_body(make_camera, rigid_scene):
+    tr, truth = rigid_scene()
     cam = make_camera(F=17, moving=False)
     labels = E.rigid_groups(tr, threshold=0.03)
     i = int(np.flatnonzero(truth == 2)[0])
@@ -207,8 +187,8 @@ def test_retime(make_tracks):
         E.retime_map(9, speed=2.0, reverse=True)
 
 
-def test_transfer_onto_itself_is_identity():
-    tr, truth = _rigid_scene(noise=0.0)
+def test_transfer_onto_itself_is_identity(rigid_scene):
+    tr, truth = rigid_scene(noise=0.0)
     for k in (1, 2):
         sel = truth == k
         D = tr.xyz[:, sel]
@@ -221,8 +201,8 @@ def test_transfer_onto_itself_is_identity():
     np.testing.assert_allclose(E.transfer_motion(wobbly, allp, wobbly.xyz).xyz, wobbly.xyz, atol=1e-12)
 
 
-def test_transfer_moves_one_body_like_another():
-    tr, truth = _rigid_scene(noise=0.0)
+def test_transfer_moves_one_body_like_another(rigid_scene):
+    tr, truth = rigid_scene(noise=0.0)
     body2 = truth == 2
     out = E.transfer_motion(tr, body2, tr.xyz[:, truth == 1], mode="rigid")
     # body 2 now follows body 1's rigid motion: its shape is preserved and its rotation is body 1's
