@@ -109,6 +109,18 @@ def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+NN = (((1,), (0,)), ((), ()))  # a @ b
+NT = (((1,), (1,)), ((), ()))  # a @ b.T
+TN = (((0,), (0,)), ((), ()))  # a.T @ b
+
+
+def dot(a: jax.Array, b: jax.Array, dims=NN) -> jax.Array:
+    """Matmul with float32 accumulation. float32 operands get full float32 precision (IEEE on Triton,
+    fp32 contraction on Mosaic) rather than the hardware default (TF32 / bf16 passes)."""
+    precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+    return jax.lax.dot_general(a, b, dims, precision=(precision, precision), preferred_element_type=jnp.float32)
+
+
 def pad_axis(x: jax.Array, axis: int, length: int) -> jax.Array:
     if x.shape[axis] == length:
         return x

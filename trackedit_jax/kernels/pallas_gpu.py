@@ -25,8 +25,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from trackedit_jax.kernels.flash_common import (
+    NT,
+    TN,
     BlockSizes,
     check_qkv,
+    dot,
     key_bias,
     next_pow2,
     pad_axis,
@@ -36,8 +39,6 @@ from trackedit_jax.kernels.flash_common import (
 TRITON_CUSTOM_CALL = "__gpu$xla.gpu.triton"
 DEFAULT_BLOCKS = BlockSizes(block_q=64, block_k=64)
 
-_NT = (((1,), (1,)), ((), ()))  # a @ b.T
-_TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
 def _is_pow2(n: int) -> bool:
@@ -61,14 +62,14 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, block_k, has_bias):
         rows = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
         k = k_ref[rows, :]
         v = v_ref[rows, :]
-        s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * scale
+        s = dot(q, k, NT) * scale
         if bias_ref is not None:
             s = s + bias_ref[rows][None, :]
         m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
         alpha = jnp.exp(m_prev - m_next)
         p = jnp.exp(s - m_next[:, None])
         l_next = alpha * l_prev + jnp.sum(p, axis=1)
-        acc = acc * alpha[:, None] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        acc = acc * alpha[:, None] + dot(p.astype(v.dtype), v)
         return acc, m_next, l_next
 
     init = (
@@ -99,14 +100,14 @@ def _dkv_kernel(q_ref, k_ref, v_ref, *refs, scale, block_q, has_bias):
         do = do_ref[rows, :]
         lse = lse_ref[rows]
         delta = delta_ref[rows]
-        s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * scale
+        s = dot(q, k, NT) * scale
         if bias is not None:
             s = s + bias
         p = jnp.exp(s - lse[:, None])
-        dv = dv + lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32)
-        dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+        dv = dv + dot(p.astype(do.dtype), do, TN)
+        dp = dot(do, v, NT)
         ds = p * (dp - delta[:, None])
-        dk = dk + lax.dot_general(ds.astype(q.dtype), q, _TN, preferred_element_type=jnp.float32)
+        dk = dk + dot(ds.astype(q.dtype), q, TN)
         return dk, dv
 
     zeros = jnp.zeros(k.shape, jnp.float32)
@@ -131,13 +132,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, *refs, scale, block_k, has_bias):
         rows = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
         k = k_ref[rows, :]
         v = v_ref[rows, :]
-        s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * scale
+        s = dot(q, k, NT) * scale
         if bias_ref is not None:
             s = s + bias_ref[rows][None, :]
         p = jnp.exp(s - lse[:, None])
-        dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+        dp = dot(do, v, NT)
         ds = p * (dp - delta[:, None])
-        return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+        return dq + dot(ds.astype(k.dtype), k)
 
     dq = lax.fori_loop(0, num_k_blocks, body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)

@@ -24,17 +24,15 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from trackedit_jax.kernels.flash_common import BlockSizes, check_qkv, key_bias, pad_axis, round_up
+from trackedit_jax.kernels.flash_common import NT, BlockSizes, check_qkv, dot, key_bias, pad_axis, round_up
 
 MOSAIC_CUSTOM_CALL = "tpu_custom_call"
 DEFAULT_BLOCKS = BlockSizes(block_q=512, block_k=512, block_q_dkv=512, block_k_dkv=512, block_q_dq=512, block_k_dq=512)
 LANES = 128
 
-_NT = (((1,), (1,)), ((), ()))  # a @ b.T
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -100,7 +98,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, has_bias):
     q = q_ref[...]
     k = k_ref[...]
     v = v_ref[...]
-    s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * scale
+    s = dot(q, k, NT) * scale
     if bias_ref is not None:
         s = s + bias_ref[...]
     m_prev = m_scr[...]  # (bq, 128), every lane holds the row maximum
@@ -108,9 +106,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, has_bias):
     alpha = jnp.exp(m_prev - m_next)
     p = jnp.exp(s - m_next[:, :1])
     l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
-    acc_scr[...] = acc_scr[...] * alpha[:, :1] + jnp.dot(
-        p.astype(v.dtype), v, preferred_element_type=jnp.float32
-    )
+    acc_scr[...] = acc_scr[...] * alpha[:, :1] + dot(p.astype(v.dtype), v)
     m_scr[...] = m_next
 
     @pl.when(j == pl.num_programs(3) - 1)
@@ -122,11 +118,11 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, has_bias):
 
 def _probs_and_dscores(q, k, v, bias, do, lse_row, delta_row, scale):
     """Recomputed P (bq, bk) and dS = P * (dO V^T - delta), both float32."""
-    s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * scale
+    s = dot(q, k, NT) * scale
     if bias is not None:
         s = s + bias
     p = jnp.exp(s - jnp.expand_dims(lse_row[0], -1))
-    dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
+    dp = dot(do, v, NT)
     ds = p * (dp - jnp.expand_dims(delta_row[0], -1))
     return p, ds
 
@@ -148,8 +144,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, *refs, scale, has_bias):
     do = do_ref[...]
     bias = bias_ref[...] if bias_ref is not None else None
     p, ds = _probs_and_dscores(q, k_ref[...], v_ref[...], bias, do, lse_ref[...], delta_ref[...], scale)
-    dv_scr[...] += jnp.dot(p.T.astype(do.dtype), do, preferred_element_type=jnp.float32)
-    dk_scr[...] += jnp.dot(ds.T.astype(q.dtype), q, preferred_element_type=jnp.float32)
+    dv_scr[...] += dot(p.T.astype(do.dtype), do)
+    dk_scr[...] += dot(ds.T.astype(q.dtype), q)
 
     @pl.when(i == pl.num_programs(3) - 1)
     def _finish():
@@ -172,7 +168,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, *refs, scale, has_bias):
     k = k_ref[...]
     bias = bias_ref[...] if bias_ref is not None else None
     _, ds = _probs_and_dscores(q_ref[...], k, v_ref[...], bias, do_ref[...], lse_ref[...], delta_ref[...], scale)
-    dq_scr[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+    dq_scr[...] += dot(ds.astype(k.dtype), k)
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _finish():
