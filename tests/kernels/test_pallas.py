@@ -26,7 +26,8 @@ def _inputs(seed, batch, len_q, len_kv, heads, head_dim, dtype, masked):
     mask = None
     if masked:
         mask = rng.random((batch, len_kv)) < 0.7
-        mask[:, rng.integers(len_kv)] = True  # every query keeps at least one key
+        mask[0, : len_kv // 2] = False  # whole leading key tiles masked: exercises the running-max guard
+        mask[:, -1] = True  # every query keeps at least one key
         mask = jnp.asarray(mask)
     cot = jnp.asarray(rng.standard_normal((batch, len_q, heads, head_dim)).astype(np.float32))
     return (*(jnp.asarray(x, dtype) for x in (q, k, v)), mask, cot)
@@ -95,19 +96,26 @@ def test_pallas_tpu_matches_reference(case):
 
 
 def test_splash_forward_matches_reference():
-    q, k, v, mask, _ = _inputs(6, 2, 90, 140, 2, 64, jnp.float32, True)
+    q, k, v, mask, _ = _inputs(6, 3, 90, 140, 2, 64, jnp.float32, True)
+    mask = mask.at[2].set(False)  # one batch element with every key masked
     out = splash_attention(q, k, v, mask, interpret=True)
-    np.testing.assert_allclose(out, _reference(q, k, v, mask), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out, attention(q, k, v, mask=mask, impl="xla"), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("impl", ["pallas_gpu", "pallas_tpu"])
 def test_dispatch_and_fully_masked_rows(impl):
     # Through attention(): batch 0 is partly masked, batch 1 entirely. A fully masked row gets the
-    # uniform average over its real keys, like "xla".
-    q, k, v, _, _ = _inputs(8, 2, 20, 30, 2, 16, jnp.float32, False)
+    # uniform average over its real keys and the gradients of "xla" (no gradient through masked logits).
+    q, k, v, _, cot = _inputs(8, 2, 20, 30, 2, 16, jnp.float32, False)
     mask = jnp.ones((2, 30), bool).at[0, ::3].set(False).at[1].set(False)
-    want = attention(q, k, v, mask=mask, impl="xla")
-    np.testing.assert_allclose(attention(q, k, v, mask=mask, impl=impl, interpret=True), want, atol=1e-5, rtol=0)
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(attention(q, k, v, mask=mask, impl=impl, interpret=True) * cot)
+
+    np.testing.assert_allclose(attention(q, k, v, mask=mask, impl=impl, interpret=True),
+                               attention(q, k, v, mask=mask, impl="xla"), atol=1e-5, rtol=0)
+    for g, r in zip(jax.grad(loss(impl), (0, 1, 2))(q, k, v), jax.grad(loss("xla"), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=0)
 
 
 def test_auto_selection_by_backend_and_size():

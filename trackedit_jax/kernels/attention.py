@@ -90,8 +90,7 @@ def attention(
       q: (B, L_q, H, D) queries.
       k, v: (B, L_kv, H, D) keys and values.
       mask: optional (B, L_kv) bool key-padding mask; True = attend. Rows whose keys are all masked
-        return a uniform average over the masked keys' values (callers zero such rows themselves);
-        "splash" averages over its padded keys too in that degenerate case.
+        return a uniform average over the masked keys' values (callers zero such rows themselves).
       impl: one of
         "auto"        pick by backend and size (see `select_impl`);
         "xla"         dense reference (materialises the (B, H, L_q, L_kv) logits);

@@ -1,16 +1,15 @@
 """Pieces shared by our two Pallas flash-attention kernels (GPU/Triton and TPU/Mosaic).
 
-Both kernels see padded inputs: sequence lengths are rounded up to a multiple of the block sizes and the
-padded keys are excluded through an additive per-key bias row:
+Both kernels see padded inputs: sequence lengths are rounded up to a multiple of the block sizes and keys
+that are padding or masked out get an additive logit bias of -inf (0 for attended keys), so they receive
+exactly zero probability and zero gradient. The online softmax guards its running maximum against
+all -inf blocks (a block can be entirely masked for a row).
 
-  bias[b, j] = 0        key j is real and attended,
-               MASKED   key j is real but masked out by the caller's key-padding mask,
-               -inf     key j is padding added here.
-
-MASKED is a large finite negative number, so a query whose real keys are all masked still gets a
-softmax over exactly those keys (a uniform average), which is what the "xla" reference in
-`attention.py` returns; -inf keys never receive weight because every kernel visits key block 0 first and
-key 0 is always real, so the running maximum is finite before any all-padding block is seen.
+A batch element whose keys are ALL masked has no valid softmax; the project convention (the "xla" impl,
+which writes finfo.min into masked logits) is a uniform average over its real keys' values with no
+gradient into q or k. `split_fully_masked` hands such elements to the kernel unmasked (so it stays
+finite) and `merge_fully_masked` replaces their rows by mean(v) afterwards; their kernel rows then get a
+zero cotangent, so the backward kernels contribute nothing for them either.
 """
 from __future__ import annotations
 
@@ -19,9 +18,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-
-# Large finite negative logit for caller-masked keys (finite: see module docstring).
-MASKED = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,12 +126,35 @@ def pad_axis(x: jax.Array, axis: int, length: int) -> jax.Array:
 
 
 def key_bias(mask: jax.Array | None, batch: int, len_kv: int, len_kv_padded: int) -> jax.Array | None:
-    """(B, L_kv_padded) float32 additive bias (0 / MASKED / -inf), or None when nothing is masked."""
+    """(B, L_kv_padded) float32 additive logit bias: 0 for attended keys, -inf for masked and padding keys;
+    None when nothing is masked."""
     if mask is None and len_kv == len_kv_padded:
         return None
     if mask is None:
         real = jnp.zeros((batch, len_kv), jnp.float32)
     else:
-        real = jnp.where(mask.astype(bool), 0.0, MASKED).astype(jnp.float32)
+        real = jnp.where(mask.astype(bool), 0.0, -jnp.inf).astype(jnp.float32)
     pad = jnp.full((batch, len_kv_padded - len_kv), -jnp.inf, jnp.float32)
     return jnp.concatenate([real, pad], axis=1)
+
+
+def split_fully_masked(mask: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+    """(mask the kernel sees, (B,) bool "has an attended key") for a (B, L_kv) key-padding mask."""
+    if mask is None:
+        return None, None
+    mask = mask.astype(bool)
+    has_key = jnp.any(mask, axis=1)
+    return mask | ~has_key[:, None], has_key
+
+
+def merge_fully_masked(out: jax.Array, v: jax.Array, has_key: jax.Array | None) -> jax.Array:
+    """Rows of batch elements without any attended key become mean(v) over the real keys."""
+    if has_key is None:
+        return out
+    mean_v = jnp.mean(v.astype(jnp.float32), axis=1, keepdims=True).astype(out.dtype)
+    return jnp.where(has_key[:, None, None, None], out, mean_v)
+
+
+def running_max_shift(m: jax.Array) -> jax.Array:
+    """The online-softmax shift: the running maximum, or 0 while a row has seen only -inf logits."""
+    return jnp.where(m == -jnp.inf, 0.0, m)

@@ -31,9 +31,12 @@ from trackedit_jax.kernels.flash_common import (
     check_qkv,
     dot,
     key_bias,
+    merge_fully_masked,
     next_pow2,
     pad_axis,
     round_up,
+    running_max_shift,
+    split_fully_masked,
 )
 
 TRITON_CUSTOM_CALL = "__gpu$xla.gpu.triton"
@@ -66,8 +69,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, block_k, has_bias):
         if bias_ref is not None:
             s = s + bias_ref[rows][None, :]
         m_next = jnp.maximum(m_prev, jnp.max(s, axis=1))
-        alpha = jnp.exp(m_prev - m_next)
-        p = jnp.exp(s - m_next[:, None])
+        shift = running_max_shift(m_next)
+        alpha = jnp.exp(m_prev - shift)
+        p = jnp.exp(s - shift[:, None])
         l_next = alpha * l_prev + jnp.sum(p, axis=1)
         acc = acc * alpha[:, None] + dot(p.astype(v.dtype), v)
         return acc, m_next, l_next
@@ -307,7 +311,8 @@ def flash_attention_gpu(
     qp = pad_axis(pad_axis(q, 1, len_q_pad), 3, dim_pad)
     kp = pad_axis(pad_axis(k, 1, len_kv_pad), 3, dim_pad)
     vp = pad_axis(pad_axis(v, 1, len_kv_pad), 3, dim_pad)
-    bias = key_bias(mask, batch, len_kv, len_kv_pad)
+    kernel_mask, has_key = split_fully_masked(mask)
+    bias = key_bias(kernel_mask, batch, len_kv, len_kv_pad)
     out = _flash(qp, kp, vp, bias, scale, blocks, interpret, num_warps, num_stages)
-    return out[:, :len_q, :, :head_dim]
+    return merge_fully_masked(out[:, :len_q, :, :head_dim], v, has_key)
 

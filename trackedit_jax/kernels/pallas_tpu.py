@@ -27,7 +27,18 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from trackedit_jax.kernels.flash_common import NT, BlockSizes, check_qkv, dot, key_bias, pad_axis, round_up
+from trackedit_jax.kernels.flash_common import (
+    NT,
+    BlockSizes,
+    check_qkv,
+    dot,
+    key_bias,
+    merge_fully_masked,
+    pad_axis,
+    round_up,
+    running_max_shift,
+    split_fully_masked,
+)
 
 MOSAIC_CUSTOM_CALL = "tpu_custom_call"
 DEFAULT_BLOCKS = BlockSizes(block_q=512, block_k=512, block_q_dkv=512, block_k_dkv=512, block_q_dq=512, block_k_dq=512)
@@ -103,8 +114,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, has_bias):
         s = s + bias_ref[...]
     m_prev = m_scr[...]  # (bq, 128), every lane holds the row maximum
     m_next = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
-    alpha = jnp.exp(m_prev - m_next)
-    p = jnp.exp(s - m_next[:, :1])
+    shift = running_max_shift(m_next)
+    alpha = jnp.exp(m_prev - shift)
+    p = jnp.exp(s - shift[:, :1])
     l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
     acc_scr[...] = acc_scr[...] * alpha[:, :1] + dot(p.astype(v.dtype), v)
     m_scr[...] = m_next
@@ -335,8 +347,9 @@ def flash_attention_tpu(
     qp = layout.to_kernel(pad_axis(q, 1, len_q_pad))
     kp = layout.to_kernel(pad_axis(k, 1, len_kv_pad))
     vp = layout.to_kernel(pad_axis(v, 1, len_kv_pad))
-    bias = key_bias(mask, batch, len_kv, len_kv_pad)
+    kernel_mask, has_key = split_fully_masked(mask)
+    bias = key_bias(kernel_mask, batch, len_kv, len_kv_pad)
     if bias is not None:
         bias = bias[:, None, :]
     out = _flash(qp, kp, vp, bias, heads, head_dim, scale, blocks, interpret)
-    return layout.from_kernel(out, heads)[:, :len_q]
+    return merge_fully_masked(layout.from_kernel(out, heads)[:, :len_q], v, has_key)

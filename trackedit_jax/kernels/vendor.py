@@ -11,7 +11,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from trackedit_jax.kernels.flash_common import check_qkv, pad_axis, round_up
+from trackedit_jax.kernels.flash_common import (
+    check_qkv,
+    merge_fully_masked,
+    pad_axis,
+    round_up,
+    split_fully_masked,
+)
 
 SPLASH_BLOCK = 512
 
@@ -30,8 +36,8 @@ def splash_attention(
     Args:
       q: (B, L_q, H, D); k, v: (B, L_kv, H, D) (float32 or bfloat16).
       mask: optional (B, L_kv) bool key-padding mask, True = attend. It becomes splash segment ids
-        (query id 1, attended keys 1, masked and padded keys 0). A query whose keys are all masked averages
-        over every key including the padding (the "xla" path averages over the real keys only).
+        (query id 1, attended keys 1, masked and padded keys 0). A batch element whose keys are all masked
+        gets mean(v) over its real keys, as with "xla".
       block: tile for every splash block size (multiple of 128); shrunk for short sequences.
       interpret: run on CPU through the Pallas interpreter.
     Returns:
@@ -65,8 +71,9 @@ def splash_attention(
         interpret=interpret,
     )
     to_hld = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731  splash works per example on (H, L, D)
+    kernel_mask, has_key = split_fully_masked(mask)
     if need_segments:
-        real = jnp.ones((batch, len_kv), jnp.int32) if mask is None else mask.astype(jnp.int32)
+        real = jnp.ones((batch, len_kv), jnp.int32) if mask is None else kernel_mask.astype(jnp.int32)
         kv_ids = pad_axis(real, 1, len_kv_pad)
         q_ids = jnp.ones((batch, len_q_pad), jnp.int32)
         out = jax.vmap(lambda a, b, c, qi, ki: kernel(a, b, c, segment_ids=splash.SegmentIds(q=qi, kv=ki)))(
@@ -74,7 +81,7 @@ def splash_attention(
         )
     else:
         out = jax.vmap(kernel)(to_hld(qs), to_hld(kp), to_hld(vp))
-    return to_hld(out)[:, :len_q]
+    return merge_fully_masked(to_hld(out)[:, :len_q], v, has_key)
 
 
 class CudnnUnavailableError(RuntimeError):
