@@ -8,7 +8,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla")
+IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu", "splash", "chunked")
+
+# "auto" uses dense XLA attention while one head's logit matrix has at most this many entries
+# (4 MiB of float32); above it a memory-linear kernel is chosen.
+AUTO_DENSE_MAX_LOGITS = 1 << 20
 
 
 def _check(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> None:
@@ -33,6 +37,44 @@ def _xla(q, k, v, mask):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def _chunked_module():
+    """The memory-linear pure-JAX attention (`kernels/chunked.py`), or None where it is not installed."""
+    try:
+        from trackedit_jax.kernels import chunked
+    except ImportError:
+        return None
+    return chunked
+
+
+def _run_chunked(q, k, v, mask):
+    module = _chunked_module()
+    if module is None:
+        raise ValueError("impl='chunked' is not available: trackedit_jax.kernels.chunked is missing")
+    return module.chunked_attention(q, k, v, mask=mask)
+
+
+def _cudnn_usable(q: jax.Array) -> bool:
+    # cuDNN's fused path: half precision, head dim a multiple of 8 and at most 128.
+    return q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
+
+
+def select_impl(q: jax.Array, k: jax.Array, backend: str | None = None) -> str:
+    """The implementation "auto" resolves to for these shapes on `backend` (default: jax.default_backend()).
+
+    Small problems (L_q * L_kv <= AUTO_DENSE_MAX_LOGITS) use "xla". Larger ones use "splash" on TPU,
+    "cudnn" on GPU for bfloat16/float16 with head dim a multiple of 8 up to 128 and "pallas_gpu"
+    otherwise, and "chunked" on CPU (falling back to "xla" where chunked is not installed).
+    """
+    backend = backend or jax.default_backend()
+    if q.shape[1] * k.shape[1] <= AUTO_DENSE_MAX_LOGITS:
+        return "xla"
+    if backend == "tpu":
+        return "splash"
+    if backend in ("gpu", "cuda", "rocm"):
+        return "cudnn" if backend != "rocm" and _cudnn_usable(q) else "pallas_gpu"
+    return "chunked" if _chunked_module() is not None else "xla"
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -49,12 +91,44 @@ def attention(
       k, v: (B, L_kv, H, D) keys and values.
       mask: optional (B, L_kv) bool key-padding mask; True = attend. Rows whose keys are all masked
         return a uniform average over the masked keys' values (callers zero such rows themselves).
-      impl: "auto" or "xla".
-      interpret: run Pallas kernels in interpret mode (CPU testing).
+      impl: one of
+        "auto"        pick by backend and size (see `select_impl`);
+        "xla"         dense reference (materialises the (B, H, L_q, L_kv) logits);
+        "chunked"     memory-linear pure JAX (query blocks, online softmax), the CPU default;
+        "pallas_gpu"  our Pallas flash kernel lowered through Triton (`pallas_gpu.py`);
+        "pallas_tpu"  our Pallas flash kernel lowered through Mosaic (`pallas_tpu.py`);
+        "splash"      jax's TPU splash attention kernel (`vendor.py`);
+        "cudnn"       cuDNN fused attention via jax.nn.dot_product_attention (CUDA only, bf16/f16).
+      interpret: run the Pallas kernels ("pallas_gpu", "pallas_tpu", "splash") with the Pallas
+        interpreter, which works on CPU (tests); ignored by the other impls.
     Returns:
       (B, L_q, H, D) in the dtype of `v`.
+
+    Dtype policy: q, k and v share one dtype (float32, bfloat16 or float16; "cudnn" needs a half type).
+    Every impl computes logits and softmax statistics in float32 and accumulates P @ V in float32, feeding
+    the matmuls in the input dtype; the output is cast back to the input dtype.
     """
     _check(q, k, v, mask)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-    return _xla(q, k, v, mask)
+    if impl == "auto":
+        impl = select_impl(q, k)
+    if impl == "xla":
+        return _xla(q, k, v, mask)
+    if impl == "chunked":
+        return _run_chunked(q, k, v, mask)
+    if impl == "pallas_gpu":
+        from trackedit_jax.kernels.pallas_gpu import flash_attention_gpu
+
+        return flash_attention_gpu(q, k, v, mask, interpret=interpret)
+    if impl == "pallas_tpu":
+        from trackedit_jax.kernels.pallas_tpu import flash_attention_tpu
+
+        return flash_attention_tpu(q, k, v, mask, interpret=interpret)
+    if impl == "splash":
+        from trackedit_jax.kernels.vendor import splash_attention
+
+        return splash_attention(q, k, v, mask, interpret=interpret)
+    from trackedit_jax.kernels.vendor import cudnn_attention
+
+    return cudnn_attention(q, k, v, mask)

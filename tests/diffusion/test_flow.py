@@ -1,0 +1,109 @@
+"""Rectified-flow training maths: exact identities, diffusers' SD3 helpers as the reference for the
+weighting and the timestep density, and moments of the sampled noise levels."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+from trackedit_jax.diffusion import flow
+
+
+def _pair(seed=0, shape=(3, 5, 4)):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    return jax.random.normal(k1, shape), jax.random.normal(k2, shape)
+
+
+def test_noisy_sample_endpoints_are_exact():
+    x0, eps = _pair()
+    np.testing.assert_array_equal(flow.noisy_sample(x0, eps, jnp.zeros(3)), x0)
+    np.testing.assert_array_equal(flow.noisy_sample(x0, eps, jnp.ones(3)), eps)
+    mixed = flow.noisy_sample(x0, eps, jnp.array([0.0, 1.0, 0.25]))
+    np.testing.assert_array_equal(mixed[0], x0[0])
+    np.testing.assert_array_equal(mixed[1], eps[1])
+    np.testing.assert_allclose(mixed[2], 0.75 * x0[2] + 0.25 * eps[2], rtol=1e-6)
+
+
+def test_velocity_target_is_the_time_derivative_and_inverts():
+    x0, eps = _pair(1)
+    sigma = jnp.array([0.1, 0.5, 0.9])
+    _, tangent = jax.jvp(lambda s: flow.noisy_sample(x0, eps, s), (sigma,), (jnp.ones(3),))
+    target = flow.velocity_target(x0, eps)
+    np.testing.assert_allclose(tangent, target, rtol=1e-6, atol=1e-6)
+    x_t = flow.noisy_sample(x0, eps, sigma)
+    np.testing.assert_allclose(flow.x0_from_velocity(x_t, target, sigma), x0, atol=1e-6)
+    np.testing.assert_allclose(flow.noise_from_velocity(x_t, target, sigma), eps, atol=1e-6)
+
+
+def test_shift_matches_diffusers_and_scales_the_snr():
+    shift = 5.0
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)  # shifts its training table
+    unshifted = np.arange(1000, 0, -1, dtype=np.float32) / np.float32(1000)
+    np.testing.assert_allclose(flow.shift_sigmas(unshifted, np.float32(shift)), sched.sigmas.numpy(), rtol=1e-6)
+    sigma = np.linspace(0.01, 0.99, 50)
+    shifted = flow.shift_sigmas(sigma, shift)
+    np.testing.assert_allclose((1 - shifted) / shifted, (1 - sigma) / sigma / shift, rtol=1e-12)
+    np.testing.assert_allclose(flow.shift_sigmas(shifted, 1 / shift), sigma, rtol=1e-12)
+    assert flow.shift_sigmas(0.0, shift) == 0.0 and flow.shift_sigmas(1.0, shift) == 1.0
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_logit_normal_moments(shift):
+    n, mean, std = 200_000, -0.3, 0.8
+    sigma = np.asarray(flow.sample_sigmas(jax.random.PRNGKey(0), (n,), distribution="logit_normal",
+                                          logit_mean=mean, logit_std=std, shift=shift), np.float64)
+    logit = np.log(sigma) - np.log1p(-sigma)
+    # shifting adds log(shift) to the logit; standard errors of mean and std are ~0.002 here
+    assert abs(logit.mean() - (mean + np.log(shift))) < 0.01
+    assert abs(logit.std() - std) < 0.01
+    # the same density as diffusers' SD3 helper (compared through the first two moments of sigma)
+    ref = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=mean, logit_std=std,
+                                                generator=torch.Generator().manual_seed(0)).double().numpy()
+    ref = flow.shift_sigmas(ref, shift)
+    assert abs(sigma.mean() - ref.mean()) < 0.005 and abs(sigma.std() - ref.std()) < 0.005
+
+
+def test_uniform_moments_and_range():
+    sigma = np.asarray(flow.sample_sigmas(jax.random.PRNGKey(1), (200_000,)), np.float64)
+    assert sigma.min() >= 0.0 and sigma.max() < 1.0
+    assert abs(sigma.mean() - 0.5) < 0.005 and abs(sigma.var() - 1 / 12) < 0.002
+
+
+@pytest.mark.parametrize("scheme", ["none", "cosmap", "sigma_sqrt"])
+def test_loss_weights_match_diffusers(scheme):
+    sigma = np.linspace(0.05, 0.95, 19, dtype=np.float32)
+    ref = compute_loss_weighting_for_sd3(scheme, torch.tensor(sigma)).numpy()
+    np.testing.assert_allclose(flow.loss_weights(jnp.asarray(sigma), scheme), ref, rtol=1e-5)
+
+
+def test_masked_weighted_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    pred, target = rng.standard_normal((2, 3, 6, 4)).astype(np.float32)
+    mask = rng.random((3, 6)) < 0.5
+    sigma = np.array([0.2, 0.5, 0.7], np.float32)
+    w = 2 / (np.pi * (1 - 2 * sigma + 2 * sigma**2))
+    sq = (pred - target) ** 2
+    want = (sq * mask[..., None] * w[:, None, None]).sum() / (mask.sum() * 4)
+    got = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma),
+                                  mask=jnp.asarray(mask), weighting="cosmap")
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target)), sq.mean(), rtol=1e-5)
+    custom = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma),
+                                     weighting=lambda s: 1 + s)
+    np.testing.assert_allclose(custom, (sq * (1 + sigma)[:, None, None]).mean(), rtol=1e-5)
+
+
+def test_bad_arguments():
+    x = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="sigma must be"):
+        flow.noisy_sample(x, x, jnp.zeros(3))
+    with pytest.raises(ValueError, match="distribution"):
+        flow.sample_sigmas(jax.random.PRNGKey(0), (2,), distribution="beta")
+    with pytest.raises(ValueError, match="prefix"):
+        flow.flow_matching_loss(x, x, mask=jnp.ones((3,)))
+    with pytest.raises(ValueError, match="sigma is required"):
+        flow.flow_matching_loss(x, x, weighting="cosmap")
+    with pytest.raises(ValueError, match="shift"):
+        flow.shift_sigmas(0.5, 0.0)

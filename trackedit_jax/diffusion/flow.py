@@ -1,0 +1,145 @@
+"""Rectified-flow (flow-matching) training maths, the convention of Wan 2.1.
+
+Noise level sigma in [0, 1] (sigma = 1 is pure noise, the model timestep is t = 1000 * sigma):
+
+  x_t      = (1 - sigma) * x0 + sigma * eps
+  target v = d x_t / d sigma = eps - x0          (what the model predicts)
+  x0       = x_t - sigma * v,     eps = x_t + (1 - sigma) * v
+
+Timestep shift s (Wan/SD3): sigma' = s * sigma / (1 + (s - 1) * sigma), i.e. the signal-to-noise ratio
+(1 - sigma) / sigma is divided by s, so s > 1 spends more steps / training samples at high noise.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+NUM_TRAIN_TIMESTEPS = 1000
+DISTRIBUTIONS = ("uniform", "logit_normal")
+WEIGHTINGS = ("none", "cosmap", "sigma_sqrt")
+
+
+def shift_sigmas(sigma, shift: float):
+    """s * sigma / (1 + (s - 1) * sigma); identity for s = 1; works on numpy or jax arrays and floats."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0; got {shift}")
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def sigmas_to_timesteps(sigma, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+    """The model's timestep input, t = num_train_timesteps * sigma (float)."""
+    return sigma * num_train_timesteps
+
+
+def sample_sigmas(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    *,
+    distribution: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    shift: float = 1.0,
+) -> jax.Array:
+    """Training noise levels, float32 of `shape`.
+
+    "uniform": sigma ~ U[0, 1). "logit_normal" (SD3): sigma = sigmoid(n), n ~ N(logit_mean, logit_std^2).
+    The shift is applied afterwards (for logit-normal it adds log(shift) to the logit mean).
+    """
+    if distribution == "uniform":
+        sigma = jax.random.uniform(key, shape, jnp.float32)
+    elif distribution == "logit_normal":
+        if logit_std <= 0:
+            raise ValueError(f"logit_std must be > 0; got {logit_std}")
+        sigma = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, shape, jnp.float32))
+    else:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}; got {distribution!r}")
+    return shift_sigmas(sigma, shift) if shift != 1.0 else sigma
+
+
+def _per_sample(sigma: jax.Array, like: jax.Array) -> jax.Array:
+    """Broadcasts a (B,) noise level over a (B, ...) array."""
+    sigma = jnp.asarray(sigma, like.dtype)
+    if sigma.ndim == 0:
+        return sigma
+    if sigma.ndim != 1 or sigma.shape[0] != like.shape[0]:
+        raise ValueError(f"sigma must be a scalar or (B,) = ({like.shape[0]},); got {sigma.shape}")
+    return sigma.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def noisy_sample(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
+    """x_t = (1 - sigma) x0 + sigma eps. x0, noise: (B, ...); sigma: scalar or (B,)."""
+    if x0.shape != noise.shape:
+        raise ValueError(f"x0 and noise must have one shape; got {x0.shape} and {noise.shape}")
+    s = _per_sample(sigma, x0)
+    return (1.0 - s) * x0 + s * noise
+
+
+def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
+    """The regression target v = eps - x0 (= d x_t / d sigma)."""
+    if x0.shape != noise.shape:
+        raise ValueError(f"x0 and noise must have one shape; got {x0.shape} and {noise.shape}")
+    return noise - x0
+
+
+def x0_from_velocity(x_t: jax.Array, velocity: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Clean-sample estimate x0 = x_t - sigma v."""
+    return x_t - _per_sample(sigma, x_t) * velocity
+
+
+def noise_from_velocity(x_t: jax.Array, velocity: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Noise estimate eps = x_t + (1 - sigma) v."""
+    return x_t + (1.0 - _per_sample(sigma, x_t)) * velocity
+
+
+def loss_weights(sigma: jax.Array, weighting: str | Callable[[jax.Array], jax.Array] = "none") -> jax.Array:
+    """Per-sample loss weights (SD3 schemes): "none" = 1, "cosmap" = 2 / (pi (1 - 2 sigma + 2 sigma^2)),
+    "sigma_sqrt" = sigma^-2; or any callable sigma -> weight (the hook for other schemes)."""
+    sigma = jnp.asarray(sigma, jnp.float32)
+    if callable(weighting):
+        return jnp.asarray(weighting(sigma), jnp.float32)
+    if weighting == "none":
+        return jnp.ones_like(sigma)
+    if weighting == "cosmap":
+        return 2.0 / (jnp.pi * (1.0 - 2.0 * sigma + 2.0 * sigma**2))
+    if weighting == "sigma_sqrt":
+        return sigma**-2.0
+    raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable; got {weighting!r}")
+
+
+def flow_matching_loss(
+    prediction: jax.Array,
+    target: jax.Array,
+    sigma: jax.Array | None = None,
+    *,
+    mask: jax.Array | None = None,
+    weighting: str | Callable[[jax.Array], jax.Array] = "none",
+) -> jax.Array:
+    """Weighted mean squared error over the selected elements, float32 scalar.
+
+    Args:
+      prediction, target: (B, ...) model velocity and `velocity_target`.
+      sigma: (B,) noise levels (needed unless weighting == "none").
+      mask: optional bool/0-1 array of shape (B, ...) that is a prefix of prediction's shape, e.g. (B, L)
+        for (B, L, D) tokens; the loss averages only over selected elements (the target tokens).
+      weighting: see `loss_weights`.
+    Returns:
+      sum(w_b * m * (prediction - target)^2) / sum(m), with m broadcast over the trailing axes.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction and target must have one shape; got {prediction.shape} and {target.shape}")
+    err = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
+    if mask is None:
+        selected = jnp.ones(err.shape, jnp.float32)
+    else:
+        if tuple(mask.shape) != tuple(err.shape[: mask.ndim]):
+            raise ValueError(f"mask shape must be a prefix of {err.shape}; got {tuple(mask.shape)}")
+        trailing = (1,) * (err.ndim - mask.ndim)
+        selected = jnp.broadcast_to(mask.astype(jnp.float32).reshape(mask.shape + trailing), err.shape)
+    weighted = err * selected
+    if weighting != "none":
+        if sigma is None:
+            raise ValueError("sigma is required for a loss weighting other than 'none'")
+        weighted = weighted * _per_sample(loss_weights(sigma, weighting), err)
+    return jnp.sum(weighted) / jnp.maximum(jnp.sum(selected), 1.0)
