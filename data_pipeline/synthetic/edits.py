@@ -111,25 +111,40 @@ def edit_removal(scene: Scene, rng, exclude=(), **_) -> tuple[Scene, dict]:
         {"object": i, "object_name": obj.name, "side": side}
 
 
+def _in_view_fraction(scene: Scene, path: np.ndarray, s: np.ndarray) -> float:
+    """Fraction of times at which a world point path (T, 3) projects well inside the view."""
+    c, R = scene.camera.centers_and_rotations(s)
+    cam = np.einsum("fij,fj->fi", R, path - c)
+    tan = np.tan(scene.camera.fov_x / 2)
+    z = np.maximum(cam[:, 2], 1e-6)
+    ok = (cam[:, 2] > 0.5) & (np.abs(cam[:, 0] / z) < 0.75 * tan) & (np.abs(cam[:, 1] / z) < 0.4 * tan)
+    return float(ok.mean())
+
+
 def edit_duplication(scene: Scene, rng, exclude=(), **_) -> tuple[Scene, dict]:
     i = _pick_object(scene, rng, exclude=exclude)
     obj = scene.objects[i]
     s = frame_times(17)
     c, R = scene.camera.centers_and_rotations(np.array([0.5]))
-    right = R[0, 0].copy()
-    right[2] = 0
+    right, fwd = R[0, 0].copy(), R[0, 2].copy()
+    right[2] = fwd[2] = 0
     right /= max(np.linalg.norm(right), 1e-9)
+    fwd /= max(np.linalg.norm(fwd), 1e-9)
     r_b = obj.bound_radius()
-    best, best_gap = None, -np.inf
-    for side in (1.0, -1.0):
-        for dist in rng.uniform(2.1, 3.0, size=3) * r_b:
-            off = side * dist * right
+    best, best_score = None, -np.inf
+    for angle in np.linspace(0, 2 * np.pi, 12, endpoint=False):
+        for dist in rng.uniform(2.1, 3.0, size=2) * r_b:
+            off = dist * (np.cos(angle) * right + np.sin(angle) * fwd)
             path = obj.path(s) + off
             gaps = [np.min(np.linalg.norm(path[:, :2] - o.path(s)[:, :2], axis=-1)) - r_b - o.bound_radius()
                     for j, o in enumerate(scene.objects) if j != i]
             gap = min(gaps) if gaps else 1.0
-            if gap > best_gap:
-                best, best_gap = off, gap
+            # the copy should be seen and should not run through other objects or the camera
+            score = _in_view_fraction(scene, path, s) + min(gap, 0.0) + 0.1 * abs(np.cos(angle))
+            if np.min(np.linalg.norm(path - scene.camera.centers_and_rotations(s)[0], axis=-1)) < r_b + 0.5:
+                score -= 10
+            if score > best_score:
+                best, best_score = off, score
     turn = float(rng.uniform(-np.pi, np.pi)) if rng.uniform() < 0.5 else 0.0
     copy = obj.replace(offset=obj.offset + best, duplicate_of=i, base_rotation=_yaw(turn) @ obj.base_rotation)
     target = scene.replace(objects=tuple(scene.objects) + (copy,))

@@ -11,7 +11,7 @@ copy (`source_ids` points the twin at its original).
 Visibility (per clip, frame, track): in front of the camera (z > 1e-3), projected inside
 [-0.5, W-0.5] x [-0.5, H-0.5], and no surface hit along the ray from the camera centre to the point
 before (1 - VIS_EPS) of the way, i.e. the exact depth buffer at the point's sub-pixel position is not
-nearer than (1 - VIS_EPS) z. VIS_EPS = 1e-4 (relative depth).
+nearer than (1 - VIS_EPS) z. VIS_EPS = 1e-6 (relative depth; the hit is computed in float64).
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import numpy as np
 
 from data_pipeline.schema import PairRecord
 from data_pipeline.synthetic.edits import ALL_FAMILIES, apply_edit
-from data_pipeline.synthetic.raycast import sample_surface
+from data_pipeline.synthetic.raycast import sample_surface, snap_to_surface
 from data_pipeline.synthetic.render import ClipGeometry, NEAR, cast_rays, evaluate_clip, render_clip
 from data_pipeline.synthetic.scene import NUM_BACKGROUND_PRIMS, Scene, camera_clearance, random_scene
 
-VIS_EPS = 1e-4
+VIS_EPS = 1e-6
 GENERATOR_VERSION = 1
 
 
@@ -165,6 +165,9 @@ def sample_tracks(rng, cfg: SyntheticConfig, geom_s, geom_t, render_s, render_t,
             locals_.append(sample_surface(p.kind, p.size, k, rng))
     prim = np.concatenate(prims).astype(np.int64)
     local = np.concatenate(locals_)
+    for p in np.unique(prim):  # raster points carry float32 error: put them exactly on the surface
+        m = prim == p
+        local[m] = snap_to_surface(geom_s.prims[p].kind, geom_s.prims[p].size, local[m])
     order = rng.permutation(len(prim))
     prim, local = prim[order], local[order]
     prim_t = prim.copy()

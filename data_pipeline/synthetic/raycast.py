@@ -224,3 +224,32 @@ def sample_surface(kind: int, size: np.ndarray, n: int, rng: np.random.Generator
         z = np.where(part == 0, rng.uniform(-hz, hz, n), np.where(part == 1, hz, -hz))
         return np.stack([rad * np.cos(phi), rad * np.sin(phi), z], -1)
     raise ValueError(f"surface sampling is defined for objects only; got kind {kind}")
+
+
+def snap_to_surface(kind: int, size: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Move local points p (N, 3) that lie (numerically) near the surface exactly onto it (float64).
+
+    Track points come from the float32 raster; snapping makes them surface points of the analytic
+    shape, so every frame's world position is exactly on the surface."""
+    p = np.array(p, np.float64)
+    if kind in (SPHERE, DOME):
+        return p * (size[0] / np.linalg.norm(p, axis=-1, keepdims=True))
+    if kind == GROUND:
+        p[..., 2] = 0.0
+        return p
+    if kind == BOX:
+        h = np.asarray(size, np.float64)
+        ax = np.argmax(np.abs(p) / h, axis=-1)
+        rows = np.arange(len(p))
+        p[rows, ax] = np.sign(p[rows, ax]) * h[ax]
+        return np.clip(p, -h, h)
+    if kind == CYLINDER:
+        r, hz = float(size[0]), float(size[2])
+        rad = np.hypot(p[:, 0], p[:, 1])
+        on_side = (np.abs(rad - r) / r) <= (np.abs(np.abs(p[:, 2]) - hz) / hz)
+        scale = np.where(on_side, r / np.maximum(rad, 1e-300), np.minimum(1.0, r / np.maximum(rad, 1e-300)))
+        p[:, 0] *= scale
+        p[:, 1] *= scale
+        p[:, 2] = np.where(on_side, np.clip(p[:, 2], -hz, hz), np.sign(p[:, 2]) * hz)
+        return p
+    raise ValueError(f"unknown primitive kind {kind}")
