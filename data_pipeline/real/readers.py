@@ -36,6 +36,8 @@ from trackedit_jax.geometry import Camera, Tracks, invert_extrinsics, load_track
 def read_tapip3d(path: str | os.PathLike, fps: float = 10.0) -> Clip:
     """A TAPIP3D / SpatialTrackerV2 result file (must include `video`)."""
     path = pathlib.Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise IngestError(f"{path}: not an .npz (zip) file")
     f = checked(path, lambda: load_track_file(path))
     if f.video is None:
         raise IngestError(f"{path}: no 'video' key; a training pair needs the frames")
@@ -86,7 +88,10 @@ def _load_npz_members(path: pathlib.Path, bytes_pickle_members=()) -> dict:
         out = {}
         for info in zf.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            out[key] = _read_npy_member(zf, info.filename, allow_bytes_pickle=key in bytes_pickle_members)
+            try:
+                out[key] = _read_npy_member(zf, info.filename, allow_bytes_pickle=key in bytes_pickle_members)
+            except (ValueError, pickle.UnpicklingError, EOFError, OSError, zipfile.BadZipFile) as e:
+                raise IngestError(f"{path}: cannot read {key!r}: {e}") from e
     return out
 
 
