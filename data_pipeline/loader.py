@@ -111,10 +111,16 @@ class LoaderConfig:
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides) -> "LoaderConfig":
-        """Build from a ConfigDict/dict with any subset of the field names (unknown keys ignored)."""
-        d = dict(cfg) if not hasattr(cfg, "to_dict") else cfg.to_dict()
+        """Build from a ConfigDict/dict (e.g. `config.data`) holding any subset of the field names, plus
+        the aliases height/width (-> image_size) and workers (-> worker_count); other keys are ignored.
+        `overrides` win (e.g. batch_size=config.train.batch_size, seed=config.train.seed)."""
+        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        if "height" in d and "width" in d and "image_size" not in d:
+            kw["image_size"] = (int(d["height"]), int(d["width"]))
+        if "workers" in d and "worker_count" not in d:
+            kw["worker_count"] = int(d["workers"])
         kw.update(overrides)
         return cls(**kw)
 

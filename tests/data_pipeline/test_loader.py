@@ -192,3 +192,11 @@ def test_corrupt_record_raises_with_name_or_is_skipped_and_counted(tmp_path):
     before = skipped_records().get("corrupt", 0)
     got = list(make_iterator([path], LoaderConfig(**{**cfg.__dict__, "on_error": "skip"})))
     assert len(got) == 3 and skipped_records()["corrupt"] == before + 1
+
+
+def test_config_from_a_training_preset_section():
+    cfg = LoaderConfig.from_config({"height": 64, "width": 48, "num_frames": 17, "max_tracks": 256, "min_tracks": 64,
+                                    "workers": 0, "train_path": "", "synthetic_pairs": 32}, batch_size=2, seed=7)
+    assert cfg.image_size == (64, 48) and cfg.worker_count == 0 and cfg.batch_size == 2 and cfg.seed == 7
+    with pytest.raises(ValueError, match="4k\\+1"):
+        LoaderConfig(num_frames=16)
