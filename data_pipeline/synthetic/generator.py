@@ -182,6 +182,10 @@ def sample_tracks(rng, cfg: SyntheticConfig, geom_s, geom_t, render_s, render_t,
     return prim, prim_t, local, ids.astype(np.int32)
 
 
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 def _prompt(scene: Scene, geom: ClipGeometry) -> str:
     names: dict = {}
     for oi, obj in enumerate(scene.objects):
@@ -194,13 +198,13 @@ def _prompt(scene: Scene, geom: ClipGeometry) -> str:
 
     def count(d, k):
         if k == 1:
-            return ("an " if d[0] in "aeiou" else "a ") + d
+            return _a(d)
         return f"{words.get(k, str(k))} {d}{'es' if d.endswith('x') else 's'}"
     items = [count(d, k) for d, k in names.items()]
     if not items:
-        return f"an empty scene with a {scene.ground_texture.colour_name()} patterned floor"
+        return f"an empty scene with {_a(scene.ground_texture.colour_name())} patterned floor"
     listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-    return f"{listed} on a {scene.ground_texture.colour_name()} patterned floor"
+    return f"{listed} on {_a(scene.ground_texture.colour_name())} patterned floor"
 
 
 def generate_pair(seed: int, index: int, config: SyntheticConfig = SyntheticConfig(),
