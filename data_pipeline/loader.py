@@ -44,6 +44,7 @@ import numpy as np
 
 from data_pipeline.schema import EDIT_FAMILIES, PairRecord, RecordError, family_id
 from data_pipeline.shards import PairRecordSource, ShardError
+from trackedit_jax.geometry import Camera, in_front, in_image, project
 
 _log = logging.getLogger(__name__)
 
@@ -152,13 +153,9 @@ def _resize(frames: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _visible_after_crop(xyz, K, E, vis, H, W):
-    cam = np.einsum("fij,fnj->fni", E[:, :3, :3], xyz) + E[:, None, :3, 3]
-    z = cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uvw = np.einsum("fij,fnj->fni", K, cam)
-        u, v = uvw[..., 0] / z, uvw[..., 1] / z
-    inside = (z > 1e-3) & (u >= -0.5) & (u <= W - 0.5) & (v >= -0.5) & (v <= H - 0.5)
-    return vis & inside
+    """Visibility restricted to points that project inside the cropped (H, W) image, in front."""
+    uv, z = project(np.asarray(xyz, np.float64), Camera(K, np.asarray(E, np.float64), (H, W)))
+    return vis & in_front(z) & in_image(uv, (H, W))
 
 
 class PairTransform:

@@ -28,6 +28,7 @@ from data_pipeline.synthetic.edits import ALL_FAMILIES, apply_edit
 from data_pipeline.synthetic.raycast import sample_surface, snap_to_surface
 from data_pipeline.synthetic.render import ClipGeometry, NEAR, cast_rays, evaluate_clip, render_clip
 from data_pipeline.synthetic.scene import NUM_BACKGROUND_PRIMS, Scene, camera_clearance, random_scene
+from trackedit_jax.geometry import Camera, in_front, in_image, project
 
 VIS_EPS = 1e-6
 GENERATOR_VERSION = 1
@@ -102,13 +103,9 @@ def track_positions(geom: ClipGeometry, prim: np.ndarray, local: np.ndarray) -> 
 
 def track_visibility(geom: ClipGeometry, xyz: np.ndarray, eps: float = VIS_EPS) -> np.ndarray:
     """(F, N) bool visibility of world points by the exact depth test described in the module doc."""
-    H, W = geom.image_size
-    cam = np.einsum("fij,fnj->fni", geom.rotations, xyz - geom.centers[:, None, :])
-    z = cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.einsum("fij,fnj->fni", geom.intrinsics, cam)
-        u, v = uv[..., 0] / z, uv[..., 1] / z
-    inside = (z > NEAR) & (u >= -0.5) & (u <= W - 0.5) & (v >= -0.5) & (v <= H - 0.5)
+    camera = Camera(geom.intrinsics, geom.extrinsics(), geom.image_size)
+    uv, z = project(xyz, camera)
+    inside = in_front(z, NEAR) & in_image(uv, geom.image_size)
     t, _, _, _ = cast_rays(geom, geom.centers[:, None, :], xyz - geom.centers[:, None, :])
     return inside & (t >= 1.0 - eps)
 
