@@ -184,6 +184,10 @@ def apply_edit(scene: Scene, family: str, rng: np.random.Generator) -> tuple[Sce
         raise ValueError(f"unknown edit family {family!r}; expected one of {ALL_FAMILIES}")
     first = str(rng.choice(BASE_FAMILIES))
     second = str(rng.choice([f for f in BASE_FAMILIES if f != first]))
+    # deformation needs the (only) articulated object and removal should not hide another edit: apply
+    # deformation first and removal last
+    order = ("deformation", "rotation", "object_path", "retiming", "duplication", "camera", "removal")
+    first, second = sorted((first, second), key=order.index)
     target, meta = scene, {"family": "combination", "components": [first, second]}
     used: list = []
     for fam in (first, second):
