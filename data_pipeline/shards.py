@@ -224,12 +224,18 @@ def write_dataset(
                             bar.update(n)
                 t = threading.Thread(target=pump, daemon=True)
                 t.start()
+                ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_spawn_init)
                 try:
-                    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_spawn_init) as ex:
-                        futs = {ex.submit(_write_shard_job, str(out), k, count, *ranges[k], make_record, q): k
-                                for k in todo}
-                        for fut in cf.as_completed(futs):
-                            finish(futs[fut], fut.result())
+                    futs = {ex.submit(_write_shard_job, str(out), k, count, *ranges[k], make_record, q): k
+                            for k in todo}
+                    for fut in cf.as_completed(futs):
+                        finish(futs[fut], fut.result())
+                except BaseException:
+                    # stop at the first error: running shards finish (atomically), queued ones are dropped
+                    ex.shutdown(wait=True, cancel_futures=True)
+                    raise
+                else:
+                    ex.shutdown(wait=True)
                 finally:
                     stop.set()
                     t.join()

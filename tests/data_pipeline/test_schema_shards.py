@@ -83,18 +83,18 @@ def test_resume_after_a_crash_and_workers_give_identical_shards(tmp_path):
     gen = {"name": "test", "seed": 1}
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        write_dataset(crashed, _FailAt(4, cfg), 6, generator=gen, records_per_shard=2, progress=False)
+        write_dataset(crashed, _FailAt(4, cfg), 6, generator=gen, records_per_shard=2, workers=2, progress=False)
     names = sorted(p.name for p in crashed.iterdir())
-    assert "shard-00000-of-00003.array_record" in names and "shard-00001-of-00003.array_record" in names
     assert "shard-00002-of-00003.array_record" not in names and MANIFEST not in names
     assert not [n for n in names if ".tmp-" in n], "a partial shard was left behind"
     with pytest.raises(ValueError, match="different configuration"):
         write_dataset(crashed, _FailAt(-1, cfg), 6, generator={"name": "other"}, records_per_shard=2, progress=False)
+    done_before = {n for n in names if n.endswith(".array_record")}
     m = write_dataset(crashed, _FailAt(-1, cfg), 6, generator=gen, records_per_shard=2, progress=False)
-    assert m["num_records"] == 6
-    # the same data set from scratch with two worker processes: byte-identical shards
+    assert m["num_records"] == 6 and len(done_before) <= 2
+    # the same data set from scratch in one process: byte-identical shards
     fresh = write_dataset(tmp_path / "fresh", _FailAt(-1, cfg), 6, generator=gen, records_per_shard=2,
-                          workers=2, progress=False)
+                          progress=False)
     assert [s["sha256"] for s in fresh["shards"]] == [s["sha256"] for s in m["shards"]]
     assert not (crashed / ".parts").exists()
 
