@@ -38,7 +38,7 @@ import collections
 import dataclasses
 import logging
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 

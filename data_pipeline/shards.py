@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from data_pipeline.schema import SCHEMA_VERSION, PairRecord, RecordError, decode_record, encode_record
 

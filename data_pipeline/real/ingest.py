@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 from typing import Optional, Sequence
 
 import numpy as np

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline.synthetic.raycast import DOME, GROUND, Sim, bounding_radius, intersect
-from data_pipeline.synthetic.scene import DOME_RADIUS, NUM_BACKGROUND_PRIMS, Scene, frame_times
+from data_pipeline.synthetic.scene import Scene, frame_times
 from data_pipeline.synthetic.textures import Texture
 
 NEAR = 1e-3          # rays start this far (camera z) in front of the camera

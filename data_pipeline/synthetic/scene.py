@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline.synthetic.raycast import (
-    BOX, CYLINDER, DOME, GROUND, SPHERE, Sim, bounding_radius, rotation_matrix,
+    BOX, CYLINDER, SPHERE, Sim, bounding_radius, rotation_matrix,
 )
 from data_pipeline.synthetic.textures import Texture, random_texture
 

@@ -195,7 +195,7 @@ def test_kubric_conventions_against_exact_synthetic_scene(tmp_path):
     depth): after ingest the cameras equal the renderer's, and lifted tracks lie on the surfaces of their
     objects in every frame (checked with the objects' implicit equations)."""
     from data_pipeline.synthetic.render import evaluate_clip, render_clip
-    from data_pipeline.synthetic.raycast import BOX, CYLINDER, SPHERE
+    from data_pipeline.synthetic.raycast import BOX, SPHERE
     from data_pipeline.synthetic.scene import random_scene
 
     rng = np.random.default_rng(3)

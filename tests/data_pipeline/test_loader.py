@@ -5,7 +5,7 @@ import pytest
 
 from data_pipeline.loader import BATCH_KEYS, LoaderConfig, crop_intrinsics, make_iterator, skipped_records
 from data_pipeline.schema import EDIT_FAMILIES, PairRecord
-from data_pipeline.shards import PairRecordSource, ShardError, write_shard
+from data_pipeline.shards import ShardError, write_shard
 
 CFG = LoaderConfig(batch_size=2, num_frames=5, image_size=(16, 24), max_tracks=32, min_tracks=8,
                    max_drawn_tracks=24, seed=3, process_index=0, process_count=1, read_threads=2)

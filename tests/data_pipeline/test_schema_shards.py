@@ -1,18 +1,16 @@
 """Record schema round trips (no pickle) and ArrayRecord shards: manifest, resume, parallel, bad files."""
-import json
-import os
 import pathlib
 
 import numpy as np
 import pytest
 
 from data_pipeline.schema import (
-    EDIT_FAMILIES, PairRecord, RecordError, decode_record, encode_frames, decode_frames, encode_record,
+    RecordError, decode_record, encode_frames, decode_frames, encode_record,
 )
 from data_pipeline.shards import (
     MANIFEST, PairRecordSource, ShardError, load_manifest, verify_dataset, write_dataset, write_records,
 )
-from data_pipeline.synthetic import ALL_FAMILIES, SyntheticConfig, make_dataset, make_record
+from data_pipeline.synthetic import ALL_FAMILIES, SyntheticConfig, make_record
 from dp_records import make_test_record, write_with_corrupt_record
 
 
