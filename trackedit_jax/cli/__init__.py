@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "edit-tracks": "edit_tracks",
     "viz": "viz",
+    "make-data": "make_data",
+    "ingest": "ingest",
 }
 
 

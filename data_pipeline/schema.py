@@ -1,0 +1,354 @@
+"""The ONE training-record schema: a source/target clip pair linked by 3D point tracks.
+
+A record is one pair. Both clips have F frames of size (H, W) and the same N tracks: point i of the
+source and the target is the same physical point (duplication repeats a source point; `source_ids`
+says which source point each track came from).
+
+Fields (`PairRecord`):
+  key                       str, unique in a data set
+  image_size                (H, W)
+  codec                     "jpeg" | "png" | "raw" (how frames are stored)
+  source_frames, target_frames   F byte strings each (one encoded frame, or H*W*3 raw uint8 bytes)
+  source_xyz, target_xyz    (F, N, 3) float32 world coordinates
+  source_visibility, target_visibility   (F, N) bool
+  source_intrinsics, target_intrinsics   (F, 3, 3) float32 pixels of (H, W)
+  source_extrinsics, target_extrinsics   (F, 4, 4) float32 world-to-camera, OpenCV axes
+  source_ids                optional (N,) int32: source point of each track (None = arange(N))
+  source_depth, target_depth   optional (F, H, W) float16 camera z (inf = nothing hit)
+  source_latents, target_latents   optional float arrays (any shape), e.g. VAE latents (f, h, w, C)
+  text_embedding, text_mask optional (L, D) float32 and (L,) bool
+  prompt                    str (may be empty)
+  edit_family               one of EDIT_FAMILIES
+  edit_components           tuple of EDIT_FAMILIES members (a combination lists its parts)
+  fps                       float
+  metadata                  JSON-like dict (generator name/config, seeds, source files, ...)
+
+Serialisation (`encode_record` / `decode_record`), no pickle anywhere:
+  bytes = MAGIC (4) | version uint16 LE | crc32 of payload uint32 LE | msgpack payload
+Arrays travel as {"__nd__": 1, "dtype": str, "shape": [...], "data": bytes} with a whitelist of
+dtypes; object arrays cannot be expressed. A bad magic, version, checksum or field raises `RecordError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import zlib
+from typing import Any, Optional, Sequence
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+MAGIC = b"TEPR"  # trackedit pair record
+_HEADER = struct.Struct("<4sHI")
+
+# The integer in a batch's `edit_family` is the index in this tuple (never reorder; append only).
+EDIT_FAMILIES = (
+    "camera",         # target camera path differs
+    "object_path",    # one object's translation path differs
+    "rotation",       # one object gets an extra 3D rotation
+    "deformation",    # part-wise transforms of an articulated object (joint angles, part scale)
+    "removal",        # an object's tracks leave the target frame (object moved out of view)
+    "duplication",    # one source point -> two target points (the target shows a copy)
+    "retiming",       # object motion replayed with a time warp
+    "combination",    # several of the above (see edit_components)
+    "real",           # two windows of one real video (stage 2)
+)
+VIDEO_CODECS = ("jpeg", "png", "raw")
+_ALLOWED_DTYPES = {"uint8", "bool", "int32", "int64", "float16", "float32", "float64"}
+
+
+class RecordError(ValueError):
+    """A record that cannot be decoded or violates the schema."""
+
+
+def family_id(name: str) -> int:
+    """Index of an edit family name in EDIT_FAMILIES."""
+    try:
+        return EDIT_FAMILIES.index(name)
+    except ValueError:
+        raise ValueError(f"unknown edit family {name!r}; expected one of {EDIT_FAMILIES}") from None
+
+
+# ----------------------------------------------------------------------------- frame codecs
+def encode_frames(video: np.ndarray, codec: str = "jpeg", quality: int = 95) -> list[bytes]:
+    """(F, H, W, 3) uint8 RGB -> F byte strings."""
+    import cv2
+
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+        raise ValueError(f"video must be (F, H, W, 3) uint8; got {video.shape} {video.dtype}")
+    if codec == "raw":
+        return [np.ascontiguousarray(f).tobytes() for f in video]
+    if codec == "jpeg":
+        ext, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif codec == "png":
+        ext, params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    else:
+        raise ValueError(f"codec must be one of {VIDEO_CODECS}; got {codec!r}")
+    out = []
+    for f in video:
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(f[..., ::-1]), params)
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode a frame as {codec}")
+        out.append(buf.tobytes())
+    return out
+
+
+def decode_frames(frames: Sequence[bytes], codec: str, image_size: tuple[int, int]) -> np.ndarray:
+    """F byte strings -> (F, H, W, 3) uint8 RGB. Raises RecordError on undecodable bytes or wrong size."""
+    import cv2
+
+    H, W = image_size
+    out = np.empty((len(frames), H, W, 3), np.uint8)
+    for i, b in enumerate(frames):
+        if codec == "raw":
+            if len(b) != H * W * 3:
+                raise RecordError(f"raw frame {i} has {len(b)} bytes; expected {H}*{W}*3 = {H * W * 3}")
+            out[i] = np.frombuffer(b, np.uint8).reshape(H, W, 3)
+            continue
+        img = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise RecordError(f"frame {i} is not a decodable {codec} image ({len(b)} bytes)")
+        if img.shape[:2] != (H, W):
+            raise RecordError(f"frame {i} decodes to {img.shape[:2]}; the record says {(H, W)}")
+        out[i] = img[..., ::-1]
+    return out
+
+
+# ----------------------------------------------------------------------------- the record
+@dataclasses.dataclass
+class PairRecord:
+    key: str
+    image_size: tuple[int, int]
+    codec: str
+    source_frames: list
+    target_frames: list
+    source_xyz: np.ndarray
+    target_xyz: np.ndarray
+    source_visibility: np.ndarray
+    target_visibility: np.ndarray
+    source_intrinsics: np.ndarray
+    target_intrinsics: np.ndarray
+    source_extrinsics: np.ndarray
+    target_extrinsics: np.ndarray
+    edit_family: str
+    edit_components: tuple = ()
+    prompt: str = ""
+    fps: float = 16.0
+    source_ids: Optional[np.ndarray] = None
+    source_depth: Optional[np.ndarray] = None
+    target_depth: Optional[np.ndarray] = None
+    source_latents: Optional[np.ndarray] = None
+    target_latents: Optional[np.ndarray] = None
+    text_embedding: Optional[np.ndarray] = None
+    text_mask: Optional[np.ndarray] = None
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        key: str,
+        source_video: np.ndarray,
+        target_video: np.ndarray,
+        codec: str = "jpeg",
+        quality: int = 95,
+        **fields: Any,
+    ) -> "PairRecord":
+        """Build a record from (F, H, W, 3) uint8 videos (encoded with `codec`) and the other fields."""
+        source_video, target_video = np.asarray(source_video), np.asarray(target_video)
+        if source_video.shape != target_video.shape:
+            raise ValueError(
+                f"source_video and target_video must have the same shape; got {source_video.shape} "
+                f"and {target_video.shape}"
+            )
+        rec = cls(
+            key=key,
+            image_size=tuple(int(s) for s in source_video.shape[1:3]),
+            codec=codec,
+            source_frames=encode_frames(source_video, codec, quality),
+            target_frames=encode_frames(target_video, codec, quality),
+            **fields,
+        )
+        rec.validate()
+        return rec
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.source_xyz.shape[0])
+
+    @property
+    def num_tracks(self) -> int:
+        return int(self.source_xyz.shape[1])
+
+    def video(self, which: str, frame_indices: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Decode the 'source' or 'target' clip (optionally only some frames) -> (F', H, W, 3) uint8."""
+        if which not in ("source", "target"):
+            raise ValueError(f"which must be 'source' or 'target'; got {which!r}")
+        frames = self.source_frames if which == "source" else self.target_frames
+        if frame_indices is not None:
+            frames = [frames[int(i)] for i in frame_indices]
+        return decode_frames(frames, self.codec, self.image_size)
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> "PairRecord":
+        """Check every field against the schema; raises RecordError naming the field."""
+        def fail(msg):
+            raise RecordError(f"record {self.key!r}: {msg}")
+
+        if not isinstance(self.key, str) or not self.key:
+            fail("key must be a non-empty string")
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            fail(f"image_size must be (H, W) > 0; got {self.image_size}")
+        if self.codec not in VIDEO_CODECS:
+            fail(f"codec must be one of {VIDEO_CODECS}; got {self.codec!r}")
+        if self.edit_family not in EDIT_FAMILIES:
+            fail(f"edit_family must be one of {EDIT_FAMILIES}; got {self.edit_family!r}")
+        for c in self.edit_components:
+            if c not in EDIT_FAMILIES:
+                fail(f"edit_components has unknown family {c!r}")
+        xyz = self.source_xyz
+        if not isinstance(xyz, np.ndarray) or xyz.ndim != 3 or xyz.shape[-1] != 3:
+            fail(f"source_xyz must be (F, N, 3); got {getattr(xyz, 'shape', type(xyz))}")
+        F, N = xyz.shape[:2]
+        if F < 1 or N < 1:
+            fail(f"need F >= 1 frames and N >= 1 tracks; got F={F}, N={N}")
+        expect = {
+            "source_xyz": (F, N, 3), "target_xyz": (F, N, 3),
+            "source_visibility": (F, N), "target_visibility": (F, N),
+            "source_intrinsics": (F, 3, 3), "target_intrinsics": (F, 3, 3),
+            "source_extrinsics": (F, 4, 4), "target_extrinsics": (F, 4, 4),
+        }
+        for name, shape in expect.items():
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.shape != shape:
+                fail(f"{name} must have shape {shape}; got {getattr(a, 'shape', type(a))}")
+            if name.endswith("visibility"):
+                if a.dtype != bool:
+                    fail(f"{name} must be bool; got {a.dtype}")
+            elif not np.isfinite(a).all():
+                bad = np.argwhere(~np.isfinite(a))[0].tolist()
+                fail(f"{name} contains NaN or inf (first at index {bad})")
+        for name in ("source_frames", "target_frames"):
+            frames = getattr(self, name)
+            if len(frames) != F:
+                fail(f"{name} has {len(frames)} frames but the tracks have F={F}")
+            if any(not isinstance(b, (bytes, bytearray)) for b in frames):
+                fail(f"{name} must be a list of byte strings")
+        if self.source_ids is not None:
+            ids = self.source_ids
+            if not isinstance(ids, np.ndarray) or ids.shape != (N,) or ids.dtype.kind not in "iu":
+                fail(f"source_ids must be (N,) = ({N},) integers; got {getattr(ids, 'shape', None)}")
+            if ids.min() < 0 or ids.max() >= N:
+                fail(f"source_ids must index the N={N} tracks; got range [{ids.min()}, {ids.max()}]")
+        H, W = self.image_size
+        for name in ("source_depth", "target_depth"):
+            d = getattr(self, name)
+            if d is not None and (not isinstance(d, np.ndarray) or d.shape != (F, H, W)):
+                fail(f"{name} must be (F, H, W) = {(F, H, W)}; got {getattr(d, 'shape', None)}")
+        if (self.text_embedding is None) != (self.text_mask is None):
+            fail("text_embedding and text_mask come together")
+        if self.text_embedding is not None:
+            te, tm = self.text_embedding, self.text_mask
+            if te.ndim != 2 or tm.shape != te.shape[:1] or tm.dtype != bool:
+                fail(f"text_embedding must be (L, D) with text_mask (L,) bool; got {te.shape}, {tm.shape} {tm.dtype}")
+        if not np.isfinite(float(self.fps)) or float(self.fps) <= 0:
+            fail(f"fps must be a positive number; got {self.fps}")
+        try:
+            json.dumps(self.metadata)
+        except TypeError as e:
+            fail(f"metadata must be JSON-serialisable ({e})")
+        return self
+
+
+# ----------------------------------------------------------------------------- serialisation
+_ARRAY_FIELDS = (
+    "source_xyz", "target_xyz", "source_visibility", "target_visibility", "source_intrinsics",
+    "target_intrinsics", "source_extrinsics", "target_extrinsics", "source_ids", "source_depth",
+    "target_depth", "source_latents", "target_latents", "text_embedding", "text_mask",
+)
+
+
+def _pack_array(a: np.ndarray) -> dict:
+    a = np.asarray(a)
+    if a.dtype.name not in _ALLOWED_DTYPES:
+        raise RecordError(f"dtype {a.dtype} is not allowed in records ({sorted(_ALLOWED_DTYPES)})")
+    return {"__nd__": 1, "dtype": a.dtype.name, "shape": list(a.shape), "data": np.ascontiguousarray(a).tobytes()}
+
+
+def _unpack_array(d: Any, field: str) -> np.ndarray:
+    if not isinstance(d, dict) or d.get("__nd__") != 1:
+        raise RecordError(f"field {field!r} is not an encoded array")
+    dtype = d.get("dtype")
+    if dtype not in _ALLOWED_DTYPES:
+        raise RecordError(f"field {field!r} has disallowed dtype {dtype!r}")
+    shape = tuple(int(s) for s in d["shape"])
+    data = d["data"]
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if len(data) != expected:
+        raise RecordError(f"field {field!r}: {len(data)} bytes for shape {shape} {dtype} (expected {expected})")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def encode_record(rec: PairRecord) -> bytes:
+    """Validate and serialise a record (see module docstring for the byte layout)."""
+    rec.validate()
+    payload: dict[str, Any] = {
+        "key": rec.key,
+        "image_size": [int(s) for s in rec.image_size],
+        "codec": rec.codec,
+        "source_frames": [bytes(b) for b in rec.source_frames],
+        "target_frames": [bytes(b) for b in rec.target_frames],
+        "edit_family": rec.edit_family,
+        "edit_components": list(rec.edit_components),
+        "prompt": rec.prompt,
+        "fps": float(rec.fps),
+        "metadata": json.dumps(rec.metadata, sort_keys=True),
+    }
+    for name in _ARRAY_FIELDS:
+        a = getattr(rec, name)
+        if a is not None:
+            payload[name] = _pack_array(a)
+    body = msgpack.packb(payload, use_bin_type=True)
+    return _HEADER.pack(MAGIC, SCHEMA_VERSION, zlib.crc32(body) & 0xFFFFFFFF) + body
+
+
+def decode_record(data: bytes) -> PairRecord:
+    """Parse bytes written by `encode_record`. Raises RecordError (never a pickle load)."""
+    if len(data) < _HEADER.size:
+        raise RecordError(f"record is {len(data)} bytes, shorter than its {_HEADER.size}-byte header")
+    magic, version, crc = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise RecordError(f"bad magic {magic!r} (expected {MAGIC!r}); not a trackedit pair record")
+    if version != SCHEMA_VERSION:
+        raise RecordError(f"schema version {version} is not supported (this code reads {SCHEMA_VERSION})")
+    body = memoryview(data)[_HEADER.size:]
+    if zlib.crc32(body) & 0xFFFFFFFF != crc:
+        raise RecordError("checksum mismatch: the record is corrupt")
+    try:
+        p = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        fields = {
+            "key": p["key"],
+            "image_size": tuple(int(s) for s in p["image_size"]),
+            "codec": p["codec"],
+            "source_frames": list(p["source_frames"]),
+            "target_frames": list(p["target_frames"]),
+            "edit_family": p["edit_family"],
+            "edit_components": tuple(p["edit_components"]),
+            "prompt": p["prompt"],
+            "fps": float(p["fps"]),
+            "metadata": json.loads(p["metadata"]),
+        }
+    except RecordError:
+        raise
+    except Exception as e:  # msgpack/KeyError/TypeError: a malformed payload
+        raise RecordError(f"malformed record payload ({type(e).__name__}: {e})") from e
+    for name in _ARRAY_FIELDS:
+        fields[name] = _unpack_array(p[name], name) if name in p else None
+    for name in _ARRAY_FIELDS[:8]:
+        if fields[name] is None:
+            raise RecordError(f"required field {name!r} is missing")
+    return PairRecord(**fields).validate()
