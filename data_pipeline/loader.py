@@ -28,8 +28,11 @@ Batch keys, exactly (B = batch_size, F = num_frames, N = max_tracks):
   text_embedding (B, L, D) float32 and text_mask (B, L) bool   only when text_len > 0
   record_index (B,) int64                                       only when return_record_index (debug)
 
-Sharding: process p of P reads records p, p + P, p + 2P, ... (disjoint), then shuffles them with `seed`
-(a new permutation every epoch) and repeats. Worker processes (`worker_count` > 0) use grain's
+Sharding: the example stream is defined GLOBALLY (shuffled with `seed`, a new permutation every epoch,
+repeated, each element transformed with randomness keyed by its global position), cut into global
+batches of `batch_size * P` examples, and process p of P takes the p-th contiguous slice of every
+global batch. So the global batch, and therefore training, is the same whatever the process count
+(1 process, 2 processes x 4 devices, ...), and processes read disjoint examples. Worker processes (`worker_count` > 0) use grain's
 mp_prefetch; we mark absl flags parsed first (google/grain#1355, fixed after grain 0.2.18).
 """
 from __future__ import annotations
@@ -290,20 +293,46 @@ def _process_shard(cfg: LoaderConfig) -> tuple[int, int]:
     return int(pi), int(pc)
 
 
+def _process_slice_dataset(parent, per_process: int, process_index: int, process_count: int):
+    """Element i of process p is element (i // b) * b * P + p * b + (i % b) of the global stream
+    (b = per-process batch size, P = process count): p's contiguous slice of every global batch."""
+    import grain
+
+    class ProcessSliceMapDataset(grain.MapDataset):
+        def __init__(self):
+            super().__init__(parent)
+            self._length = (len(parent) // (per_process * process_count)) * per_process
+
+        def __len__(self) -> int:
+            return self._length
+
+        def _global(self, index: int) -> int:
+            batch, j = divmod(int(index), per_process)
+            return (batch * process_count + process_index) * per_process + j
+
+        def __getitem__(self, index):
+            return self._parent[self._global(index)]
+
+        def __str__(self) -> str:
+            return f"ProcessSliceMapDataset(p={process_index}/{process_count}, b={per_process})"
+
+    return ProcessSliceMapDataset()
+
+
 def make_map_dataset(paths, config: LoaderConfig):
     """The per-process grain MapDataset of examples (before batching); elements may be None (skipped)."""
     import grain
 
     source = PairRecordSource(paths, on_error=config.on_error)
     pi, pc = _process_shard(config)
-    if len(source) < pc:
-        raise ValueError(f"{len(source)} records cannot be split over {pc} processes")
+    if len(source) < pc * config.batch_size and not config.repeat:
+        raise ValueError(f"{len(source)} records cannot fill one global batch of {pc} x {config.batch_size}")
     ds = grain.MapDataset.source(_IndexedSource(source, config.on_error))
-    ds = ds[pi::pc]
     if config.shuffle:
         ds = ds.shuffle(seed=config.seed)
     ds = ds.repeat(config.num_epochs if config.repeat else 1)
-    return ds.random_map(PairTransform(config, source), seed=config.seed)
+    ds = ds.random_map(PairTransform(config, source), seed=config.seed)
+    return ds if pc == 1 else _process_slice_dataset(ds, config.batch_size, pi, pc)
 
 
 def make_dataset(paths, config: LoaderConfig):

@@ -144,6 +144,19 @@ def test_two_processes_read_disjoint_halves(tiny_dataset):
     assert len(seen[0]) == len(seen[1]) == 4
 
 
+def test_process_slices_reassemble_the_single_process_batches(tiny_dataset):
+    """Global batches do not depend on the process count: 2 processes x 1 = 1 process x 2, exactly."""
+    one = _take(make_iterator(tiny_dataset, LoaderConfig(**{**CFG.__dict__, "batch_size": 2})), 3)
+    halves = [
+        _take(make_iterator(tiny_dataset, LoaderConfig(**{**CFG.__dict__, "batch_size": 1,
+                                                          "process_index": p, "process_count": 2})), 3)
+        for p in (0, 1)
+    ]
+    for i, ref in enumerate(one):
+        joined = {k: np.concatenate([halves[0][i][k], halves[1][i][k]]) for k in ref}
+        _equal(joined, ref)
+
+
 def test_worker_processes_give_the_same_batches(tiny_dataset):
     ref = _take(make_iterator(tiny_dataset, CFG), 2)
     it = make_iterator(tiny_dataset, LoaderConfig(**{**CFG.__dict__, "worker_count": 1}))

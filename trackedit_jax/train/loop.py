@@ -99,15 +99,13 @@ def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
 
 def make_iterator(config: ConfigDict, path: str, *, seed: int, repeat: bool = True):
     """This process's share of the global batches from the shards at `path` (a grain iterator)."""
-    from data_pipeline.loader import make_loader
+    from data_pipeline.loader import LoaderConfig, make_iterator as make_grain_iterator
 
-    d = config.data
-    per_process = config.train.batch_size // jax.process_count()
-    return make_loader(
-        path, batch_size=per_process, num_frames=d.num_frames, image_size=(d.height, d.width),
-        max_tracks=d.max_tracks, min_tracks=d.min_tracks, seed=seed, shuffle=True, repeat=repeat,
-        num_workers=d.workers, process_index=jax.process_index(), process_count=jax.process_count(),
+    loader_cfg = LoaderConfig.from_config(
+        config.data, batch_size=config.train.batch_size // jax.process_count(), seed=seed, shuffle=True,
+        repeat=repeat, process_index=jax.process_index(), process_count=jax.process_count(),
     )
+    return make_grain_iterator(path, loader_cfg)
 
 
 def _to_global(batch: dict, mesh) -> dict:
