@@ -8,7 +8,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla")
+from trackedit_jax.kernels.chunked import chunked_attention
+
+IMPLS = ("auto", "xla", "chunked")
+
+# "auto" on CPU: the chunked kernel once the score matrix is big enough for XLA's materialised
+# softmax to fall out of cache (below this, per-block overhead makes plain XLA as fast or faster).
+CHUNKED_MIN_SCORES = 256 * 256
 
 
 def _check(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> None:
@@ -49,7 +55,8 @@ def attention(
       k, v: (B, L_kv, H, D) keys and values.
       mask: optional (B, L_kv) bool key-padding mask; True = attend. Rows whose keys are all masked
         return a uniform average over the masked keys' values (callers zero such rows themselves).
-      impl: "auto" or "xla".
+      impl: "auto", "xla" or "chunked" (memory-linear pure-JAX kernel, `kernels/chunked.py`).
+        "auto" picks "chunked" on CPU when L_q * L_kv >= CHUNKED_MIN_SCORES, else "xla".
       interpret: run Pallas kernels in interpret mode (CPU testing).
     Returns:
       (B, L_q, H, D) in the dtype of `v`.
@@ -57,4 +64,8 @@ def attention(
     _check(q, k, v, mask)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if impl == "auto" and jax.default_backend() == "cpu" and q.shape[1] * k.shape[1] >= CHUNKED_MIN_SCORES:
+        impl = "chunked"
+    if impl == "chunked":
+        return chunked_attention(q, k, v, mask)
     return _xla(q, k, v, mask)
