@@ -362,7 +362,7 @@ def _merged_stacked_kernel(flat: dict, path: tuple, scale: float) -> Callable[[i
     def get(layer):
         k = kernel if layer is None else kernel[layer]
         k = np.asarray(jax.device_get(k))
-        if a_path in flat:
+        if path[-1] == "kernel" and a_path in flat:
             a = flat[a_path][...] if layer is None else flat[a_path][...][layer]
             b = flat[b_path][...] if layer is None else flat[b_path][...][layer]
             delta = np.asarray(jax.device_get(a), np.float32) @ np.asarray(jax.device_get(b), np.float32)
