@@ -8,11 +8,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from trackedit_jax.kernels.chunked import chunked_attention
+
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu", "splash", "chunked")
 
-# "auto" uses dense XLA attention while one head's logit matrix has at most this many entries
-# (4 MiB of float32); above it a memory-linear kernel is chosen.
+# "auto" on GPU/TPU uses dense XLA attention while one head's logit matrix has at most this many
+# entries (4 MiB of float32); above it a flash kernel is chosen.
 AUTO_DENSE_MAX_LOGITS = 1 << 20
+# "auto" on CPU: the chunked kernel once the score matrix is big enough for XLA's materialised
+# softmax to fall out of cache (below this, per-block overhead makes plain XLA as fast or faster).
+CHUNKED_MIN_SCORES = 256 * 256
 
 
 def _check(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> None:
@@ -37,22 +42,6 @@ def _xla(q, k, v, mask):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _chunked_module():
-    """The memory-linear pure-JAX attention (`kernels/chunked.py`), or None where it is not installed."""
-    try:
-        from trackedit_jax.kernels import chunked
-    except ImportError:
-        return None
-    return chunked
-
-
-def _run_chunked(q, k, v, mask):
-    module = _chunked_module()
-    if module is None:
-        raise ValueError("impl='chunked' is not available: trackedit_jax.kernels.chunked is missing")
-    return module.chunked_attention(q, k, v, mask=mask)
-
-
 def _cudnn_usable(q: jax.Array) -> bool:
     # cuDNN's fused path: half precision, head dim a multiple of 8 and at most 128.
     return q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128
@@ -61,18 +50,21 @@ def _cudnn_usable(q: jax.Array) -> bool:
 def select_impl(q: jax.Array, k: jax.Array, backend: str | None = None) -> str:
     """The implementation "auto" resolves to for these shapes on `backend` (default: jax.default_backend()).
 
-    Small problems (L_q * L_kv <= AUTO_DENSE_MAX_LOGITS) use "xla". Larger ones use "splash" on TPU,
-    "cudnn" on GPU for bfloat16/float16 with head dim a multiple of 8 up to 128 and "pallas_gpu"
-    otherwise, and "chunked" on CPU (falling back to "xla" where chunked is not installed).
+    CPU: "chunked" when L_q * L_kv >= CHUNKED_MIN_SCORES, else "xla". GPU/TPU: "xla" while
+    L_q * L_kv <= AUTO_DENSE_MAX_LOGITS; above, "splash" on TPU, and on GPU "cudnn" for
+    bfloat16/float16 with head dim a multiple of 8 up to 128, "pallas_gpu" otherwise.
     """
     backend = backend or jax.default_backend()
-    if q.shape[1] * k.shape[1] <= AUTO_DENSE_MAX_LOGITS:
+    scores = q.shape[1] * k.shape[1]
+    if backend == "cpu":
+        return "chunked" if scores >= CHUNKED_MIN_SCORES else "xla"
+    if scores <= AUTO_DENSE_MAX_LOGITS:
         return "xla"
     if backend == "tpu":
         return "splash"
     if backend in ("gpu", "cuda", "rocm"):
         return "cudnn" if backend != "rocm" and _cudnn_usable(q) else "pallas_gpu"
-    return "chunked" if _chunked_module() is not None else "xla"
+    return "chunked" if scores >= CHUNKED_MIN_SCORES else "xla"
 
 
 def attention(
@@ -116,7 +108,7 @@ def attention(
     if impl == "xla":
         return _xla(q, k, v, mask)
     if impl == "chunked":
-        return _run_chunked(q, k, v, mask)
+        return chunked_attention(q, k, v, mask)
     if impl == "pallas_gpu":
         from trackedit_jax.kernels.pallas_gpu import flash_attention_gpu
 

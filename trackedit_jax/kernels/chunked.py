@@ -1,0 +1,287 @@
+"""Memory-linear attention in pure JAX: query blocks x key blocks with an online softmax.
+
+XLA's CPU attention materialises the whole (B, H, L_q, L_kv) score tensor and runs the softmax over it
+out of cache. This kernel loops over the B*H (batch, head) sequences and, within one, over query blocks
+(`lax.map`); keys form one block (the common case, no rescaling needed) or are scanned block by block
+with the flash-attention running max and running sum. At most one (block_q, block_kv) score block is
+alive, so the working set stays in cache and memory is linear in the sequence lengths. The backward pass
+is a `custom_vjp` that recomputes each score block from q, k and the saved per-row statistics instead of
+storing probabilities.
+
+Numerics: scores, softmax statistics and every accumulation are float32 whatever the input dtype; the
+probability blocks are cast to the value dtype before the P @ V matmul (as flash attention does).
+
+Masked keys (mask False) get the most negative finite float32 score, so a row whose keys are all masked
+returns the uniform average of the values (the convention of `jax.nn.dot_product_attention`); keys that
+only exist because a length was padded up to a block multiple get -inf and never contribute.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_BLOCK_Q = 512
+DEFAULT_BLOCK_KV = 2048
+
+_MASKED = float(jnp.finfo(jnp.float32).min)
+_EINSUM = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+
+
+class _Plan(NamedTuple):
+    """Static blocking of one call (hashable: it is a non-differentiable argument of the custom_vjp)."""
+
+    len_kv: int
+    block_q: int
+    block_kv: int
+    num_q: int
+    num_kv: int
+    scale: float
+    has_mask: bool
+
+    @property
+    def kv_padded(self) -> bool:
+        return self.num_kv * self.block_kv != self.len_kv
+
+
+def _balanced_blocks(length: int, block: int) -> tuple[int, int]:
+    """(block size, number of blocks) covering `length` with at most `block` per block and the
+    least padding: 2100 with block 2048 becomes 2 x 1050, not 2 x 2048."""
+    num = max(1, -(-length // block))
+    return -(-length // num), num
+
+
+def _split(x, num: int):
+    """(num*block, ...) -> (num, block, ...)."""
+    return x.reshape((num, x.shape[0] // num) + x.shape[1:])
+
+
+def _merge(x):
+    """(num, block, ...) -> (num*block, ...)."""
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _mask_scores(s, plan: _Plan, mask_j, kv_start):
+    """Apply the key mask (bk,) and the block padding to a (bq, bk) float32 score block."""
+    if plan.has_mask:
+        s = jnp.where(mask_j[None, :], s, _MASKED)
+    if plan.kv_padded:
+        pos = kv_start + jax.lax.broadcasted_iota(jnp.int32, (1, s.shape[-1]), 1)
+        s = jnp.where(pos < plan.len_kv, s, -jnp.inf)
+    return s
+
+
+def _kv_blocks(k, v, mask, plan: _Plan):
+    """Key/value/mask blocks (num_kv, bk, ...) and their start offsets, the xs of a key scan."""
+    mb = _split(mask, plan.num_kv) if plan.has_mask else None
+    starts = jnp.arange(plan.num_kv, dtype=jnp.int32) * plan.block_kv
+    return _split(k, plan.num_kv), _split(v, plan.num_kv), mb, starts
+
+
+# --------------------------------------------------------------------------------------------------
+# forward, one (L, D) sequence at a time
+# --------------------------------------------------------------------------------------------------
+
+
+def _forward_query_block(qb, k, v, mask, plan: _Plan):
+    """qb (bq, D) against all keys k, v (Lkv_pad, D), mask (Lkv_pad,) or None.
+
+    Returns o (bq, D) float32, the row max m (bq,) of the unscaled scores and log of the row sum (bq,).
+    """
+    if plan.num_kv == 1:
+        s = _mask_scores(_EINSUM("qd,kd->qk", qb, k), plan, mask, 0)
+        m = jnp.max(s, axis=-1)
+        p = jnp.exp((s - m[:, None]) * plan.scale)
+        l = jnp.sum(p, axis=-1)
+        o = _EINSUM("qk,kd->qd", p.astype(v.dtype), v) / l[:, None]
+        return o, m, jnp.log(l)
+
+    def step(carry, xs):
+        m, l, acc = carry
+        k_j, v_j, mask_j, start = xs
+        s = _mask_scores(_EINSUM("qd,kd->qk", qb, k_j), plan, mask_j, start)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        correction = jnp.exp((m - m_new) * plan.scale)
+        p = jnp.exp((s - m_new[:, None]) * plan.scale)
+        l = l * correction + jnp.sum(p, axis=-1)
+        acc = acc * correction[:, None] + _EINSUM("qk,kd->qd", p.astype(v_j.dtype), v_j)
+        return (m_new, l, acc), None
+
+    rows = qb.shape[0]
+    # The running max starts at the most negative finite value, not -inf: a block whose keys are all
+    # padding (-inf) then gives exp(-inf) = 0 instead of exp(-inf + inf) = NaN.
+    init = (
+        jnp.full((rows,), _MASKED, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+        jnp.zeros((rows, v.shape[-1]), jnp.float32),
+    )
+    (m, l, acc), _ = jax.lax.scan(step, init, _kv_blocks(k, v, mask, plan))
+    return acc / l[:, None], m, jnp.log(l)
+
+
+def _forward_sequence(q, k, v, mask, plan: _Plan):
+    """q (Lq_pad, D), k/v (Lkv_pad, D) -> o (Lq_pad, D) in v.dtype, m and log_l (Lq_pad,) float32."""
+    if plan.num_q == 1:
+        o, m, log_l = _forward_query_block(q, k, v, mask, plan)
+    else:
+        o, m, log_l = jax.lax.map(lambda qb: _forward_query_block(qb, k, v, mask, plan), _split(q, plan.num_q))
+        o, m, log_l = _merge(o), _merge(m), _merge(log_l)
+    return o.astype(v.dtype), m, log_l
+
+
+# --------------------------------------------------------------------------------------------------
+# backward, one (L, D) sequence at a time
+# --------------------------------------------------------------------------------------------------
+
+
+def _backward_block(qb, dob, m, log_l, delta, k_j, v_j, mask_j, start, plan: _Plan):
+    """Gradients of one (query block, key block) pair, recomputing the probabilities.
+
+    Returns dq (bq, D) for this key block and dk_j^T, dv_j^T (D, bk) for this query block, float32.
+    dk and dv come out transposed on purpose: written with the big (bq, bk) matrix as the right operand
+    of a contraction over its leading axis, XLA's CPU dot needs no transposed copy of it (the (bk, D)
+    form copies the whole score block first and ran 2x slower).
+    """
+    s = _mask_scores(_EINSUM("qd,kd->qk", qb, k_j), plan, mask_j, start)
+    p = jnp.exp((s - m[:, None]) * plan.scale - log_l[:, None])
+    dv_t = _EINSUM("qd,qk->dk", dob, p.astype(dob.dtype))
+    dp = _EINSUM("qd,kd->qk", dob, v_j)
+    ds = p * (dp - delta[:, None]) * plan.scale
+    if plan.has_mask:
+        # A masked score is a constant, not a function of q and k: no gradient flows through it (this
+        # matters only for rows whose keys are all masked, where p is uniform instead of 0).
+        ds = jnp.where(mask_j[None, :], ds, 0.0)
+    dq = _EINSUM("qk,kd->qd", ds.astype(k_j.dtype), k_j)
+    dk_t = _EINSUM("qd,qk->dk", qb, ds.astype(qb.dtype))
+    return dq, dk_t, dv_t
+
+
+def _backward_query_block(qb, dob, m, log_l, delta, k, v, mask, plan: _Plan):
+    """One query block against all keys -> dq (bq, D), dk^T and dv^T (D, Lkv_pad), float32."""
+    if plan.num_kv == 1:
+        return _backward_block(qb, dob, m, log_l, delta, k, v, mask, 0, plan)
+
+    def step(dq, xs):
+        dq_j, dk_t, dv_t = _backward_block(qb, dob, m, log_l, delta, *xs, plan)
+        return dq + dq_j, (dk_t, dv_t)
+
+    dq, (dk_t, dv_t) = jax.lax.scan(step, jnp.zeros(qb.shape, jnp.float32), _kv_blocks(k, v, mask, plan))
+    # (num_kv, D, bk) -> (D, num_kv * bk)
+    return dq, jnp.moveaxis(dk_t, 0, 1).reshape(dk_t.shape[1], -1), jnp.moveaxis(dv_t, 0, 1).reshape(dv_t.shape[1], -1)
+
+
+def _backward_sequence(q, k, v, mask, o, m, log_l, do, plan: _Plan):
+    """-> dq (Lq_pad, D), dk and dv (Lkv_pad, D) in the dtypes of q, k, v."""
+    delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
+    if plan.num_q == 1:
+        dq, dk_t, dv_t = _backward_query_block(q, do, m, log_l, delta, k, v, mask, plan)
+    else:
+
+        def step(carry, xs):
+            dk_acc, dv_acc = carry
+            dq, dk_t, dv_t = _backward_query_block(*xs, k, v, mask, plan)
+            return (dk_acc + dk_t, dv_acc + dv_t), dq
+
+        zeros = jnp.zeros((k.shape[1], k.shape[0]), jnp.float32)
+        xs = tuple(_split(x, plan.num_q) for x in (q, do, m, log_l, delta))
+        (dk_t, dv_t), dq = jax.lax.scan(step, (zeros, zeros), xs)
+        dq = _merge(dq)
+    return dq.astype(q.dtype), dk_t.T.astype(k.dtype), dv_t.T.astype(v.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# custom_vjp core over (S, L, D) stacks of sequences (S = batch * heads)
+# --------------------------------------------------------------------------------------------------
+
+
+def _forward(q, k, v, mask, plan: _Plan):
+    if plan.has_mask:
+        return jax.lax.map(lambda a: _forward_sequence(*a, plan), (q, k, v, mask))
+    return jax.lax.map(lambda a: _forward_sequence(*a, None, plan), (q, k, v))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _core(q, k, v, mask, plan: _Plan):
+    return _forward(q, k, v, mask, plan)[0]
+
+
+def _core_fwd(q, k, v, mask, plan: _Plan):
+    o, m, log_l = _forward(q, k, v, mask, plan)
+    return o, (q, k, v, mask, o, m, log_l)
+
+
+def _core_bwd(plan: _Plan, residuals, do):
+    q, k, v, mask, o, m, log_l = residuals
+    if plan.has_mask:
+        dq, dk, dv = jax.lax.map(lambda a: _backward_sequence(*a, plan), (q, k, v, mask, o, m, log_l, do))
+    else:
+        dq, dk, dv = jax.lax.map(
+            lambda a: _backward_sequence(a[0], a[1], a[2], None, *a[3:], plan), (q, k, v, o, m, log_l, do)
+        )
+    return dq, dk, dv, None
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def _pad_axis(x, axis: int, new_length: int, value=0):
+    if x.shape[axis] == new_length:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, new_length - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _to_sequences(x, padded_length: int):
+    """(B, L, H, D) -> (B*H, L_pad, D)."""
+    b, length, h, d = x.shape
+    x = jnp.swapaxes(x, 1, 2).reshape(b * h, length, d)
+    return _pad_axis(x, 1, padded_length)
+
+
+def chunked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_kv: int = DEFAULT_BLOCK_KV,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(D)) v per head, with memory linear in the sequence lengths.
+
+    Args:
+      q: (B, L_q, H, D) queries.
+      k, v: (B, L_kv, H, D) keys and values (any L_q, L_kv; they need not be block multiples).
+      mask: optional (B, L_kv) bool key-padding mask, True = attend.
+      block_q: queries per block; the largest live score block is block_q x block_kv float32.
+      block_kv: keys per block; when L_kv <= block_kv all keys form one block and no running
+        rescaling is needed (the fast path).
+    Returns:
+      (B, L_q, H, D) in the dtype of `v`. Differentiable in q, k, v (custom VJP, recomputing blocks).
+    """
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"expected q (B,L_q,H,D), k = v (B,L_kv,H,D); got q{q.shape}, k{k.shape}, v{v.shape}")
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q (B,L_q,H,D) and k (B,L_kv,H,D) disagree: q{q.shape}, k{k.shape}")
+    if block_q < 1 or block_kv < 1:
+        raise ValueError(f"block sizes must be positive; got block_q={block_q}, block_kv={block_kv}")
+    batch, len_q, heads, head_dim = q.shape
+    len_kv = k.shape[1]
+    if mask is not None and mask.shape != (batch, len_kv):
+        raise ValueError(f"mask must have shape (B, L_kv) = {(batch, len_kv)}; got {mask.shape}")
+    bq, nq = _balanced_blocks(len_q, block_q)
+    bk, nk = _balanced_blocks(len_kv, block_kv)
+    plan = _Plan(len_kv, bq, bk, nq, nk, 1.0 / math.sqrt(head_dim), mask is not None)
+
+    qs = _to_sequences(q, nq * bq)
+    ks = _to_sequences(k, nk * bk)
+    vs = _to_sequences(v, nk * bk)
+    masks = None
+    if mask is not None:
+        masks = jnp.repeat(_pad_axis(mask.astype(bool), 1, nk * bk, value=False), heads, axis=0)
+    out = _core(qs, ks, vs, masks, plan)  # (B*H, Lq_pad, D)
+    return jnp.swapaxes(out[:, :len_q].reshape(batch, heads, len_q, head_dim), 1, 2)

@@ -1,0 +1,141 @@
+"""The projection layer of the DiT blocks, with optional LoRA, and the "what trains" filters.
+
+`LoRALinear` is `y = x @ kernel + bias (+ scale * (x @ lora_a) @ lora_b)`: `kernel` (in, out) and
+`bias` (out,) are `nnx.Param`; with `rank > 0` it adds `lora_a` (in, r) and `lora_b` (r, out) as
+`nnx.LoRAParam`, `lora_b` zero-initialised so a fresh adapter leaves the model unchanged, and
+`scale = alpha / rank`. Because `LoRAParam` is a subclass of `Param`, "all parameters" includes the
+adapters and "LoRA only" selects them by type.
+
+The same code works on stacked blocks (created under `nnx.vmap`): every helper here contracts with
+`...` so a leading layer axis is carried along.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trackedit_jax.models.layers import param
+
+TRAIN_MODES = ("lora", "full")
+
+
+class LoRALinear(nnx.Module):
+    """A dense layer with an optional low-rank adapter.
+
+    Args:
+      in_features, out_features: sizes of the last axis in and out.
+      rank: LoRA rank r (0 = no adapter).
+      alpha: LoRA scale numerator; the update is (alpha / r) * x @ A @ B. None means alpha = r.
+      logical_axes: logical names of the kernel's (in, out) axes; the bias takes the out name and the
+        adapters take (in, "lora") and ("lora", out).
+      use_bias: add a bias.
+      param_dtype: parameter dtype; dtype: compute dtype (inputs and weights are cast to it; the
+        matmul accumulates in float32 and returns `dtype`).
+      kernel_init: initializer of the kernel (the A matrix uses He-uniform, B is zero).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rank: int = 0,
+        alpha: float | None = None,
+        logical_axes: Sequence[str | None] = ("embed", "mlp"),
+        use_bias: bool = True,
+        param_dtype=jnp.float32,
+        dtype=jnp.float32,
+        kernel_init=nnx.initializers.xavier_uniform(),
+        rngs: nnx.Rngs,
+    ):
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0; got {rank}")
+        in_axis, out_axis = logical_axes
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.scale = (float(rank if alpha is None else alpha) / rank) if rank else 0.0
+        self.dtype = dtype
+        self.kernel = param(rngs, kernel_init, (in_features, out_features), (in_axis, out_axis), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros, (out_features,), (out_axis,), param_dtype) if use_bias else None
+        if rank:
+            self.lora_a = param(
+                rngs, nnx.initializers.he_uniform(), (in_features, rank), (in_axis, "lora"), param_dtype, nnx.LoRAParam
+            )
+            self.lora_b = param(
+                rngs, nnx.initializers.zeros, (rank, out_features), ("lora", out_axis), param_dtype, nnx.LoRAParam
+            )
+        else:
+            self.lora_a = None
+            self.lora_b = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (..., in) -> (..., out) in the compute dtype."""
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, self.kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.rank:
+            a = self.lora_a[...].astype(self.dtype)
+            b = self.lora_b[...].astype(self.dtype)
+            h = jnp.dot(x, a, preferred_element_type=jnp.float32).astype(self.dtype)
+            y = y + self.scale * jnp.dot(h, b, preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+    def merged_kernel(self) -> jax.Array:
+        """kernel + scale * A @ B (shape of `kernel`, including any leading stacked-layer axis)."""
+        kernel = self.kernel[...]
+        if not self.rank:
+            return kernel
+        delta = jnp.einsum("...ir,...ro->...io", self.lora_a[...].astype(jnp.float32), self.lora_b[...].astype(jnp.float32))
+        return (kernel.astype(jnp.float32) + self.scale * delta).astype(kernel.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# which parameters train
+# --------------------------------------------------------------------------------------------------
+
+
+def trainable_filter(mode: str = "lora", extra: Iterable = ()) -> nnx.filterlib.Filter:
+    """The nnx filter of the parameters an optimiser updates (`nnx.Optimizer(model, tx, wrt=...)`).
+
+    Args:
+      mode: "lora" = only `nnx.LoRAParam`; "full" = every `nnx.Param` (adapters included).
+      extra: more parameters to train in "lora" mode, for modules added around the DiT (e.g. the track
+        conditioner): each item is a path part (str: every Param whose path contains that key, e.g.
+        "track_conditioner") or any nnx filter (restricted to `nnx.Param`).
+    """
+    if mode == "full":
+        return nnx.Param
+    if mode != "lora":
+        raise ValueError(f"mode must be one of {TRAIN_MODES}; got {mode!r}")
+    extras = [nnx.All(nnx.Param, nnx.PathContains(e) if isinstance(e, str) else e) for e in extra]
+    return nnx.Any(nnx.LoRAParam, *extras) if extras else nnx.LoRAParam
+
+
+def count_params(model: nnx.Module, filter: nnx.filterlib.Filter = nnx.Param) -> int:
+    """Number of scalar parameters of `model` selected by `filter` (e.g. `trainable_filter("lora")`)."""
+    state = nnx.state(model, filter)
+    return int(sum(x.size for x in jax.tree.leaves(state)))
+
+
+def count_trainable(model: nnx.Module, mode: str = "lora", extra: Iterable = ()) -> int:
+    """Number of parameters the optimiser updates in `mode` (see `trainable_filter`)."""
+    return count_params(model, trainable_filter(mode, extra))
+
+
+def lora_layers(model: nnx.Module) -> list[tuple[tuple, LoRALinear]]:
+    """(path, layer) of every `LoRALinear` with an adapter in `model`."""
+    return [(path, m) for path, m in nnx.iter_graph(model) if isinstance(m, LoRALinear) and m.rank]
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+    """Fold every adapter into its kernel in place (kernel += scale * A @ B, then B = 0) and return
+    `model`. The function computed is unchanged; `export_wan_transformer` then writes plain kernels."""
+    for _, layer in lora_layers(model):
+        layer.kernel[...] = layer.merged_kernel()
+        layer.lora_b[...] = jnp.zeros_like(layer.lora_b[...])
+    return model
