@@ -13,6 +13,8 @@ import sys
 
 # name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
 COMMANDS: dict[str, str] = {
+    "convert": "convert",
+    "encode-text": "encode_text",
 }
 
 

@@ -150,6 +150,44 @@ def official_to_diffusers(key: str, config: WanVAEConfig | None) -> str:
     return key
 
 
+def diffusers_to_official(key: str, config: WanVAEConfig) -> str:
+    """The inverse of `official_to_diffusers` (e.g. to export a diffusers VAE in the official layout)."""
+    top = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2."}
+    for old, new in top.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    m = re.match(r"^(encoder|decoder)\.(.*)$", key)
+    if not m:
+        return key
+    part, rest = m.groups()
+    for old, new in (("conv_in.", "conv1."), ("norm_out.", "head.0."), ("conv_out.", "head.2.")):
+        if rest.startswith(old):
+            return f"{part}.{new}{rest[len(old):]}"
+    m = re.match(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.*)$", rest)
+    if m:
+        kind, i, tail = m.group(1), int(m.group(2)), m.group(3)
+        idx = 1 if kind == "attentions" else 2 * i
+        return _official_residual(f"{part}.middle.{idx}.{tail}") if kind == "resnets" else f"{part}.middle.1.{tail}"
+    m = re.match(r"^down_blocks\.(\d+)\.(.*)$", rest)
+    if m:
+        return _official_residual(f"encoder.downsamples.{m.group(1)}.{m.group(2)}")
+    m = re.match(r"^up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)\.(.*)$", rest)
+    if m:
+        level, kind, j, tail = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
+        per_level = config.num_res_blocks + 2
+        idx = level * per_level + (j if kind == "resnets" else config.num_res_blocks + 1)
+        return _official_residual(f"decoder.upsamples.{idx}.{tail}") if kind == "resnets" else (
+            f"decoder.upsamples.{idx}.{tail}")
+    return key
+
+
+def _official_residual(key: str) -> str:
+    for new, old in _RESIDUAL_RENAMES:
+        if old in key:
+            return key.replace(old, new)
+    return key
+
+
 def _rename_residual(key: str) -> str:
     for old, new in _RESIDUAL_RENAMES:
         if old in key:

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
+from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
 
 TEXT_LEN = 512  # Wan's text length
 
@@ -130,7 +131,7 @@ class Dense(nnx.Module):
     """y = x @ kernel (no bias); kernel (in, out)."""
 
     def __init__(self, din: int, dout: int, axes, *, rngs: nnx.Rngs, param_dtype=jnp.float32, std: float = 0.02):
-        self.kernel = _param(rngs, nnx.initializers.normal(std), (din, dout), axes, param_dtype)
+        self.kernel = _param(rngs, host_normal(lambda _: std), (din, dout), axes, param_dtype)
 
     def __call__(self, x):
         return jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
@@ -145,7 +146,7 @@ class UMT5Attention(nnx.Module):
         self.v = Dense(cfg.d_model, inner, ("embed", "heads"), **kw)
         self.o = Dense(inner, cfg.d_model, ("heads", "embed"), **kw)
         self.relative_attention_bias = _param(
-            rngs, nnx.initializers.normal(0.02), (cfg.relative_attention_num_buckets, cfg.num_heads),
+            rngs, host_normal(lambda _: 0.02), (cfg.relative_attention_num_buckets, cfg.num_heads),
             (None, None), param_dtype,
         )
         self.num_heads = cfg.num_heads
@@ -205,7 +206,7 @@ class UMT5Encoder(nnx.Module):
                  param_dtype=jnp.float32):
         self.config = config or UMT5Config()
         cfg = self.config
-        self.embed_tokens = _param(rngs, nnx.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model),
+        self.embed_tokens = _param(rngs, host_normal(lambda _: 1.0), (cfg.vocab_size, cfg.d_model),
                                    ("vocab", "embed"), param_dtype)
         self.blocks = nnx.List([UMT5Block(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_layers)])
         self.final_norm = T5RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, rngs=rngs, param_dtype=param_dtype)

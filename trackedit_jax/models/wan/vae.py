@@ -202,6 +202,30 @@ def denormalize_latents(latents: jax.Array, mean: Sequence[float] | None = None,
 # Layers
 
 
+def host_normal(std_of_shape):
+    """An initializer N(0, std(shape)^2) drawn with numpy when the key is concrete.
+
+    On CPU, compiling jax's threefry `random.normal` costs seconds per distinct shape, which made
+    building even a tiny VAE take most of a minute. Under tracing (`nnx.eval_shape`, jit) the key is
+    abstract and jax.random is used, which costs nothing there.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        std = std_of_shape(shape)
+        try:
+            seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+        values = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * np.float32(std)
+        return jnp.asarray(values, dtype)
+
+    return init
+
+
+# He/LeCun-style scale: weights (..., fan_in, fan_out).
+fan_in_normal = host_normal(lambda shape: 1.0 / math.sqrt(max(1, math.prod(shape[:-1]))))
+
+
 def _param(rngs: nnx.Rngs, init, shape, axes, dtype) -> nnx.Param:
     # Logical axis names for the rules table; the sharding is applied by the parallel layer, not at
     # creation, so the model also builds without a mesh.
@@ -227,11 +251,9 @@ class CausalConv3d(nnx.Module):
     def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32):
         kernel = tuple(kernel)
-        fan_in = cin * math.prod(kernel)
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(), (*kernel, cin, cout),
+        self.kernel = _param(rngs, fan_in_normal, (*kernel, cin, cout),
                              (None, None, None, "conv", "conv"), param_dtype)
-        bound = 1.0 / math.sqrt(fan_in)
-        self.bias = _param(rngs, nnx.initializers.uniform(2 * bound), (cout,), ("conv",), param_dtype)
+        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.dtype = dtype
         self.history = kernel[0] - 1
 
@@ -252,10 +274,9 @@ class TimeConv(nnx.Module):
 
     def __init__(self, cin: int, cout: int, kt: int = 3, *, stride: int = 1, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(), (kt, 1, 1, cin, cout),
+        self.kernel = _param(rngs, fan_in_normal, (kt, 1, 1, cin, cout),
                              (None, None, None, "conv", "conv"), param_dtype)
-        bound = 1.0 / math.sqrt(cin * kt)
-        self.bias = _param(rngs, nnx.initializers.uniform(2 * bound), (cout,), ("conv",), param_dtype)
+        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.stride = stride
         self.dtype = dtype
 
@@ -268,10 +289,9 @@ class FrameConv2d(nnx.Module):
 
     def __init__(self, cin: int, cout: int, *, stride: int = 1, padding=((1, 1), (1, 1)), rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(), (3, 3, cin, cout),
+        self.kernel = _param(rngs, fan_in_normal, (3, 3, cin, cout),
                              (None, None, "conv", "conv"), param_dtype)
-        bound = 1.0 / math.sqrt(cin * 9)
-        self.bias = _param(rngs, nnx.initializers.uniform(2 * bound), (cout,), ("conv",), param_dtype)
+        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.stride = stride
         self.padding = tuple(tuple(p) for p in padding)
         self.dtype = dtype
@@ -303,7 +323,7 @@ class Linear(nnx.Module):
     """y = x @ kernel + bias; kernel (Cin, Cout). Stands for the reference's 1x1 Conv2d."""
 
     def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(), (cin, cout), ("conv", "conv"), param_dtype)
+        self.kernel = _param(rngs, fan_in_normal, (cin, cout), ("conv", "conv"), param_dtype)
         self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.dtype = dtype
 
