@@ -279,17 +279,20 @@ def load_wan_vae(
         else:
             rename = {k: k for k in keys}
         if config is None:
-            config = _infer_config(lambda k: reader.shape(rename[k]), set(rename), reader.config())
-        if layout == "official":
-            rename = {official_to_diffusers(k, config): k for k in keys}
-        if len(rename) != len(keys):
-            raise CheckpointMismatchError(f"{reader.path}: several official keys map to the same diffusers key")
+            try:
+                config = _infer_config(lambda k: reader.shape(rename[k]), set(rename), reader.config())
+            except KeyError as e:
+                raise CheckpointMismatchError(
+                    f"{reader.path}: cannot infer the VAE architecture, tensor {e} ({layout} naming) is missing"
+                ) from None
         abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
         return fill_abstract_model(
             abstract,
-            lambda ours: rename.get(our_path_to_diffusers(ours), "<diffusers key " + our_path_to_diffusers(ours) + ">"),
+            lambda ours: (our_path_to_diffusers(ours) if layout == "diffusers"
+                          else diffusers_to_official(our_path_to_diffusers(ours), config)),
             reader,
             _torch_to_ours,
             dtype=dtype,
-            what=f"Wan 2.1 VAE ({layout} layout, {config})",
+            what=(f"Wan 2.1 VAE ({layout} layout; base_dim={config.base_dim}, dim_mult={config.dim_mult}, "
+                  f"num_res_blocks={config.num_res_blocks})"),
         )
