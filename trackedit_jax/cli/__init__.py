@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "viz": "viz",
     "make-data": "make_data",
     "ingest": "ingest",
+    "convert": "convert",
+    "encode-text": "encode_text",
 }
 
 
