@@ -13,7 +13,8 @@ vae                preset ("wan21" | "tiny"), base_dim/z_dim overrides for tiny
 text               text_len, dropout (classifier-free guidance), guidance-free null = zeros
 diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
-                   ema_decay (0 = off), log_every, val_every, val_batches
+                   ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
+                   of every batch: checks exact resume)
 checkpoint         every_steps, max_to_keep, async_save
 mesh               data, fsdp, context, tensor (-1 = the rest of the devices)
 data               train_path, val_path, num_frames, height, width, max_tracks, min_tracks, workers,
@@ -48,7 +49,8 @@ def base_config() -> ConfigDict:
     c.diffusion = ConfigDict(dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0))
     c.train = ConfigDict(
         dict(num_steps=4000, seed=0, batch_size=16, grad_accum=1, lr=1e-4, warmup_steps=200,
-             weight_decay=0.01, clip_norm=1.0, ema_decay=0.0, log_every=10, val_every=500, val_batches=4)
+             weight_decay=0.01, clip_norm=1.0, ema_decay=0.0, log_every=10, val_every=500, val_batches=4,
+             fingerprint_data=False)
     )
     c.checkpoint = ConfigDict(dict(every_steps=250, max_to_keep=3, async_save=True))
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))

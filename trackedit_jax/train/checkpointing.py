@@ -75,3 +75,25 @@ class Checkpointer:
 def abstract_like(tree: Any, shardings: Any) -> Any:
     """`jax.ShapeDtypeStruct`s of `tree` placed on `shardings` (a matching tree), the restore target."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def read_state_numpy(checkpoint_dir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
+    """The saved training state of `step` (default: latest) as a nested dict of numpy arrays.
+
+    Needs no model, mesh or config (shapes and dtypes come from the checkpoint's metadata): for
+    inspection, tests and export.
+    """
+    directory = pathlib.Path(checkpoint_dir)
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()) if directory.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints in {directory}")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {steps}")
+    import numpy as np
+
+    ckptr = ocp.StandardCheckpointer()
+    path = directory / str(step) / "state"
+    meta = ckptr.metadata(path).item_metadata
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
+    return step, ckptr.restore(path, target)

@@ -108,6 +108,16 @@ def make_iterator(config: ConfigDict, path: str, *, seed: int, repeat: bool = Tr
     return make_grain_iterator(path, loader_cfg)
 
 
+def data_fingerprint(batch: dict) -> int:
+    """CRC32 over every array of this process's batch (keys sorted): proves resumed runs see the same data."""
+    import zlib
+
+    crc = 0
+    for k in sorted(batch):
+        crc = zlib.crc32(np.ascontiguousarray(batch[k]).tobytes(), zlib.crc32(k.encode(), crc))
+    return crc
+
+
 def _to_global(batch: dict, mesh) -> dict:
     """Process-local numpy batch -> global jax arrays split over (data, fsdp)."""
     return {
@@ -231,14 +241,17 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
         step = start
         while step < end:
             t0 = time.perf_counter()
-            batch = _to_global(next(train_iter), mesh)
+            local = next(train_iter)
+            fingerprint = data_fingerprint(local) if config.train.fingerprint_data else None
+            batch = _to_global(local, mesh)
             t_data = time.perf_counter() - t0
             state, metrics = jit_step(state, frozen, vae_state, batch)
             step += 1
             if pending is not None:
                 last_metrics = _log(writer, pending, bar, flops_per_step, peak)
             now = time.perf_counter()
-            pending = (step, metrics, now - t_prev, t_data) if step % config.train.log_every == 0 or step == end else None
+            log_now = step % config.train.log_every == 0 or step == end
+            pending = (step, metrics, now - t_prev, t_data, fingerprint) if log_now else None
             t_prev = now
             bar.update(1)
             if config.train.val_every and step % config.train.val_every == 0:
@@ -261,9 +274,11 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
 
 
 def _log(writer, pending, bar, flops_per_step, peak) -> dict:
-    step, metrics, dt, t_data = pending
+    step, metrics, dt, t_data, fingerprint = pending
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     m.update(step_time=dt, data_time=t_data, flops_per_second=flops_per_step / max(dt, 1e-9))
+    if fingerprint is not None:
+        m["data_fingerprint"] = float(fingerprint)  # exact: a 32-bit int in a float64
     m["mfu"] = m["flops_per_second"] / peak
     writer.write(step, m)
     bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")

@@ -1,0 +1,6 @@
+"""`python -m trackedit_jax.cli ...` is the `trackedit` command."""
+import sys
+
+from trackedit_jax.cli import main
+
+sys.exit(main())
