@@ -601,7 +601,9 @@ class WanVAE(nnx.Module):
     def _check_latents(self, latents) -> None:
         z = self.config.z_dim
         if getattr(latents, "ndim", None) != 5 or latents.shape[-1] != z or latents.shape[1] < 1:
-            raise ValueError(f"latents must be (B, f, h, w, {z}) with f >= 1; got shape {getattr(latents, 'shape', None)}")
+            raise ValueError(
+                f"latents must be (B, f, h, w, {z}) with f >= 1; got shape {getattr(latents, 'shape', None)}"
+            )
 
     # -- un-jitted maths (called inside jit) ---------------------------------------------------
     def encode_frames(self, video: jax.Array, *, chunked: bool = True) -> jax.Array:
