@@ -6,7 +6,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from safetensors import safe_open
 
 from trackedit_jax.cli import main

@@ -1,8 +1,6 @@
 """Loaders for the Wan VAE (official + diffusers layouts) and the UMT5 encoder (transformers layout):
 key mappings checked against diffusers' own converter, exact weights, sharded files, dtypes, errors."""
-import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -103,7 +101,8 @@ def test_sharded_bf16_and_errors(wan_topology_vae, tmp_path):
     missing = dict(sd)
     del missing["decoder.mid_block.resnets.1.conv2.bias"]
     save_file(missing, str(tmp_path / "missing.safetensors"))
-    with pytest.raises(CheckpointMismatchError, match=r"1 missing tensors \['decoder\.mid_block\.resnets\.1\.conv2\.bias'\]"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"1 missing tensors \['decoder\.mid_block\.resnets\.1\.conv2\.bias'\]"):
         load_wan_vae(tmp_path / "missing.safetensors")
     extra = dict(sd, **{"encoder.extra.weight": np.zeros(3, np.float32)})
     save_file(extra, str(tmp_path / "extra.safetensors"))

@@ -141,6 +141,8 @@ def test_frame_count_rules():
     model = nnx.eval_shape(lambda: WanVAE(WanVAEConfig.tiny(), rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=r"F=8 frames.*4k \+ 1.*trim_to_valid_frames"):
         model.encode(video)
+    with pytest.raises(ValueError, match="to_model_range"):
+        model.encode(np.zeros((1, 5, 16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="multiples of 8"):
         model.encode(np.zeros((1, 5, 12, 16, 3), np.float32))
     with pytest.raises(ValueError, match=r"\(B, F, H, W, 3\)"):

@@ -99,7 +99,10 @@ def convert_pickle_to_safetensors(
         raise FileNotFoundError(f"checkpoint not found: {src}")
     if dst.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors; got {dst}")
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ValueError("reading a PyTorch pickle needs PyTorch: pip install torch (CPU build is enough)") from None
 
     restricted = True
     try:

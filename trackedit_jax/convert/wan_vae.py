@@ -16,13 +16,12 @@ import os
 import re
 from typing import Callable, Iterable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from trackedit_jax.convert.checkpoint_files import CheckpointReader, open_checkpoint
-from trackedit_jax.models.wan.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE, WanVAEConfig
+from trackedit_jax.models.wan.vae import WanVAE, WanVAEConfig
 
 _RESIDUAL_RENAMES = (
     (".residual.0.gamma", ".norm1.gamma"),

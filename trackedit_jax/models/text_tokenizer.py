@@ -72,7 +72,8 @@ class PromptTokenizer:
         self.eos_id = eos_id if eos_id is not None else lookup("</s>")
         if self.pad_id is None or self.eos_id is None:
             raise ValueError(
-                "the tokenizer has no '<pad>' or '</s>' token (T5/UMT5 vocabularies have both); pass pad_id= and eos_id="
+                "the tokenizer has no '<pad>' or '</s>' token (T5/UMT5 vocabularies have both); "
+                "pass pad_id= and eos_id="
             )
 
     def tokenize(self, text: str) -> list[int]:

@@ -47,7 +47,7 @@ class UMT5Config:
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.feed_forward_proj not in ACTIVATIONS and self.feed_forward_proj.removeprefix("gated-") not in ACTIVATIONS:
+        if self.feed_forward_proj.removeprefix("gated-") not in ACTIVATIONS:
             raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} not supported; known: gated-gelu, "
                              f"gated-relu, gated-silu, relu, gelu")
 
@@ -243,7 +243,9 @@ class UMT5Encoder(nnx.Module):
             attention_mask = jnp.ones(input_ids.shape, bool)
         attention_mask = jnp.asarray(attention_mask)
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids {input_ids.shape}; got {attention_mask.shape}")
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {input_ids.shape}; got {attention_mask.shape}"
+            )
         return _encoder_jit(self, input_ids.astype(jnp.int32), attention_mask.astype(bool))
 
 

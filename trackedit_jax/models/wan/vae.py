@@ -583,6 +583,11 @@ class WanVAE(nnx.Module):
         f = self.config.spatial_factor
         if getattr(video, "ndim", None) != 5 or video.shape[-1] != 3:
             raise ValueError(f"video must be (B, F, H, W, 3) in [-1, 1]; got shape {getattr(video, 'shape', None)}")
+        if not jnp.issubdtype(video.dtype, jnp.floating):
+            raise ValueError(
+                f"video must be float in [-1, 1]; got dtype {video.dtype} (for uint8 frames use "
+                "trackedit_jax.media.to_model_range)"
+            )
         B, F, H, W, _ = video.shape
         if not is_valid_frame_count(F):
             raise ValueError(
@@ -596,7 +601,9 @@ class WanVAE(nnx.Module):
     def _check_latents(self, latents) -> None:
         z = self.config.z_dim
         if getattr(latents, "ndim", None) != 5 or latents.shape[-1] != z or latents.shape[1] < 1:
-            raise ValueError(f"latents must be (B, f, h, w, {z}) with f >= 1; got shape {getattr(latents, 'shape', None)}")
+            raise ValueError(
+                f"latents must be (B, f, h, w, {z}) with f >= 1; got shape {getattr(latents, 'shape', None)}"
+            )
 
     # -- un-jitted maths (called inside jit) ---------------------------------------------------
     def encode_frames(self, video: jax.Array, *, chunked: bool = True) -> jax.Array:
