@@ -214,6 +214,25 @@ def _rotate(x, cp):
     return jax.tree.map(lambda a: jax.lax.ppermute(a, CONTEXT_AXIS, _ring_perm(cp)), x)
 
 
+def _vma(x) -> frozenset:
+    """Manual mesh axes the value varies over (the aval field moved between jax releases)."""
+    aval = jax.typeof(x)
+    if hasattr(aval, "vma"):
+        return frozenset(aval.vma)
+    return frozenset(aval.manual_axis_type.varying)
+
+
+def _varying(x, *refs):
+    """`x` typed as varying over every manual mesh axis any of `refs` varies over (shard_map's
+    check_vma needs loop carries created from constants to match what the loop body returns)."""
+    axes = set()
+    for r in refs:
+        if r is not None:
+            axes |= _vma(r)
+    missing = tuple(sorted(axes - _vma(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
 def _ring_forward(q, k, v, bias, *, cp, scale, n, c):
     b, lq, h, d = q.shape
     state = (
@@ -221,6 +240,7 @@ def _ring_forward(q, k, v, bias, *, cp, scale, n, c):
         jnp.zeros((b, h, lq), jnp.float32),
         jnp.zeros((b, h, lq, d), jnp.float32),
     )
+    state = jax.tree.map(lambda x: _varying(x, q, k, v, bias), state)
     fold = functools.partial(_ring_fwd_block, q, scale=scale, n=n, c=c)
 
     def step(_, carry):
@@ -238,9 +258,9 @@ def _ring_forward(q, k, v, bias, *, cp, scale, n, c):
 def _ring_backward(q, k, v, bias, out, lse, do, *, cp, scale, n, c):
     delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out.astype(jnp.float32))
     grad = functools.partial(_ring_bwd_block, q, do=do, lse=lse, delta=delta, scale=scale, n=n, c=c)
-    dq = jnp.zeros(q.shape, jnp.float32)
-    dk = jnp.zeros(k.shape, jnp.float32)
-    dv = jnp.zeros(v.shape, jnp.float32)
+    dq, dk, dv = (
+        _varying(jnp.zeros(x.shape, jnp.float32), q, k, v, bias, do) for x in (q, k, v)
+    )
 
     def step(_, carry):
         (kb, vb, bb, dkb, dvb), dq = carry
@@ -387,12 +407,12 @@ def context_parallel_attention(
     if mask is None:
         fn = jax.shard_map(
             lambda q, k, v: body(q, k, v, None),
-            mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False,
+            mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=True,
         )
         out = fn(q, k_in, v_in)
     else:
         fn = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec), out_specs=q_spec, check_vma=False
+            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec), out_specs=q_spec, check_vma=True
         )
         out = fn(q, k_in, v_in, mask)
     out = out[:, :len_q] if pad_q else out
