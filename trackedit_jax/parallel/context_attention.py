@@ -53,6 +53,7 @@ CONTEXT_PARALLEL_MIN_LENGTH = 1024
 # its temporaries are (B, H, L_q / C, RING_KEY_BLOCK) float32 rather than quadratic in L / C.
 RING_KEY_BLOCK = 512
 
+_PALLAS_IMPLS = ("pallas_gpu", "pallas_tpu", "splash")
 _QKV_AXES = ("act_batch", "act_length", "act_heads", None)
 _MASK_AXES = ("act_batch", "act_length")
 
@@ -337,7 +338,7 @@ def context_parallel_attention(
     strategy: str = "auto",
     impl: str = "auto",
     interpret: bool = False,
-    ring_key_block: int = RING_KEY_BLOCK,
+    ring_key_block: int | None = None,
 ) -> jax.Array:
     """Attention with the sequence split over the current mesh's ``context`` axis.
 
@@ -353,7 +354,7 @@ def context_parallel_attention(
       impl: the local kernel for ulysses and cross-attention ("auto" resolves on the global shapes, as
         `kernels.attention.select_impl` does); the ring uses its own blockwise XLA code.
       interpret: run Pallas inner kernels in interpret mode (CPU tests).
-      ring_key_block: key chunk length of the ring's local products.
+      ring_key_block: key chunk length of the ring's local products (default RING_KEY_BLOCK).
     Returns:
       (B, L_q, H, D) in the dtype of v, sharded like q.
     """
@@ -400,19 +401,23 @@ def context_parallel_attention(
     if path == "ulysses":
         body = functools.partial(_ulysses_body, impl=impl, interpret=interpret)
     elif path == "ring":
-        body = functools.partial(_ring_body, cp=cp, block=ring_key_block)
+        body = functools.partial(_ring_body, cp=cp, block=ring_key_block or RING_KEY_BLOCK)
     else:
         body = functools.partial(_cross_body, impl=impl, interpret=interpret)
 
+    # Pallas kernels declare outputs without manual-axis (vma) types, which check_vma rejects; without
+    # the check, shard_map's transpose adds an all-reduce of the q/k/v gradients over any mesh axis the
+    # inputs are replicated on (a no-op for size-1 axes), so keep it on wherever the body allows.
+    check_vma = not (path != "ring" and impl in _PALLAS_IMPLS)
     if mask is None:
         fn = jax.shard_map(
             lambda q, k, v: body(q, k, v, None),
-            mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=True,
+            mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=check_vma,
         )
         out = fn(q, k_in, v_in)
     else:
         fn = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec), out_specs=q_spec, check_vma=True
+            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec), out_specs=q_spec, check_vma=check_vma
         )
         out = fn(q, k_in, v_in, mask)
     out = out[:, :len_q] if pad_q else out
