@@ -142,7 +142,8 @@ def _constrained_spec(mesh, shape, axes):
 
     with jax.set_mesh(mesh):
         out = f(jnp.ones(shape))
-    return out.sharding.spec, _shard_shapes(out)
+    spec = tuple(out.sharding.spec)
+    return P(*spec, *([None] * (len(shape) - len(spec)))), _shard_shapes(out)
 
 
 def test_shard_activation_drops_axes_that_do_not_divide():
