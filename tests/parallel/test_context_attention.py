@@ -118,12 +118,13 @@ def test_ulysses_falls_back_to_ring_when_heads_do_not_divide():
     assert _plan(make_mesh(MESH_A), q4, k4, "ulysses") == "ulysses"
 
 
-def test_ring_keeps_key_chunks_when_blocks_exceed_the_chunk(monkeypatch):
-    # 4 devices x 40 keys with chunks of at most 16: 3 chunks of 14 (local padding to 42).
+def test_ring_tiles_blocks_larger_than_its_chunks(monkeypatch):
+    # 4 devices x 40 tokens: 3 query chunks of 14 and 4 key chunks of 10 rows (queries padded to 42 locally).
     mesh = make_mesh(MESH_A)
     q, k, v, mask, cot = _inputs(7, 2, 160, 160, 4)
-    monkeypatch.setattr(ca, "RING_KEY_BLOCK", 16)
-    assert ca._key_chunks(40, 16) == (3, 14)
+    monkeypatch.setattr(ca, "RING_QUERY_BLOCK", 16)
+    monkeypatch.setattr(ca, "RING_KEY_BLOCK", 10)
+    assert ca._chunking(40, 16) == (3, 14) and ca._chunking(40, 10) == (4, 10)
     got = _sharded(mesh, "ring", q, k, v, mask, cot)
     _assert_close(got, _reference(q, k, v, mask, cot), 1e-5)
 
@@ -200,7 +201,7 @@ def test_hlo_ulysses_uses_all_to_all_and_ring_uses_collective_permute():
 
     ring = _collectives(_compiled_grad_hlo(mesh, "ring", q, k, v, mask, cot))
     assert "collective-permute" in ring and "all-to-all" not in ring and "all-gather" not in ring
-    assert any("f32[1,16,4,8]" in s for s in ring["collective-permute"])
+    assert any("f32[1,1,16,4,8]" in s for s in ring["collective-permute"])  # (chunks, b, keys, h, d)
     # remaining all-reduces are the (B, H, D) mean of v for fully-masked rows, never a K/V-sized array
     assert all("16,4,8" not in s and "64,4,8" not in s for s in ring.get("all-reduce", [])), ring["all-reduce"]
 

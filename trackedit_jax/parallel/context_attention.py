@@ -16,11 +16,11 @@ does not divide its dimension is replicated), so only the ``context`` axis commu
 "ring" (ring attention)
     Each device keeps its query block; the K/V blocks (with their mask block) travel around the context
     ring with `jax.lax.ppermute` while an online softmax accumulates the output, so no device ever holds
-    more than one K/V block. The backward pass is a custom VJP that rotates K/V again together with their
-    dK/dV accumulators (recomputing probabilities from the saved log-sum-exp), so memory stays linear in
-    the sequence: nothing is stored per ring step. The local block products are our own blockwise
-    XLA code (key blocks of at most `RING_KEY_BLOCK`), not the inner kernel, since the kernels do not
-    return their log-sum-exp.
+    more than one K/V block (plus the one in flight). The backward pass is a custom VJP that rotates K/V
+    again together with their dK/dV accumulators (recomputing probabilities from the saved log-sum-exp),
+    so memory stays linear in the sequence: nothing is stored per ring step. The local block products
+    are our own blockwise XLA code (tiles of `RING_QUERY_BLOCK` x `RING_KEY_BLOCK`), not the inner
+    kernel, since the kernels do not return their log-sum-exp.
 
 Cross-attention (L_q != L_kv, e.g. video queries on short text keys) needs no communication: only q is
 split over ``context``; k, v and the mask are replicated over it and each device runs the inner kernel on
@@ -49,8 +49,9 @@ STRATEGIES = ("auto", "ulysses", "ring")
 # below it the collectives cost more than the replicated attention they save.
 CONTEXT_PARALLEL_MIN_LENGTH = 1024
 
-# The ring computes each (query block x key block) product in key chunks of at most this many keys, so
-# its temporaries are (B, H, L_q / C, RING_KEY_BLOCK) float32 rather than quadratic in L / C.
+# The ring computes each (query block x key block) product in chunks of at most this many queries and
+# keys, so its temporaries are (B, H, RING_QUERY_BLOCK, RING_KEY_BLOCK) float32, not quadratic in L / C.
+RING_QUERY_BLOCK = 512
 RING_KEY_BLOCK = 512
 
 _PALLAS_IMPLS = ("pallas_gpu", "pallas_tpu", "splash")
@@ -142,20 +143,25 @@ def _ulysses_body(q, k, v, mask, *, impl, interpret):
 
 # ----------------------------------------------------------------------------------------------------
 # ring
+#
+# Local layout: the padded query block is split into nq chunks of cq rows and every K/V block into nk
+# chunks of ck keys, kept chunk-major ((n, b, c, h, d)) for the whole ring so the loops below only
+# index their leading axis. The online-softmax state is chunked like the queries:
+# m, l (nq, b, h, cq) and acc (nq, b, h, cq, d), all float32.
 
 
 def _ring_perm(cp: int) -> list[tuple[int, int]]:
     return [(j, (j + 1) % cp) for j in range(cp)]
 
 
-def _key_chunks(length: int, block: int) -> tuple[int, int]:
-    """(number of chunks, chunk length) covering `length` keys with chunks of at most `block`."""
+def _chunking(length: int, block: int) -> tuple[int, int]:
+    """(number of chunks, chunk length) covering `length` rows with chunks of at most `block`."""
     n = max(1, math.ceil(length / block))
     return n, math.ceil(length / n)
 
 
 def _to_chunks(x, n, c):
-    """(b, n*c, ...) -> (n, b, c, ...) for scanning over key chunks."""
+    """(b, n*c, ...) -> (n, b, c, ...)."""
     return jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0)
 
 
@@ -166,49 +172,11 @@ def _from_chunks(x):
 
 
 def _logits(q, k, bias, scale):
-    """(b, Lq, h, D) x (b, c, h, D) -> (b, h, Lq, c) float32 logits with the key bias added."""
+    """(b, cq, h, d) x (b, ck, h, d) -> (b, h, cq, ck) float32 logits with the key bias added."""
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         s = s + bias[:, None, None, :]
     return s
-
-
-def _ring_fwd_block(q, k, v, bias, state, *, scale, n, c):
-    """Folds one K/V block (split into n key chunks of c) into the online-softmax state (m, l, acc)."""
-
-    def chunk(state, kvb):
-        m, l, acc = state
-        kc, vc, bc = kvb
-        s = _logits(q, kc, bc, scale)
-        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        shift = running_max_shift(m_new)
-        p = jnp.exp(s - shift[..., None])
-        alpha = jnp.exp(m - shift)
-        l = alpha * l + jnp.sum(p, axis=-1)
-        pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
-        return (m_new, l, alpha[..., None] * acc + pv), None
-
-    chunks = (_to_chunks(k, n, c), _to_chunks(v, n, c), None if bias is None else _to_chunks(bias, n, c))
-    state, _ = jax.lax.scan(chunk, state, chunks)
-    return state
-
-
-def _ring_bwd_block(q, k, v, bias, do, lse, delta, dq, *, scale, n, c):
-    """Gradient contributions of one K/V block: (dq + its part, dk block, dv block), float32."""
-
-    def chunk(dq, kvb):
-        kc, vc, bc = kvb
-        p = jnp.exp(_logits(q, kc, bc, scale) - lse[..., None])  # (b, h, Lq, c)
-        dv = jnp.einsum("bhqk,bqhd->bkhd", p.astype(do.dtype), do, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bqhd,bkhd->bhqk", do, vc, preferred_element_type=jnp.float32)
-        ds = (p * (dp - delta[..., None]) * scale).astype(q.dtype)
-        dq = dq + jnp.einsum("bhqk,bkhd->bqhd", ds, kc, preferred_element_type=jnp.float32)
-        dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q, preferred_element_type=jnp.float32)
-        return dq, (dk, dv)
-
-    chunks = (_to_chunks(k, n, c), _to_chunks(v, n, c), None if bias is None else _to_chunks(bias, n, c))
-    dq, (dk, dv) = jax.lax.scan(chunk, dq, chunks)
-    return dq, _from_chunks(dk), _from_chunks(dv)
 
 
 def _rotate(x, cp):
@@ -234,85 +202,125 @@ def _varying(x, *refs):
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
-def _ring_forward(q, k, v, bias, *, cp, scale, n, c):
-    b, lq, h, d = q.shape
+def _fold_block(qc, kv, state, scale):
+    """Folds one K/V block (chunked) into the online-softmax state, one query chunk at a time."""
+
+    def one_query_chunk(args):
+        q, state = args
+
+        def one_key_chunk(state, kvc):
+            m, l, acc = state
+            k, v, bias = kvc
+            s = _logits(q, k, bias, scale)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            shift = running_max_shift(m_new)  # 0 while a row has seen only masked keys
+            p = jnp.exp(s - shift[..., None])
+            alpha = jnp.exp(m - shift)
+            pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+            return (m_new, alpha * l + jnp.sum(p, axis=-1), alpha[..., None] * acc + pv), None
+
+        return jax.lax.scan(one_key_chunk, state, kv)[0]
+
+    return jax.lax.map(one_query_chunk, (qc, state))
+
+
+def _grad_block(qc, doc, lse, delta, dqc, kv, scale):
+    """One K/V block's gradient contributions: (dq chunks + their part, dk part, dv part), float32."""
+    kc, vc, bc = kv
+
+    def one_query_chunk(dkv, args):
+        q, do, lse, delta, dq = args
+
+        def one_key_chunk(dq, kvc):
+            k, v, bias = kvc
+            p = jnp.exp(_logits(q, k, bias, scale) - lse[..., None])  # (b, h, cq, ck)
+            dv = jnp.einsum("bhqk,bqhd->bkhd", p.astype(do.dtype), do, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bqhd,bkhd->bhqk", do, v, preferred_element_type=jnp.float32)
+            ds = (p * (dp - delta[..., None]) * scale).astype(q.dtype)
+            dq = dq + jnp.einsum("bhqk,bkhd->bqhd", ds, k, preferred_element_type=jnp.float32)
+            dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q, preferred_element_type=jnp.float32)
+            return dq, (dk, dv)
+
+        dq, (dk, dv) = jax.lax.scan(one_key_chunk, dq, (kc, vc, bc))
+        return (dkv[0] + dk, dkv[1] + dv), dq
+
+    zeros = _varying(jnp.zeros(kc.shape, jnp.float32), qc, kc, vc, bc, doc)
+    (dk, dv), dqc = jax.lax.scan(one_query_chunk, (zeros, zeros), (qc, doc, lse, delta, dqc))
+    return dqc, dk, dv
+
+
+def _ring_forward(qc, kv, *, cp, scale):
+    nq, b, cq, h, d = qc.shape
     state = (
-        jnp.full((b, h, lq), -jnp.inf, jnp.float32),
-        jnp.zeros((b, h, lq), jnp.float32),
-        jnp.zeros((b, h, lq, d), jnp.float32),
+        jnp.full((nq, b, h, cq), -jnp.inf, jnp.float32),
+        jnp.zeros((nq, b, h, cq), jnp.float32),
+        jnp.zeros((nq, b, h, cq, d), jnp.float32),
     )
-    state = jax.tree.map(lambda x: _varying(x, q, k, v, bias), state)
-    fold = functools.partial(_ring_fwd_block, q, scale=scale, n=n, c=c)
+    state = jax.tree.map(lambda x: _varying(x, qc, *kv), state)
 
     def step(_, carry):
-        blocks, state = carry
-        incoming = _rotate(blocks, cp)  # independent of this step's compute: the transfer can overlap
-        return incoming, fold(*blocks, state)
+        kv, state = carry
+        incoming = _rotate(kv, cp)  # independent of this step's compute: the transfer can overlap
+        return incoming, _fold_block(qc, kv, state, scale)
 
-    blocks, state = jax.lax.fori_loop(0, cp - 1, step, ((k, v, bias), state))
-    m, l, acc = fold(*blocks, state)
-    out = (acc / l[..., None]).astype(v.dtype)  # every row has a real key: l > 0
-    lse = m + jnp.log(l)
-    return jnp.swapaxes(out, 1, 2), lse  # (b, Lq, h, D), (b, h, Lq)
+    kv, state = jax.lax.fori_loop(0, cp - 1, step, (kv, state))
+    m, l, acc = _fold_block(qc, kv, state, scale)
+    out = jnp.swapaxes(acc / l[..., None], 2, 3).astype(kv[1].dtype)  # every row has a real key: l > 0
+    return out, m + jnp.log(l)  # (nq, b, cq, h, d), lse (nq, b, h, cq)
 
 
-def _ring_backward(q, k, v, bias, out, lse, do, *, cp, scale, n, c):
-    delta = jnp.einsum("bqhd,bqhd->bhq", do.astype(jnp.float32), out.astype(jnp.float32))
-    grad = functools.partial(_ring_bwd_block, q, do=do, lse=lse, delta=delta, scale=scale, n=n, c=c)
-    dq, dk, dv = (
-        _varying(jnp.zeros(x.shape, jnp.float32), q, k, v, bias, do) for x in (q, k, v)
-    )
+def _ring_backward(qc, kv, out, lse, doc, *, cp, scale):
+    delta = jnp.einsum("nbqhd,nbqhd->nbhq", doc.astype(jnp.float32), out.astype(jnp.float32))
+    dqc = _varying(jnp.zeros(qc.shape, jnp.float32), qc, doc, *kv)
+    zeros = _varying(jnp.zeros(kv[0].shape, jnp.float32), qc, doc, *kv)
 
     def step(_, carry):
-        (kb, vb, bb, dkb, dvb), dq = carry
-        dq, dk_part, dv_part = grad(kb, vb, bb, dq=dq)
+        (k, v, bias, dk, dv), dqc = carry
+        dqc, dk_part, dv_part = _grad_block(qc, doc, lse, delta, dqc, (k, v, bias), scale)
         # dK/dV accumulators travel with their block and are home again after C hops.
-        return _rotate((kb, vb, bb, dkb + dk_part, dvb + dv_part), cp), dq
+        return _rotate((k, v, bias, dk + dk_part, dv + dv_part), cp), dqc
 
-    (kb, vb, bb, dk, dv), dq = jax.lax.fori_loop(0, cp - 1, step, ((k, v, bias, dk, dv), dq))
-    dq, dk_part, dv_part = grad(kb, vb, bb, dq=dq)
+    (k, v, bias, dk, dv), dqc = jax.lax.fori_loop(0, cp - 1, step, ((*kv, zeros, zeros), dqc))
+    dqc, dk_part, dv_part = _grad_block(qc, doc, lse, delta, dqc, (k, v, bias), scale)
     dk, dv = _rotate((dk + dk_part, dv + dv_part), cp)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    return dqc, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _ring(q, k, v, bias, cp, block):
-    return _ring_fwd(q, k, v, bias, cp, block)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _ring(qc, kc, vc, bc, cp):
+    """Ring attention on chunked local blocks: q (nq, b, cq, h, d), k/v (nk, b, ck, h, d), key bias
+    (nk, b, ck) or None -> (nq, b, cq, h, d). Only q, k, v, the output and the log-sum-exp are saved."""
+    return _ring_fwd(qc, kc, vc, bc, cp)[0]
 
 
-def _ring_setup(q, k, bias, block):
-    n, c = _key_chunks(k.shape[1], block)
-    return n, c, 1.0 / math.sqrt(q.shape[-1])
+def _ring_fwd(qc, kc, vc, bc, cp):
+    out, lse = _ring_forward(qc, (kc, vc, bc), cp=cp, scale=1.0 / math.sqrt(qc.shape[-1]))
+    return out, (qc, kc, vc, bc, out, lse)
 
 
-def _ring_fwd(q, k, v, bias, cp, block):
-    n, c, scale = _ring_setup(q, k, bias, block)
-    out, lse = _ring_forward(q, k, v, bias, cp=cp, scale=scale, n=n, c=c)
-    return out, (q, k, v, bias, out, lse)
-
-
-def _ring_bwd(cp, block, residuals, do):
-    q, k, v, bias, out, lse = residuals
-    n, c, scale = _ring_setup(q, k, bias, block)
-    dq, dk, dv = _ring_backward(q, k, v, bias, out, lse, do, cp=cp, scale=scale, n=n, c=c)
-    return dq, dk, dv, None if bias is None else jnp.zeros_like(bias)
+def _ring_bwd(cp, residuals, do):
+    qc, kc, vc, bc, out, lse = residuals
+    scale = 1.0 / math.sqrt(qc.shape[-1])
+    dqc, dkc, dvc = _ring_backward(qc, (kc, vc, bc), out, lse, do, cp=cp, scale=scale)
+    dbias = None if bc is None else jnp.zeros_like(bc)
+    return dqc.astype(qc.dtype), dkc.astype(kc.dtype), dvc.astype(vc.dtype), dbias
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
-def _ring_body(q, k, v, mask, *, cp, block):
-    lk = k.shape[1]
-    n, c = _key_chunks(lk, block)
-    padded = n * c
+def _ring_body(q, k, v, mask, *, cp, key_block, query_block):
+    lq, lk = q.shape[1], k.shape[1]
+    nq, cq = _chunking(lq, query_block)
+    nk, ck = _chunking(lk, key_block)
     bias = None
-    if mask is not None or padded != lk:
-        # Local padding to whole key chunks; padded keys get a -inf bias (zero probability and gradient).
+    if mask is not None or nk * ck != lk:
+        # Padding to whole key chunks is local; padded keys get a -inf bias (zero probability and gradient).
         real = jnp.ones((k.shape[0], lk), bool) if mask is None else mask
-        bias = jnp.where(pad_axis(real, 1, padded), 0.0, -jnp.inf).astype(jnp.float32)
-        k, v = pad_axis(k, 1, padded), pad_axis(v, 1, padded)
-    out = _ring(q, k, v, bias, cp, block)
-    return out
+        bias = _to_chunks(jnp.where(pad_axis(real, 1, nk * ck), 0.0, -jnp.inf).astype(jnp.float32), nk, ck)
+    kc, vc = (_to_chunks(pad_axis(x, 1, nk * ck), nk, ck) for x in (k, v))
+    qc = _to_chunks(pad_axis(q, 1, nq * cq), nq, cq)  # padded query rows are dropped below
+    return _from_chunks(_ring(qc, kc, vc, bias, cp))[:, :lq]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,6 +347,7 @@ def context_parallel_attention(
     impl: str = "auto",
     interpret: bool = False,
     ring_key_block: int | None = None,
+    ring_query_block: int | None = None,
 ) -> jax.Array:
     """Attention with the sequence split over the current mesh's ``context`` axis.
 
@@ -354,7 +363,8 @@ def context_parallel_attention(
       impl: the local kernel for ulysses and cross-attention ("auto" resolves on the global shapes, as
         `kernels.attention.select_impl` does); the ring uses its own blockwise XLA code.
       interpret: run Pallas inner kernels in interpret mode (CPU tests).
-      ring_key_block: key chunk length of the ring's local products (default RING_KEY_BLOCK).
+      ring_key_block, ring_query_block: chunk lengths of the ring's local products (default
+        RING_KEY_BLOCK, RING_QUERY_BLOCK).
     Returns:
       (B, L_q, H, D) in the dtype of v, sharded like q.
     """
@@ -401,7 +411,12 @@ def context_parallel_attention(
     if path == "ulysses":
         body = functools.partial(_ulysses_body, impl=impl, interpret=interpret)
     elif path == "ring":
-        body = functools.partial(_ring_body, cp=cp, block=ring_key_block or RING_KEY_BLOCK)
+        body = functools.partial(
+            _ring_body,
+            cp=cp,
+            key_block=ring_key_block or RING_KEY_BLOCK,
+            query_block=ring_query_block or RING_QUERY_BLOCK,
+        )
     else:
         body = functools.partial(_cross_body, impl=impl, interpret=interpret)
 
