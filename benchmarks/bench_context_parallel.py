@@ -35,9 +35,9 @@ from trackedit_jax.parallel.rules import activation_spec  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 128
 CONFIGS = [  # (label, mesh sizes, context_parallel)
-    ("no context parallelism", {"fsdp": 8}, None),
+    ("None", {"fsdp": 8}, None),
     ("ring", {"context": 8}, "ring"),
-    ("ulysses requested", {"context": 8}, "ulysses"),
+    ("ulysses", {"context": 8}, "ulysses"),
     ("ulysses", {"fsdp": 2, "context": 4}, "ulysses"),
     ("ring", {"fsdp": 2, "context": 4}, "ring"),
 ]
@@ -51,7 +51,8 @@ def _memory(fn, args, shardings, mesh):
     return total, m.temp_size_in_bytes
 
 
-def measure(length: int, mesh_sizes: dict, strategy: str | None, impl: str, interpret: bool = False, heads: int = HEADS):
+def measure(length, mesh_sizes, strategy, impl, interpret=False, heads=HEADS):
+    """(path taken, (fwd total, fwd temp), (fwd+bwd total, fwd+bwd temp)) in bytes per device."""
     mesh = make_mesh(mesh_sizes)
     shape = jax.ShapeDtypeStruct((1, length, heads, HEAD_DIM), jnp.float32)
     sharding = NamedSharding(mesh, activation_spec(shape.shape, ("act_batch", "act_length", "act_heads", None), mesh))
@@ -79,9 +80,13 @@ def main() -> None:
     parser.add_argument("--interpret", action="store_true", help="Pallas impls in interpret mode (CPU)")
     args = parser.parse_args()
     gib = 1 << 30
-    print(f"self-attention q/k/v (1, L, {args.heads}, {HEAD_DIM}) float32, {jax.device_count()} devices, impl={args.impl}{' (interpret)' if args.interpret else ''}")
+    impl = args.impl + (" (interpret)" if args.interpret else "")
+    print(f"self-attention q/k/v (1, L, {args.heads}, {HEAD_DIM}) float32, {jax.device_count()} devices, impl={impl}")
     print("per-device bytes from compiled.memory_analysis(): total = args + outputs + temps - aliased")
-    header = f"{'L':>6} | {'config':<24} | {'mesh (d,f,c,t)':<14} | {'path':<7} | {'fwd total':>10} | {'fwd temp':>9} | {'fwd+bwd total':>13} | {'fwd+bwd temp':>12}"
+    header = (
+        f"{'L':>6} | {'context_parallel=':<24} | {'mesh (d,f,c,t)':<14} | {'path':<7} | {'fwd total':>10} | "
+        f"{'fwd temp':>9} | {'fwd+bwd total':>13} | {'fwd+bwd temp':>12}"
+    )
     print(header)
     print("-" * len(header))
     for length in args.lengths:

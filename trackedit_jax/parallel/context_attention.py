@@ -37,7 +37,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
 
 from trackedit_jax.kernels.flash_common import merge_fully_masked, pad_axis, running_max_shift, split_fully_masked
 from trackedit_jax.parallel.rules import activation_spec
