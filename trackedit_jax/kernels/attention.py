@@ -75,6 +75,8 @@ def attention(
     mask: jax.Array | None = None,
     impl: str = "auto",
     interpret: bool = False,
+    context_parallel: str | None = "auto",
+    context_min_length: int | None = None,
 ) -> jax.Array:
     """Multi-head attention without a causal mask.
 
@@ -93,6 +95,15 @@ def attention(
         "cudnn"       cuDNN fused attention via jax.nn.dot_product_attention (CUDA only, bf16/f16).
       interpret: run the Pallas kernels ("pallas_gpu", "pallas_tpu", "splash") with the Pallas
         interpreter, which works on CPU (tests); ignored by the other impls.
+      context_parallel: sequence parallelism over the ``context`` axis of the mesh set by
+        ``jax.set_mesh`` ("auto", "ulysses", "ring"; None disables it). It engages only when such a mesh
+        is active with context > 1, and for "auto" only when L_q >= `context_min_length` (default
+        `parallel.context_attention.CONTEXT_PARALLEL_MIN_LENGTH`, 1024; an explicit strategy ignores it). Then
+        self-attention (L_q == L_kv) runs "ulysses" (all-to-all to head shards, then `impl` on whole
+        sequences) when the heads per tensor shard divide by the context size and "ring" (K/V blocks
+        rotated with ppermute, online softmax) otherwise or when asked; cross-attention (L_q != L_kv)
+        splits only q and runs `impl` locally. With no mesh or context == 1 nothing changes.
+      context_min_length: the "auto" length threshold above (global query tokens).
     Returns:
       (B, L_q, H, D) in the dtype of `v`.
 
@@ -103,6 +114,14 @@ def attention(
     _check(q, k, v, mask)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if context_parallel is not None:
+        from trackedit_jax.parallel import context_attention as cp
+
+        strategy = cp.plan(q.shape, k.shape, context_parallel, context_min_length)
+        if strategy is not None:
+            return cp.context_parallel_attention(
+                q, k, v, mask=mask, strategy=context_parallel, impl=impl, interpret=interpret
+            )
     if impl == "auto":
         impl = select_impl(q, k)
     if impl == "xla":

@@ -70,20 +70,16 @@ def _current_mesh():
     return mesh
 
 
-def shard_activation(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-    """`with_sharding_constraint` by logical names when a mesh is set (``jax.set_mesh``); else identity.
+def activation_spec(shape: Sequence[int], logical_axes: Sequence[str | None], mesh) -> P:
+    """The `PartitionSpec` `shard_activation` applies to an array of `shape` on `mesh`.
 
-    Mesh axes of size 1 and axes that do not divide the array dimension are dropped, so the same
-    model code runs unchanged on 1 device, on a simulated mesh and on a pod.
+    Mesh axes of size 1 are dropped, and so is a dimension's whole entry when its axes do not divide it.
     """
-    mesh = _current_mesh()
-    if mesh is None:
-        return x
-    if x.ndim != len(logical_axes):
-        raise ValueError(f"logical axes {tuple(logical_axes)} do not match array rank {x.ndim}")
+    if len(shape) != len(logical_axes):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match array rank {len(shape)}")
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
     spec = []
-    for dim, entry in zip(x.shape, logical_to_mesh_spec(logical_axes)):
+    for dim, entry in zip(shape, logical_to_mesh_spec(logical_axes)):
         axes = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
         axes = tuple(a for a in axes if a in sizes and sizes[a] > 1)
         total = 1
@@ -93,7 +89,19 @@ def shard_activation(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Ar
             spec.append(None)
         else:
             spec.append(axes if len(axes) > 1 else axes[0])
-    return jax.lax.with_sharding_constraint(x, P(*spec))
+    return P(*spec)
+
+
+def shard_activation(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` by logical names when a mesh is set (``jax.set_mesh``); else identity.
+
+    Mesh axes of size 1 and axes that do not divide the array dimension are dropped, so the same
+    model code runs unchanged on 1 device, on a simulated mesh and on a pod.
+    """
+    mesh = _current_mesh()
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, activation_spec(x.shape, logical_axes, mesh))
 
 
 def partitioned(initializer, *logical_axes: str | None):
