@@ -35,7 +35,7 @@ def base_config() -> ConfigDict:
         dict(
             dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, freq_dim=256, in_dim=16, out_dim=16,
             text_dim=4096, text_len=512, patch_size=(1, 2, 2), eps=1e-6, param_dtype="float32",
-            dtype="bfloat16", remat_policy="dots_with_no_batch_dims", attention_impl="auto",
+            dtype="bfloat16", remat_policy="full", attention_impl="auto",
         )
     )
     c.model.conditioner = ConfigDict(

@@ -80,7 +80,9 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
         last = parts[-1]
         if not isinstance(node, ConfigDict) or last not in node:
             raise ValueError(f"--config.{key}: unknown key")
-        node[last] = _coerce(key, node[last], _parse_value(text))
+        old = node[last]
+        # a string field takes the text as written ("none" stays the string "none")
+        node[last] = text if isinstance(old, str) else _coerce(key, old, _parse_value(text))
     return config
 
 

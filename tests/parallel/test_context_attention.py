@@ -129,7 +129,10 @@ def test_ring_tiles_blocks_larger_than_its_chunks(monkeypatch):
     _assert_close(got, _reference(q, k, v, mask, cot), 1e-5)
 
 
-def test_cross_attention_splits_queries_only():
+@pytest.mark.parametrize("impl", ["xla", "chunked"])
+def test_cross_attention_splits_queries_only(impl):
+    """Keys shared by every context shard: their gradient is the sum over shards (for "chunked" the
+    custom_vjp backward must add that sum itself)."""
     mesh = make_mesh(MESH_B)
     q, k, v, mask, cot = _inputs(11, 2, 36, 7, 4)  # short text-like keys, L_q = 36 not split evenly by 8
     assert _plan(mesh, q, k, "ulysses") == "cross"
@@ -138,7 +141,7 @@ def test_cross_attention_splits_queries_only():
     mrep = NamedSharding(mesh, activation_spec(mask.shape, ("act_batch", None), mesh))
 
     def run(q, k, v, mask, cot):
-        attn = lambda q, k, v, m: attention(q, k, v, mask=m, impl="xla", context_parallel="ring")  # noqa: E731
+        attn = lambda q, k, v, m: attention(q, k, v, mask=m, impl=impl, context_parallel="ring")  # noqa: E731
         return _value_and_grads(attn, q, k, v, mask, cot)
 
     fn = jax.jit(run, in_shardings=(qs, rep, rep, mrep, qs), out_shardings=(qs, (qs, rep, rep)))

@@ -14,6 +14,7 @@ import sys
 # name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
 COMMANDS: dict[str, str] = {
     "train": "train",
+    "plan": "plan",
     "edit-tracks": "edit_tracks",
     "viz": "viz",
     "make-data": "make_data",

@@ -28,7 +28,29 @@ DEFAULT_BLOCK_Q = 512
 DEFAULT_BLOCK_KV = 2048
 
 _MASKED = float(jnp.finfo(jnp.float32).min)
-_EINSUM = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+
+
+def _zeros(like: jax.Array, *deps: jax.Array) -> jax.Array:
+    """float32 zeros shaped like `like` that carry the manual-axis (vma) types of `like` and `deps`:
+    loop carries inside `shard_map` (context parallelism) must vary over the same mesh axes as the
+    values the loop body adds to them."""
+    z = jnp.zeros_like(like, jnp.float32)
+    for d in deps:
+        z = z + jnp.zeros_like(d.reshape(-1)[:1], jnp.float32).reshape(())
+    return z
+
+
+def _block_dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """A 2-D block product in float32, written as a dot_general with a unit BATCH axis.
+
+    Remat policies such as `dots_with_no_batch_dims_saveable` keep the outputs of the model's
+    projections (dots without batch axes); with a batch axis, the per-block score products in here
+    are never saved, which would otherwise store the whole L x L score matrix for the backward pass.
+    XLA removes the unit axis, so the compiled code is unchanged.
+    """
+    lhs, rest = spec.split(",")
+    rhs, out = rest.split("->")
+    return jnp.einsum(f"z{lhs},z{rhs}->z{out}", a[None], b[None], preferred_element_type=jnp.float32)[0]
 
 
 class _Plan(NamedTuple):
@@ -92,32 +114,29 @@ def _forward_query_block(qb, k, v, mask, plan: _Plan):
     Returns o (bq, D) float32, the row max m (bq,) of the unscaled scores and log of the row sum (bq,).
     """
     if plan.num_kv == 1:
-        s = _mask_scores(_EINSUM("qd,kd->qk", qb, k), plan, mask, 0)
+        s = _mask_scores(_block_dot("qd,kd->qk", qb, k), plan, mask, 0)
         m = jnp.max(s, axis=-1)
         p = jnp.exp((s - m[:, None]) * plan.scale)
         l = jnp.sum(p, axis=-1)
-        o = _EINSUM("qk,kd->qd", p.astype(v.dtype), v) / l[:, None]
+        o = _block_dot("qk,kd->qd", p.astype(v.dtype), v) / l[:, None]
         return o, m, jnp.log(l)
 
     def step(carry, xs):
         m, l, acc = carry
         k_j, v_j, mask_j, start = xs
-        s = _mask_scores(_EINSUM("qd,kd->qk", qb, k_j), plan, mask_j, start)
+        s = _mask_scores(_block_dot("qd,kd->qk", qb, k_j), plan, mask_j, start)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         correction = jnp.exp((m - m_new) * plan.scale)
         p = jnp.exp((s - m_new[:, None]) * plan.scale)
         l = l * correction + jnp.sum(p, axis=-1)
-        acc = acc * correction[:, None] + _EINSUM("qk,kd->qd", p.astype(v_j.dtype), v_j)
+        acc = acc * correction[:, None] + _block_dot("qk,kd->qd", p.astype(v_j.dtype), v_j)
         return (m_new, l, acc), None
 
     rows = qb.shape[0]
     # The running max starts at the most negative finite value, not -inf: a block whose keys are all
     # padding (-inf) then gives exp(-inf) = 0 instead of exp(-inf + inf) = NaN.
-    init = (
-        jnp.full((rows,), _MASKED, jnp.float32),
-        jnp.zeros((rows,), jnp.float32),
-        jnp.zeros((rows, v.shape[-1]), jnp.float32),
-    )
+    zero_rows = _zeros(qb[:, 0], k, v)
+    init = (zero_rows + _MASKED, zero_rows, _zeros(jnp.broadcast_to(qb[:, :1], (rows, v.shape[-1])), k, v))
     (m, l, acc), _ = jax.lax.scan(step, init, _kv_blocks(k, v, mask, plan))
     return acc / l[:, None], m, jnp.log(l)
 
@@ -145,17 +164,17 @@ def _backward_block(qb, dob, m, log_l, delta, k_j, v_j, mask_j, start, plan: _Pl
     of a contraction over its leading axis, XLA's CPU dot needs no transposed copy of it (the (bk, D)
     form copies the whole score block first and ran 2x slower).
     """
-    s = _mask_scores(_EINSUM("qd,kd->qk", qb, k_j), plan, mask_j, start)
+    s = _mask_scores(_block_dot("qd,kd->qk", qb, k_j), plan, mask_j, start)
     p = jnp.exp((s - m[:, None]) * plan.scale - log_l[:, None])
-    dv_t = _EINSUM("qd,qk->dk", dob, p.astype(dob.dtype))
-    dp = _EINSUM("qd,kd->qk", dob, v_j)
+    dv_t = _block_dot("qd,qk->dk", dob, p.astype(dob.dtype))
+    dp = _block_dot("qd,kd->qk", dob, v_j)
     ds = p * (dp - delta[:, None]) * plan.scale
     if plan.has_mask:
         # A masked score is a constant, not a function of q and k: no gradient flows through it (this
         # matters only for rows whose keys are all masked, where p is uniform instead of 0).
         ds = jnp.where(mask_j[None, :], ds, 0.0)
-    dq = _EINSUM("qk,kd->qd", ds.astype(k_j.dtype), k_j)
-    dk_t = _EINSUM("qd,qk->dk", qb, ds.astype(qb.dtype))
+    dq = _block_dot("qk,kd->qd", ds.astype(k_j.dtype), k_j)
+    dk_t = _block_dot("qd,qk->dk", qb, ds.astype(qb.dtype))
     return dq, dk_t, dv_t
 
 
@@ -168,7 +187,7 @@ def _backward_query_block(qb, dob, m, log_l, delta, k, v, mask, plan: _Plan):
         dq_j, dk_t, dv_t = _backward_block(qb, dob, m, log_l, delta, *xs, plan)
         return dq + dq_j, (dk_t, dv_t)
 
-    dq, (dk_t, dv_t) = jax.lax.scan(step, jnp.zeros(qb.shape, jnp.float32), _kv_blocks(k, v, mask, plan))
+    dq, (dk_t, dv_t) = jax.lax.scan(step, _zeros(qb, dob, k, v), _kv_blocks(k, v, mask, plan))
     # (num_kv, D, bk) -> (D, num_kv * bk)
     return dq, jnp.moveaxis(dk_t, 0, 1).reshape(dk_t.shape[1], -1), jnp.moveaxis(dv_t, 0, 1).reshape(dv_t.shape[1], -1)
 
@@ -185,7 +204,7 @@ def _backward_sequence(q, k, v, mask, o, m, log_l, do, plan: _Plan):
             dq, dk_t, dv_t = _backward_query_block(*xs, k, v, mask, plan)
             return (dk_acc + dk_t, dv_acc + dv_t), dq
 
-        zeros = jnp.zeros((k.shape[1], k.shape[0]), jnp.float32)
+        zeros = _zeros(k.T, q, do, v)
         xs = tuple(_split(x, plan.num_q) for x in (q, do, m, log_l, delta))
         (dk_t, dv_t), dq = jax.lax.scan(step, (zeros, zeros), xs)
         dq = _merge(dq)
@@ -213,6 +232,22 @@ def _core_fwd(q, k, v, mask, plan: _Plan):
     return o, (q, k, v, mask, o, m, log_l)
 
 
+def _varying_axes(x) -> frozenset:
+    """Mesh axes over which `x` varies inside shard_map (empty outside); spelled differently across jax."""
+    t = jax.typeof(x)
+    vma = getattr(t, "vma", None)
+    if vma is None:
+        vma = getattr(getattr(t, "manual_axis_type", None), "varying", frozenset())
+    return frozenset(vma)
+
+
+def _match_varying(ct, primal):
+    """A cotangent varying over more mesh axes than its primal is summed over the extra ones
+    (e.g. keys shared by every context shard receive the sum of every shard's gradient)."""
+    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(primal)))
+    return jax.lax.psum(ct, extra) if extra else ct
+
+
 def _core_bwd(plan: _Plan, residuals, do):
     q, k, v, mask, o, m, log_l = residuals
     if plan.has_mask:
@@ -221,7 +256,7 @@ def _core_bwd(plan: _Plan, residuals, do):
         dq, dk, dv = jax.lax.map(
             lambda a: _backward_sequence(a[0], a[1], a[2], None, *a[3:], plan), (q, k, v, o, m, log_l, do)
         )
-    return dq, dk, dv, None
+    return _match_varying(dq, q), _match_varying(dk, k), _match_varying(dv, v), None
 
 
 _core.defvjp(_core_fwd, _core_bwd)

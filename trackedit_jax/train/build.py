@@ -70,8 +70,11 @@ def build_vae(config: ConfigDict, *, seed: int = 1234) -> WanVAE:
     return WanVAE(vae_config(config), rngs=nnx.Rngs(seed))
 
 
-def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
-    """Check a training config before anything is built or compiled; raises ConfigError naming the field."""
+def validate_config(config: ConfigDict, num_devices: int | None = None, *, planning: bool = False) -> None:
+    """Check a training config before anything is built or compiled; raises ConfigError naming the field.
+
+    planning=True skips what only a real run needs (weights, data and stage-1 paths).
+    """
     num_devices = jax.device_count() if num_devices is None else num_devices
     try:
         shape = resolve_mesh_shape(dict(config.mesh), num_devices)
@@ -90,7 +93,9 @@ def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
         )
     if config.lora.mode not in ("lora", "full"):
         raise ConfigError(f"lora.mode must be 'lora' or 'full'; got {config.lora.mode!r}")
-    if not config.init.wan_path and not config.init.allow_random_base and not config.init_from:
+    if planning:
+        pass
+    elif not config.init.wan_path and not config.init.allow_random_base and not config.init_from:
         raise ConfigError(
             "init.wan_path: this config fine-tunes a pretrained Wan model; give the checkpoint with "
             "--config.init.wan_path=PATH (a diffusers or official Wan 2.1 safetensors file or directory)"
@@ -99,7 +104,7 @@ def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
         p = config.init[field]
         if p and not pathlib.Path(p).exists():
             raise ConfigError(f"init.{field}: {p} does not exist")
-    if config.init.require_init_from and not config.init_from:
+    if config.init.require_init_from and not config.init_from and not planning:
         raise ConfigError("init_from: stage 2 starts from a stage-1 run; give --config.init_from=STAGE1_WORKDIR")
     if config.init_from and not pathlib.Path(config.init_from).exists():
         raise ConfigError(f"init_from: {config.init_from} does not exist")
@@ -113,7 +118,7 @@ def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
         raise ConfigError(f"data.min_tracks ({d.min_tracks}) must be in [1, data.max_tracks={d.max_tracks}]")
     if d.train_path and not os.path.exists(d.train_path):
         raise ConfigError(f"data.train_path: {d.train_path} does not exist")
-    if not d.train_path and d.synthetic_pairs <= 0:
+    if not d.train_path and d.synthetic_pairs <= 0 and not planning:
         raise ConfigError("data.train_path: no training data given (and this preset does not generate any)")
     try:
         wan_config(config)

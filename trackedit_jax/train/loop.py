@@ -139,6 +139,64 @@ def _load_base(model, config: ConfigDict, mesh) -> None:
     nnx.update(model.dit, placed)
 
 
+@dataclasses.dataclass
+class TrainingSetup:
+    """Everything derived from a config and a mesh before any data or weights exist: the model's
+    graph, abstract trainable/frozen states and their shardings, the optimiser, and the abstract
+    `TrainState` with its shardings. Shared by the training loop and the AOT planner."""
+
+    config: ConfigDict
+    mesh: Any
+    trainable: Any
+    graphdef: Any
+    abs_params: Any
+    abs_frozen: Any
+    params_sh: Any
+    frozen_sh: Any
+    tx: Any
+    schedule: Any
+    abs_state: TrainState
+    state_sh: TrainState
+    replicated: NamedSharding
+    use_ema: bool
+
+    @classmethod
+    def create(cls, config: ConfigDict, mesh) -> "TrainingSetup":
+        seed = int(config.train.seed)
+        trainable = build.trainable(config)
+        abstract = nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed))
+        graphdef, abs_params, abs_frozen = nnx.split(abstract, trainable, ...)
+        params_sh = state_shardings(abs_params, mesh)
+        frozen_sh = state_shardings(abs_frozen, mesh)
+        tx, schedule = make_optimizer(
+            peak_lr=config.train.lr, warmup_steps=config.train.warmup_steps, total_steps=config.train.num_steps,
+            weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
+        )
+        use_ema = config.train.ema_decay > 0
+        abs_state = jax.eval_shape(lambda p: init_train_state(p, tx, seed, use_ema), abs_params)
+        replicated = NamedSharding(mesh, P())
+        state_sh = TrainState(
+            step=replicated,
+            params=params_sh,
+            opt_state=_opt_state_shardings(tx, abs_state.opt_state, params_sh, replicated),
+            rng=replicated,
+            ema=params_sh if use_ema else None,
+        )
+        return cls(config, mesh, trainable, graphdef, abs_params, abs_frozen, params_sh, frozen_sh, tx,
+                   schedule, abs_state, state_sh, replicated, use_ema)
+
+    def init_params(self):
+        """Freshly initialised (trainable, frozen) states, created directly on their shardings."""
+        config, seed, trainable = self.config, int(self.config.train.seed), self.trainable
+
+        def _init():
+            _, p, f = nnx.split(build.build_edit_model(config, seed=seed), trainable, ...)
+            return p, f
+
+        with jax.set_mesh(self.mesh):
+            return jax.jit(_init, out_shardings=(self.params_sh, self.frozen_sh))()
+
+
 def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | None = None) -> TrainResult:
     """Run (or resume) training as configured; returns when `train.num_steps` (or `max_steps` more
     steps in this call, a testing aid) are done or on SIGTERM."""
@@ -152,43 +210,19 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     image_size = (int(config.data.height), int(config.data.width))
     seed = int(config.train.seed)
 
-    # --- model, shardings ------------------------------------------------------------------------
-    trainable = build.trainable(config)
-    abstract = nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed))
-    graphdef, abs_params, abs_frozen = nnx.split(abstract, trainable, ...)
-    params_sh = state_shardings(abs_params, mesh)
-    frozen_sh = state_shardings(abs_frozen, mesh)
-
-    def _init():
-        _, p, f = nnx.split(build.build_edit_model(config, seed=seed), trainable, ...)
-        return p, f
-
-    with jax.set_mesh(mesh):
-        # parameters are created directly on their shardings; nothing is materialised on one device
-        params, frozen = jax.jit(_init, out_shardings=(params_sh, frozen_sh))()
+    setup = TrainingSetup.create(config, mesh)
+    params, frozen = setup.init_params()
     if config.init.wan_path:
-        model = nnx.merge(graphdef, params, frozen)
+        model = nnx.merge(setup.graphdef, params, frozen)
         _load_base(model, config, mesh)
-        _, params, frozen = nnx.split(model, trainable, ...)
+        _, params, frozen = nnx.split(model, setup.trainable, ...)
         del model
     vae = build.build_vae(config)
     vae_graphdef, vae_state = nnx.split(vae)
     vae_state = jax.device_put(vae_state, NamedSharding(mesh, P()))
-
-    tx, schedule = make_optimizer(
-        peak_lr=config.train.lr, warmup_steps=config.train.warmup_steps, total_steps=config.train.num_steps,
-        weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
-    )
-    use_ema = config.train.ema_decay > 0
-    abs_state = jax.eval_shape(lambda p: init_train_state(p, tx, seed, use_ema), abs_params)
-    replicated = NamedSharding(mesh, P())
-    state_sh = TrainState(
-        step=replicated,
-        params=params_sh,
-        opt_state=_opt_state_shardings(tx, abs_state.opt_state, params_sh, replicated),
-        rng=replicated,
-        ema=params_sh if use_ema else None,
-    )
+    tx, schedule, abs_state, state_sh = setup.tx, setup.schedule, setup.abs_state, setup.state_sh
+    graphdef, frozen_sh, replicated = setup.graphdef, setup.frozen_sh, setup.replicated
+    use_ema = setup.use_ema
 
     # --- data and checkpoints ----------------------------------------------------------------------
     train_iter = make_iterator(config, train_path, seed=seed)
@@ -206,7 +240,7 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
             resumed_from = f"initialised from {config.init_from}"
     del params
 
-    step_fn = make_train_step(graphdef, vae_graphdef, tx, schedule, config, image_size)
+    step_fn = make_train_step(graphdef, vae_graphdef, tx, schedule, config, image_size, setup.trainable)
     frozen_arg_sh = frozen_sh
     jit_step = jax.jit(
         step_fn,

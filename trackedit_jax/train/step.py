@@ -109,6 +109,7 @@ def make_train_step(
     schedule: Callable[[int], float],
     config: ConfigDict,
     image_size: tuple[int, int],
+    trainable,
 ) -> Callable:
     """A pure step `(state, frozen, vae_state, batch) -> (state, metrics)`; jit it with shardings.
 
@@ -119,12 +120,13 @@ def make_train_step(
     accum = int(config.train.grad_accum)
     ema_decay = float(config.train.ema_decay)
 
-    def loss_of(params, frozen, vae_state, micro, key):
+    def grad_fn(params, frozen, vae_state, micro, key):
+        # nnx.value_and_grad with a DiffState differentiates the trainable part of ONE merged model;
+        # (jax.grad over `params` alone would mix trace levels inside the model's nnx.scan/remat)
         model = nnx.merge(graphdef, params, frozen)
         vae = nnx.merge(vae_graphdef, vae_state)
-        return flow_loss(model, vae, micro, key, config, image_size)
-
-    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+        loss = lambda m: flow_loss(m, vae, micro, key, config, image_size)  # noqa: E731
+        return nnx.value_and_grad(loss, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
 
     def step(state: TrainState, frozen, vae_state, batch: dict):
         key = jax.random.fold_in(state.rng, state.step)

@@ -1,0 +1,125 @@
+"""Ahead-of-time planning of a training step: lower and compile it for a mesh without any weights or
+data, and report per-device memory and FLOPs.
+
+On this CPU machine a pod is simulated with `jax_num_cpu_devices` host devices; the same code on a
+real TPU/GPU host compiles for the real devices. The step is compiled with precomputed latents in
+the batch (the frozen VAE encode is planned separately), which is how the paper-size run is fed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from trackedit_jax.parallel.mesh import make_mesh
+from trackedit_jax.parallel.sharding import batch_sharding
+from trackedit_jax.train import build
+from trackedit_jax.train.checkpointing import abstract_like
+from trackedit_jax.train.loop import TrainingSetup
+from trackedit_jax.train.step import make_train_step
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """Per-device figures of the compiled training step (bytes, FLOPs)."""
+
+    mesh: dict
+    num_devices: int
+    tokens_per_example: int
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    generated_code_bytes: int
+    flops: float | None
+    compile_seconds: float
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + temporaries + outputs not aliased to (donated) arguments."""
+        return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+    def table(self) -> str:
+        gib = 1024**3
+        rows = [
+            ("mesh", str(self.mesh)),
+            ("devices", str(self.num_devices)),
+            ("tokens per example (paired)", f"{self.tokens_per_example:,}"),
+            ("arguments per device", f"{self.argument_bytes / gib:.3f} GiB"),
+            ("temporaries per device", f"{self.temp_bytes / gib:.3f} GiB"),
+            ("outputs per device", f"{self.output_bytes / gib:.3f} GiB (aliased {self.alias_bytes / gib:.3f})"),
+            ("peak estimate per device", f"{self.peak_bytes / gib:.3f} GiB"),
+            ("FLOPs per device per step", "n/a" if self.flops is None else f"{self.flops:.3e}"),
+            ("compile time", f"{self.compile_seconds:.1f} s"),
+        ]
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def abstract_batch(config: ConfigDict, mesh) -> dict:
+    """`jax.ShapeDtypeStruct`s of one global batch with precomputed latents, sharded over (data, fsdp)."""
+    d, t, wan = config.data, config.train, config.model.wan
+    B, F, N = int(t.batch_size), int(d.num_frames), int(d.max_tracks)
+    f, h, w = (F - 1) // 4 + 1, int(d.height) // 8, int(d.width) // 8
+    shapes = {
+        "source_latents": ((B, f, h, w, int(wan.in_dim)), jnp.float32),
+        "target_latents": ((B, f, h, w, int(wan.in_dim)), jnp.float32),
+        "source_xyz": ((B, F, N, 3), jnp.float32),
+        "target_xyz": ((B, F, N, 3), jnp.float32),
+        "point_mask": ((B, N), jnp.bool_),
+        "source_intrinsics": ((B, F, 3, 3), jnp.float32),
+        "target_intrinsics": ((B, F, 3, 3), jnp.float32),
+        "source_extrinsics": ((B, F, 4, 4), jnp.float32),
+        "target_extrinsics": ((B, F, 4, 4), jnp.float32),
+        "text_embedding": ((B, int(config.text.text_len), int(wan.text_dim)), jnp.float32),
+    }
+    return {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sharding(mesh, len(s))) for k, (s, dt) in shapes.items()}
+
+
+def plan_training_step(config: ConfigDict) -> StepPlan:
+    """Lower and compile the training step of `config` for all visible devices; nothing is allocated."""
+    import time
+
+    build.validate_config(config, planning=True)
+    mesh = make_mesh(dict(config.mesh))
+    setup = TrainingSetup.create(config, mesh)
+    image_size = (int(config.data.height), int(config.data.width))
+    vae_graphdef, abs_vae = nnx.split(nnx.eval_shape(lambda: build.WanVAE(build.vae_config(config), rngs=nnx.Rngs(0))))
+    step = make_train_step(setup.graphdef, vae_graphdef, setup.tx, setup.schedule, config, image_size, setup.trainable)
+    args = (
+        abstract_like(setup.abs_state, setup.state_sh),
+        abstract_like(setup.abs_frozen, setup.frozen_sh),
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=setup.replicated), abs_vae),
+        abstract_batch(config, mesh),
+    )
+    jitted = jax.jit(
+        step,
+        in_shardings=(setup.state_sh, setup.frozen_sh, setup.replicated, None),
+        out_shardings=(setup.state_sh, setup.replicated),
+        donate_argnums=(0,),
+    )
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    d, wan = config.data, config.model.wan
+    pt, ph, pw = wan.patch_size
+    tokens = 2 * (((d.num_frames - 1) // 4 + 1) // pt) * (d.height // 8 // ph) * (d.width // 8 // pw)
+    return StepPlan(
+        mesh=dict(mesh.shape),
+        num_devices=mesh.size,
+        tokens_per_example=int(tokens),
+        argument_bytes=int(mem.argument_size_in_bytes),
+        output_bytes=int(mem.output_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes),
+        generated_code_bytes=int(mem.generated_code_size_in_bytes),
+        flops=float(cost["flops"]) if cost and "flops" in cost else None,
+        compile_seconds=seconds,
+    )
