@@ -256,7 +256,11 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
         wan, latent_shape=(f_lat, config.data.height // 8, config.data.width // 8),
         text_tokens=config.text.text_len, batch_size=config.train.batch_size,
     )
-    peak = float(config.hardware.peak_flops_per_device) * jax.device_count()
+    pt, ph, pw = wan.patch_size
+    tokens_per_step = (2 * (f_lat // pt) * (config.data.height // 8 // ph) * (config.data.width // 8 // pw)
+                       * config.train.batch_size)
+    rates = dict(flops=flops_per_step, tokens=tokens_per_step,
+                 peak=float(config.hardware.peak_flops_per_device) * jax.device_count())
     writer = MetricsWriter(workdir)
     start = int(jax.device_get(state.step))
     end = int(config.train.num_steps) if max_steps is None else min(int(config.train.num_steps), start + max_steps)
@@ -282,7 +286,7 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
             state, metrics = jit_step(state, frozen, vae_state, batch)
             step += 1
             if pending is not None:
-                last_metrics = _log(writer, pending, bar, flops_per_step, peak)
+                last_metrics = _log(writer, pending, bar, rates)
             now = time.perf_counter()
             log_now = step % config.train.log_every == 0 or step == end
             pending = (step, metrics, now - t_prev, t_data, fingerprint) if log_now else None
@@ -298,7 +302,7 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
                 interrupted = True
                 break
         if pending is not None:
-            last_metrics = _log(writer, pending, bar, flops_per_step, peak)
+            last_metrics = _log(writer, pending, bar, rates)
     bar.close()
     ckpt.close()
     writer.close()
@@ -307,13 +311,14 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     return TrainResult(step=step, metrics=last_metrics, workdir=workdir, interrupted=interrupted)
 
 
-def _log(writer, pending, bar, flops_per_step, peak) -> dict:
+def _log(writer, pending, bar, rates) -> dict:
     step, metrics, dt, t_data, fingerprint = pending
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    m.update(step_time=dt, data_time=t_data, flops_per_second=flops_per_step / max(dt, 1e-9))
+    m.update(step_time=dt, data_time=t_data, model_flops_per_step=rates["flops"],
+             flops_per_second=rates["flops"] / max(dt, 1e-9), tokens_per_second=rates["tokens"] / max(dt, 1e-9))
     if fingerprint is not None:
         m["data_fingerprint"] = float(fingerprint)  # exact: a 32-bit int in a float64
-    m["mfu"] = m["flops_per_second"] / peak
+    m["mfu"] = m["flops_per_second"] / rates["peak"]
     writer.write(step, m)
     bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
     return m
