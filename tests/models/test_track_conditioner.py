@@ -22,6 +22,9 @@ def _inputs(seed=0, n=N):
     return [jnp.asarray(a) for a in (nu, src, tgt, sv, tv)]
 
 
+_apply = nnx.jit(lambda m, *a: m(*a))  # eager op-by-op dispatch would dominate these tests
+
+
 def _trained_like(cfg, seed=0):
     """A conditioner whose zero-initialised output layer is randomised, so outputs are non-trivial."""
     m = TrackConditioner(cfg, D, rngs=nnx.Rngs(seed))
@@ -42,15 +45,15 @@ VARIANTS = [
 def test_permutation_and_padding_invariance(cfg):
     m = _trained_like(cfg)
     nu, src, tgt, sv, tv = _inputs()
-    ts, tt = m(nu, src, tgt, sv, tv)
+    ts, tt = _apply(m, nu, src, tgt, sv, tv)
     perm = np.random.default_rng(3).permutation(N)
-    ps, pt = m(nu, src[:, :, perm], tgt[:, :, perm], sv[:, :, perm], tv[:, :, perm])
+    ps, pt = _apply(m, nu, src[:, :, perm], tgt[:, :, perm], sv[:, :, perm], tv[:, :, perm])
     np.testing.assert_allclose(ps, ts, atol=1e-5)
     np.testing.assert_allclose(pt, tt, atol=1e-5)
     # append 5 padded tracks with arbitrary positions, masked out
     pad = _inputs(seed=9, n=5)
     cat = lambda a, b: jnp.concatenate([a, b], axis=2)
-    qs, qt = m(nu, cat(src, pad[1]), cat(tgt, pad[2]), cat(sv, jnp.zeros_like(pad[3])), cat(tv, jnp.zeros_like(pad[4])))
+    qs, qt = _apply(m, nu, cat(src, pad[1]), cat(tgt, pad[2]), cat(sv, jnp.zeros_like(pad[3])), cat(tv, jnp.zeros_like(pad[4])))
     np.testing.assert_allclose(qs, ts, atol=1e-5)
     np.testing.assert_allclose(qt, tt, atol=1e-5)
     assert float(jnp.abs(ts).max()) > 1e-3  # the check is not vacuous
@@ -60,15 +63,15 @@ def test_permutation_and_padding_invariance(cfg):
 def test_target_tracks_only_change_tau_tgt(cfg):
     m = _trained_like(cfg)
     nu, src, tgt, sv, tv = _inputs()
-    ts, tt = m(nu, src, tgt, sv, tv)
-    ts2, tt2 = m(nu, src, tgt + 0.3, sv, tv)
+    ts, tt = _apply(m, nu, src, tgt, sv, tv)
+    ts2, tt2 = _apply(m, nu, src, tgt + 0.3, sv, tv)
     np.testing.assert_array_equal(ts2, ts)
     assert float(jnp.abs(tt2 - tt).max()) > 1e-3
 
 
 def test_fresh_conditioner_outputs_zero():
     m = TrackConditioner(VARIANTS[0], D, rngs=nnx.Rngs(0))
-    ts, tt = m(*_inputs())
+    ts, tt = _apply(m, *_inputs())
     assert float(jnp.abs(ts).max()) == 0.0 and float(jnp.abs(tt).max()) == 0.0
 
 

@@ -88,26 +88,23 @@ def test_same_seed_gives_bit_identical_parameters(reference, tmp_path, data_dir,
     assert (reference / "loss_curve.png").stat().st_size > 0
 
 
-def test_sigkill_then_resume_is_exact(reference, tmp_path, data_dir, cache_dir):
+def test_sigterm_checkpoint_then_sigkill_then_resume_is_exact(reference, tmp_path, data_dir, cache_dir):
+    """SIGTERM saves a checkpoint at the current step and exits 0; SIGKILL between scheduled checkpoints
+    (every 4 steps) loses the work since the last one; resuming after both reaches step 20 with the
+    reference's exact parameters, losses and batches."""
     cmd = train_cmd(tmp_path, data_dir, [f"--config.train.num_steps={STEPS}"])
     env = env_for(1, cache_dir)
-    for kill_at in (6, 11):  # between checkpoints (every 4 steps): work since the last one is redone
-        assert run_until(cmd, env, tmp_path, kill_at, signal.SIGKILL) == -signal.SIGKILL
+    assert run_until(cmd, env, tmp_path, 2, signal.SIGTERM) == 0
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and 2 <= saved[-1] < STEPS, saved
+    assert read_state_numpy(tmp_path / "checkpoints", saved[-1])[1]["step"] == saved[-1]
+    assert run_until(cmd, env, tmp_path, 11, signal.SIGKILL) == -signal.SIGKILL
     run(cmd, env)
     _assert_trees(_params(tmp_path, STEPS), _params(reference, STEPS))
     m_ref, m = metrics(reference), metrics(tmp_path)
     for s in range(1, STEPS + 1):
         assert m[s]["train/data_fingerprint"] == m_ref[s]["train/data_fingerprint"], f"batch of step {s} differs"
         assert m[s]["train/loss"] == m_ref[s]["train/loss"], f"loss of step {s} differs"
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, cache_dir):
-    cmd = train_cmd(tmp_path, data_dir, [f"--config.train.num_steps={STEPS}"])
-    assert run_until(cmd, env_for(1, cache_dir), tmp_path, 2, signal.SIGTERM) == 0
-    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    last = steps[-1]
-    assert 2 <= last < STEPS and last % 4 != 0 or last == 4, steps  # saved at the signal, not on schedule
-    assert read_state_numpy(tmp_path / "checkpoints", last)[1]["step"] == last
 
 
 @pytest.fixture(scope="module")
