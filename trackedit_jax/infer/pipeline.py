@@ -175,7 +175,8 @@ class EditOutput:
 
     def side_by_side(self) -> np.ndarray:
         """(num_frames, h, 4w + gaps, 3) uint8: source | source tracks over the source | target tracks over
-        the result | result, track colours by depth on one disparity scale shared by both sides."""
+        the result | result, track colours by depth on one disparity scale shared by both sides (panel
+        labels from 96 px high: smaller grids would be covered by them)."""
         from trackedit_jax.geometry.projection import project
         from trackedit_jax.viz import disparity_limits, draw_tracks, side_by_side
 
@@ -189,8 +190,8 @@ class EditOutput:
         limits = disparity_limits(depths, valids)
         src = draw_tracks(inp.video, inp.source_tracks, inp.source_camera, limits=limits)
         tgt = draw_tracks(self.video, inp.target_tracks, inp.target_camera, limits=limits)
-        return side_by_side([inp.video, src, tgt, self.video],
-                            labels=["source", "source tracks", "target tracks", "result"])
+        labels = ["source", "source tracks", "target tracks", "result"] if inp.video.shape[1] >= 96 else None
+        return side_by_side([inp.video, src, tgt, self.video], labels=labels)
 
 
 def _as_uint8_video(video) -> np.ndarray:

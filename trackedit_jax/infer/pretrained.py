@@ -171,6 +171,21 @@ class Pretrained:
 # ------------------------------------------------------------------------------------------------ save
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_permissions(path: pathlib.Path) -> None:
+    """Give a tree written through temporary files (mode 0600/0700) the usual modes (0644/0755 minus
+    the umask)."""
+    mask = _umask()
+    paths = [path] + (list(path.rglob("*")) if path.is_dir() else [])
+    for p in paths:
+        os.chmod(p, (0o755 if p.is_dir() else 0o644) & ~mask)
+
+
 def _write_umt5(encoder, out_dir: pathlib.Path) -> None:
     """A `UMT5Encoder` -> transformers `UMT5EncoderModel` safetensors + config.json (what
     `load_umt5_encoder` and `UMT5EncoderModel.from_pretrained` read)."""
@@ -293,6 +308,7 @@ def save_pretrained(
             (tmp / TOKENIZER_DIR).mkdir()
             shutil.copy2(tok, tmp / TOKENIZER_DIR / tok.name)
         (tmp / CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=2))
+        publish_permissions(tmp)
         if out_dir.exists():
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.replace(out_dir, old / "x")
