@@ -165,10 +165,12 @@ class EditInputs:
 
 @dataclasses.dataclass
 class EditOutput:
-    """video: (num_frames, h, w, 3) uint8 on the model grid; inputs: what the model saw (padded);
-    settings: every sampling setting; timings: seconds per stage."""
+    """video: (num_frames, h, w, 3) uint8 on the model grid; latents: (1, f, h/8, w/8, C) the sampled
+    normalised latents; inputs: what the model saw (padded); settings: every sampling setting; timings:
+    seconds per stage."""
 
     video: np.ndarray
+    latents: Any
     inputs: EditInputs
     settings: dict
     timings: dict
@@ -219,18 +221,26 @@ def _as_tracks(t, name: str) -> Tracks:
 # ------------------------------------------------------------------------------------------------ model calls
 
 
-def _edit_velocity(graphdef, state, cache, x_t, t, cond):
-    """velocity_fn of the sampler: the model weights and the source cache are bound (traced) arguments;
-    the cache is repeated when the sampler stacks cond and uncond into one batch."""
-    # Fresh Variable objects in the current trace (the sampler's loop body): the bound ones were made
-    # by the outer jit, and NNX transforms inside the model (the scanned blocks) refuse Variables from
-    # another trace level.
-    state = jax.tree.map(lambda a: a, state)
-    model = nnx.merge(graphdef, state)
-    reps = x_t.shape[0] // cache.source_tokens.shape[0]
-    if reps > 1:
-        cache = jax.tree.map(lambda a: jnp.concatenate([a] * reps, axis=0), cache)
-    return model(x_t, t, cond["context"], cache)
+@dataclasses.dataclass(frozen=True)
+class EditVelocity:
+    """The sampler's `velocity_fn` for an edit model with graph `graphdef`, used as
+    `jax.tree_util.Partial(EditVelocity(graphdef), state, cache)`: the weights and the source cache are
+    bound (traced) arguments, never constants. Equal graphs compare equal, so pipelines of one
+    architecture share the compiled sampling loop. The cache is repeated when the sampler stacks cond
+    and uncond into one batch."""
+
+    graphdef: Any
+
+    def __call__(self, state, cache, x_t, t, cond):
+        # Fresh Variable objects in the current trace (the sampler's loop body): the bound ones were made
+        # by the outer jit, and NNX transforms inside the model (the scanned blocks) refuse Variables from
+        # another trace level.
+        state = jax.tree.map(lambda a: a, state)
+        model = nnx.merge(self.graphdef, state)
+        reps = x_t.shape[0] // cache.source_tokens.shape[0]
+        if reps > 1:
+            cache = jax.tree.map(lambda a: jnp.concatenate([a] * reps, axis=0), cache)
+        return model(x_t, t, cond["context"], cache)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -272,8 +282,7 @@ class EditPipeline:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.graphdef, self.state = nnx.split(model)
-        # One function object for the pipeline's lifetime: the sampler's jit cache keys on it.
-        self._velocity_fn = functools.partial(_edit_velocity, self.graphdef)
+        self.velocity_fn = EditVelocity(self.graphdef)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype=None) -> "EditPipeline":
@@ -454,7 +463,7 @@ class EditPipeline:
 
         use_cfg = text is not None and float(guidance) != 1.0
         context = self.null_text() if text is None else text
-        velocity = jax.tree_util.Partial(self._velocity_fn, self.state, cache)
+        velocity = jax.tree_util.Partial(self.velocity_fn, self.state, cache)
         noise = initial_noise(int(seed), tuple(latents.shape), jnp.float32)
         t0 = time.perf_counter()
         x0 = sample(
@@ -481,7 +490,7 @@ class EditPipeline:
             "resize": {"in_size": list(inputs.fit.in_size), "resized": list(inputs.fit.resized),
                        "offset": list(inputs.fit.offset)},
         }
-        return EditOutput(video=frames, inputs=inputs, settings=settings, timings=timings)
+        return EditOutput(video=frames, latents=x0, inputs=inputs, settings=settings, timings=timings)
 
     def edit(
         self,

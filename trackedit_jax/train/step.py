@@ -120,6 +120,10 @@ def make_train_step(
     ema_decay = float(config.train.ema_decay)
 
     def loss_of(params, frozen, vae_state, micro, key):
+        # `frozen` enters from the jit trace, `params` from the grad trace: rebuild the frozen Variables in
+        # the current trace, or the NNX transforms inside the model (scanned blocks) refuse the mix
+        # (LoRA mode, where the frozen Wan base is not empty).
+        frozen = jax.tree.map(lambda a: a, frozen)
         model = nnx.merge(graphdef, params, frozen)
         vae = nnx.merge(vae_graphdef, vae_state)
         return flow_loss(model, vae, micro, key, config, image_size)
