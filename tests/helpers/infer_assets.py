@@ -35,13 +35,13 @@ def tiny_config(**overrides) -> PretrainedConfig:
 def randomize_zero_inits(model: nnx.Module, seed: int = 0, scale: float = 0.05) -> nnx.Module:
     """Fill the zero-initialised parameters (the conditioner's output layer, LoRA B) with noise, so the
     track condition and the adapters change what the model computes."""
-    key = jax.random.PRNGKey(seed)
+    rng = np.random.default_rng(seed)
     state = nnx.state(model, nnx.Param)
     flat = []
-    for i, (path, var) in enumerate(nnx.to_flat_state(state)):
+    for path, var in nnx.to_flat_state(state):
         value = var[...]
         if not np.any(np.asarray(value)):
-            value = scale * jax.random.normal(jax.random.fold_in(key, i), value.shape, value.dtype)
+            value = jax.numpy.asarray(scale * rng.standard_normal(value.shape), value.dtype)
         flat.append((path, var.replace(value)))
     nnx.update(model, nnx.from_flat_state(flat))
     return model
@@ -49,7 +49,8 @@ def randomize_zero_inits(model: nnx.Module, seed: int = 0, scale: float = 0.05) 
 
 def build_model(config: PretrainedConfig, *, seed: int = 0, lora_rank: int = 0) -> EditByTrack:
     wan = config.wan.replace(lora_rank=lora_rank, lora_alpha=2.0 * lora_rank if lora_rank else None)
-    model = EditByTrack(wan, config.conditioner, rope_mode=config.rope_mode, rngs=nnx.Rngs(seed))
+    # initialised in one compiled program (eagerly, every initialiser call compiles on its own)
+    model = nnx.jit(lambda: EditByTrack(wan, config.conditioner, rope_mode=config.rope_mode, rngs=nnx.Rngs(seed)))()
     return randomize_zero_inits(model, seed)
 
 

@@ -16,6 +16,7 @@ from trackedit_jax.geometry.types import Camera, Tracks
 from trackedit_jax.infer.pipeline import (
     EditPipeline,
     EditVelocity,
+    _vae_encode,
     fit_camera,
     fit_to_grid,
     fit_video,
@@ -129,7 +130,7 @@ def _reference_latents(pipe, inputs, context, *, guidance, num_steps, seed, shif
     """Euler with CFG written as a plain Python loop of eager model calls (no sampler code)."""
     model = pipe.model
     video = jnp.asarray(to_model_range(inputs.video))[None]
-    z_src = pipe.vae.normalize_latents(pipe.vae.encode(video))
+    z_src = _vae_encode(pipe.vae_graphdef, pipe.vae_state, video)  # the VAE is not under test here
     cond = prepare_track_condition(inputs.source_tracks, inputs.source_camera, inputs.target_tracks,
                                    inputs.target_camera)
     cache = model.encode_source(z_src, cond.source[None], cond.target[None], cond.source_valid[None],
