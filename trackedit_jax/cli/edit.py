@@ -108,6 +108,9 @@ def _edit(args) -> int:
 
     # cheap checks first: the checkpoint, then every input file, before the model is loaded
     pre_config = read_pretrained_config(args.checkpoint)
+    if args.prompt and not (pathlib.Path(args.checkpoint) / "text_encoder").is_dir():
+        raise ValueError(f"--prompt needs a text encoder, and {args.checkpoint} has none: pass --prompt-embedding "
+                         "(from `trackedit encode-text`) or export with --text-encoder and --tokenizer")
     video, fps = read_video(args.video)
     src = load_track_file(args.tracks)
     validate_inputs(src.tracks, src.camera, name=f"{args.tracks}")
