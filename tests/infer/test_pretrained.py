@@ -109,6 +109,24 @@ def test_text_encoder_is_written_in_the_transformers_layout(tiny_parts, tiny_che
     np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
 
 
+def test_vae_is_written_in_the_diffusers_layout(tiny_parts, tiny_checkpoint):
+    from diffusers import AutoencoderKLWan
+
+    from trackedit_jax.infer.pipeline import _vae_encode
+
+    _, _, vae, _, _ = tiny_parts
+    ref = AutoencoderKLWan.from_pretrained(str(tiny_checkpoint / "vae")).eval()
+    video = np.asarray(jax.random.uniform(jax.random.PRNGKey(5), (1, 9, 32, 32, 3), minval=-1, maxval=1))
+    graphdef, state = nnx.split(vae)
+    ours = np.asarray(_vae_encode(graphdef, state, jnp.asarray(video)))  # normalised latents
+    with torch.no_grad():
+        mean = ref.encode(torch.from_numpy(video.transpose(0, 4, 1, 2, 3).copy())).latent_dist.mean.numpy()
+    m = np.asarray(ref.config.latents_mean, np.float32)
+    s = np.asarray(ref.config.latents_std, np.float32)
+    theirs = (mean.transpose(0, 2, 3, 4, 1) - m) / s
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
 def test_config_json_round_trip(tiny_parts):
     config = tiny_parts[0]
     again = PretrainedConfig.from_json(json.loads(json.dumps(config.to_json())))

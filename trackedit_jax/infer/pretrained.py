@@ -8,8 +8,8 @@
                                 loadable in PyTorch with `WanTransformer3DModel.from_pretrained(DIR/transformer)`
       conditioner.safetensors   every other parameter of `EditByTrack` (the track conditioner, the
                                 "shared" RoPE mode's side embedding), NNX paths as keys (`save_module`)
-      vae/vae.safetensors       the Wan VAE in our NNX layout (`save_module`); its architecture and
-                                latent statistics are `config.json["vae"]`
+      vae/                      the Wan VAE, diffusers `AutoencoderKLWan` layout (config.json +
+                                diffusion_pytorch_model.safetensors): `AutoencoderKLWan.from_pretrained`
       text_encoder/             optional: UMT5 encoder in the transformers layout (+ config.json)
       tokenizer/                optional (with text_encoder/): tokenizer.json or a sentencepiece .model
 
@@ -38,7 +38,6 @@ CONFIG_NAME = "config.json"
 TRANSFORMER_DIR = "transformer"
 CONDITIONER_FILE = "conditioner.safetensors"
 VAE_DIR = "vae"
-VAE_BASENAME = "vae"
 TEXT_ENCODER_DIR = "text_encoder"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model")
@@ -270,6 +269,7 @@ def save_pretrained(
     """
     from trackedit_jax.convert.nnx_safetensors import save_module
     from trackedit_jax.convert.wan_transformer import export_wan_transformer
+    from trackedit_jax.convert.wan_vae import export_wan_vae
     from trackedit_jax.models.edit_model import EditByTrack
     from trackedit_jax.models.wan.vae import WanVAE
 
@@ -298,7 +298,7 @@ def save_pretrained(
     try:
         export_wan_transformer(model.dit, tmp / TRANSFORMER_DIR)  # merges LoRA into the written kernels
         save_module(model, tmp, CONDITIONER_FILE[: -len(".safetensors")], filter=OWN_PARAMS)
-        save_module(vae, tmp / VAE_DIR, VAE_BASENAME)
+        export_wan_vae(vae, tmp / VAE_DIR)
         if text_encoder is not None:
             if isinstance(text_encoder, (str, os.PathLike)):
                 _copy_text_encoder(pathlib.Path(text_encoder), tmp / TEXT_ENCODER_DIR)
@@ -365,14 +365,14 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
     """
     from trackedit_jax.convert.nnx_safetensors import load_module_state
     from trackedit_jax.convert.wan_transformer import load_wan_transformer
+    from trackedit_jax.convert.wan_vae import load_wan_vae
     from trackedit_jax.models.edit_model import EditByTrack
-    from trackedit_jax.models.wan.vae import WanVAE
 
     path = pathlib.Path(path)
     config = read_pretrained_config(path)
     transformer = _require(path / TRANSFORMER_DIR, "the Wan backbone in the diffusers layout")
     conditioner = _require(path / CONDITIONER_FILE, "the track conditioner weights")
-    vae_file = _require(path / VAE_DIR / f"{VAE_BASENAME}.safetensors", "the VAE weights")
+    vae_dir = _require(path / VAE_DIR, "the VAE weights")
 
     model = nnx.eval_shape(
         lambda: EditByTrack(config.wan, config.conditioner, rope_mode=config.rope_mode, rngs=nnx.Rngs(0))
@@ -380,8 +380,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
     model.dit = load_wan_transformer(transformer, config=config.wan, dtype=dtype or config.wan.param_dtype)
     load_module_state(model, conditioner, filter=OWN_PARAMS)
 
-    vae = nnx.eval_shape(lambda: WanVAE(config.vae, rngs=nnx.Rngs(0)))
-    load_module_state(vae, vae_file)
+    vae = load_wan_vae(vae_dir, config=config.vae)
 
     text_encoder = tokenizer = None
     if load_text_encoder and (path / TEXT_ENCODER_DIR).exists():
