@@ -88,7 +88,8 @@ def _bad_inputs(root, sheep_video):
         "malformed tracks": (["--tracks", str(root / "truncated.npz")], "not a readable .npz track file"),
         "tracks without coords": (["--tracks", str(root / "no_coords.npz")], "missing key(s) ['coords'"),
         "NaN tracks": (["--tracks", str(root / "nan.npz")], "NaN"),
-        "frame-count mismatch": (["--tracks", str(root / "short.npz")], "frame count mismatch: video F=120, tracks F=50"),
+        "frame-count mismatch": (["--tracks", str(root / "short.npz")],
+                                 "frame count mismatch: video F=120, tracks F=50"),
         "checkpoint not found": (["--checkpoint", str(root / "no_model")], "checkpoint not found"),
         "checkpoint not a model": (["--checkpoint", str(root)], "no config.json"),
         "malformed edit spec": (["--edit", str(root / "missing.yaml")], "edit spec not found"),
@@ -124,7 +125,8 @@ def test_debug_shows_the_traceback(sheep_video, tiny_checkpoint, track_files, tm
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failure_after_sampling_leaves_no_file(sheep_video, tiny_checkpoint, track_files, tmp_path, monkeypatch, capsys):
+def test_failure_after_sampling_leaves_no_file(sheep_video, tiny_checkpoint, track_files, tmp_path, monkeypatch,
+                                                capsys):
     """An error while writing the second output removes the first one too."""
     import trackedit_jax.media as media
 

@@ -180,4 +180,5 @@ def test_save_is_atomic_and_refuses_to_overwrite(tiny_parts, tiny_checkpoint, tm
     assert load_pretrained(out).text_encoder is not None
     assert oct((out / "conditioner.safetensors").stat().st_mode & 0o777) != "0o600"  # not the temp file mode
     with pytest.raises(ValueError, match="does not describe the VAE"):
-        save_pretrained(tmp_path / "x", config, model, build_vae(tiny_config(vae=config.vae.__class__.tiny(base_dim=4))))
+        other_vae = build_vae(tiny_config(vae=config.vae.__class__.tiny(base_dim=4)))
+        save_pretrained(tmp_path / "x", config, model, other_vae)

@@ -125,7 +125,9 @@ def _edit(args) -> int:
 
         result = apply_edit_spec(load_edit_spec(args.edit), src.tracks, src.camera)
         tgt_tracks, tgt_camera, edit_log = result.tracks, result.camera, list(result.log)
-    prompt_embedding = _load_prompt_embedding(args.prompt_embedding, args.prompt_index) if args.prompt_embedding else None
+    prompt_embedding = None
+    if args.prompt_embedding:
+        prompt_embedding = _load_prompt_embedding(args.prompt_embedding, args.prompt_index)
     timings["read_inputs"] = time.perf_counter() - t_start
 
     from trackedit_jax.infer.pipeline import EditPipeline
@@ -164,7 +166,8 @@ def _edit(args) -> int:
                 "target_tracks": str(pathlib.Path(args.target_tracks).absolute()) if args.target_tracks else None,
                 "edit": str(pathlib.Path(args.edit).absolute()) if args.edit else None, "edit_log": edit_log,
                 "num_source_tracks": src.tracks.num_points, "num_target_tracks": tgt_tracks.num_points,
-                "prompt_embedding": str(pathlib.Path(args.prompt_embedding).absolute()) if args.prompt_embedding else None,
+                "prompt_embedding": (str(pathlib.Path(args.prompt_embedding).absolute())
+                                     if args.prompt_embedding else None),
             },
             "checkpoint": {"path": str(pathlib.Path(args.checkpoint).absolute()), "source": pre_config.source,
                            "grid": [pre_config.num_frames, pre_config.height, pre_config.width]},

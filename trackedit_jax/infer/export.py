@@ -133,7 +133,8 @@ def restore_trained(
     # Built as train.loop.train builds it: same seed, same jitted initialiser, same base loading.
     seed = int(config.train.seed)
     trainable = build.trainable(config)
-    graphdef, abs_params, _ = nnx.split(nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed)), trainable, ...)
+    abstract = nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed))
+    graphdef, abs_params, _ = nnx.split(abstract, trainable, ...)
 
     def _init():
         _, p, f = nnx.split(build.build_edit_model(config, seed=seed), trainable, ...)

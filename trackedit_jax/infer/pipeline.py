@@ -158,7 +158,8 @@ class EditInputs:
         cut_t = lambda t: Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)  # noqa: E731
         cut_c = lambda c: Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size)  # noqa: E731
         return dataclasses.replace(
-            self, video=self.video[:n], source_tracks=cut_t(self.source_tracks), source_camera=cut_c(self.source_camera),
+            self, video=self.video[:n],
+            source_tracks=cut_t(self.source_tracks), source_camera=cut_c(self.source_camera),
             target_tracks=cut_t(self.target_tracks), target_camera=cut_c(self.target_camera),
         )
 
@@ -185,8 +186,8 @@ class EditOutput:
         inp = self.inputs.trimmed()
         depths, valids = [], []
         for tr, cam in ((inp.source_tracks, inp.source_camera), (inp.target_tracks, inp.target_camera)):
-            _, z = project(np.asarray(tr.xyz, np.float64), Camera(np.asarray(cam.intrinsics, np.float64),
-                                                                  np.asarray(cam.extrinsics, np.float64), cam.image_size))
+            cam64 = Camera(np.asarray(cam.intrinsics, np.float64), np.asarray(cam.extrinsics, np.float64), cam.image_size)
+            _, z = project(np.asarray(tr.xyz, np.float64), cam64)
             depths.append(z)
             valids.append(z > 1e-3)
         limits = disparity_limits(depths, valids)
