@@ -186,7 +186,8 @@ class EditOutput:
         inp = self.inputs.trimmed()
         depths, valids = [], []
         for tr, cam in ((inp.source_tracks, inp.source_camera), (inp.target_tracks, inp.target_camera)):
-            cam64 = Camera(np.asarray(cam.intrinsics, np.float64), np.asarray(cam.extrinsics, np.float64), cam.image_size)
+            cam64 = Camera(np.asarray(cam.intrinsics, np.float64), np.asarray(cam.extrinsics, np.float64),
+                           cam.image_size)
             _, z = project(np.asarray(tr.xyz, np.float64), cam64)
             depths.append(z)
             valids.append(z > 1e-3)
