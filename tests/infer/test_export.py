@@ -116,3 +116,27 @@ def test_export_errors_are_one_line(lora_run, exported, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_export_loads_the_frozen_base_from_wan_path(lora_run, tmp_path):
+    """A run trained on a pretrained base (`init.wan_path`): the export reads that base and merges the adapters
+    into it (here the run's adapters on another random base, written in the diffusers layout)."""
+    from trackedit_jax.convert.wan_transformer import export_wan_transformer
+    from trackedit_jax.train import build
+
+    config = config_from_json(lora_run / "config.json")
+    wan = build.wan_config(config).replace(lora_rank=0, lora_alpha=None)
+    other = nnx.jit(lambda: WanDiT(wan, rngs=nnx.Rngs(99)))()
+    export_wan_transformer(other, tmp_path / "base")
+    out = tmp_path / "model"
+    assert main(["export", "--workdir", str(lora_run), "--out", str(out), "--wan-path", str(tmp_path / "base")]) == 0
+    _, state = read_state_numpy(lora_run / "checkpoints")
+    a = state["params"]["dit"]["blocks"]["ffn"]["up"]["lora_a"]["value"]
+    b = state["params"]["dit"]["blocks"]["ffn"]["up"]["lora_b"]["value"]
+    up = np.asarray(other.blocks.ffn.up.kernel[...])
+    scale = float(config.lora.alpha) / int(config.lora.rank)
+    with open_checkpoint(out / "transformer") as reader:
+        for layer in range(up.shape[0]):
+            np.testing.assert_allclose(reader.get(f"blocks.{layer}.ffn.net.0.proj.weight").T,
+                                       up[layer] + scale * a[layer] @ b[layer], atol=1e-6, rtol=0)
+    assert load_pretrained(out).config.source["step"] == STEPS
