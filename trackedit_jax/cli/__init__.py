@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "ingest": "ingest",
     "convert": "convert",
     "encode-text": "encode_text",
+    "export": "export",
+    "edit": "edit",
 }
 
 

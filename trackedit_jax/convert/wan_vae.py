@@ -295,3 +295,48 @@ def load_wan_vae(
             what=(f"Wan 2.1 VAE ({layout} layout; base_dim={config.base_dim}, dim_mult={config.dim_mult}, "
                   f"num_res_blocks={config.num_res_blocks})"),
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Export (ours -> diffusers `AutoencoderKLWan`)
+
+
+def _ours_to_torch(arr: np.ndarray, key: str) -> np.ndarray:
+    """Inverse of `_torch_to_ours` for the diffusers key `key`."""
+    if key.endswith(".gamma"):  # RMS norms: (C,1,1) in the 2D attention blocks, (C,1,1,1) elsewhere
+        return arr.reshape(-1, 1, 1) if ".attentions." in key else arr.reshape(-1, 1, 1, 1)
+    if arr.ndim == 5:
+        return arr.transpose(4, 3, 0, 1, 2)
+    if arr.ndim == 4:
+        return arr.transpose(3, 2, 0, 1)
+    if arr.ndim == 2:  # the attention blocks' 1x1 Conv2d
+        return arr.T[:, :, None, None]
+    return arr
+
+
+def export_wan_vae(vae: WanVAE, out_dir: str | os.PathLike) -> "os.PathLike":
+    """Write `vae` as a diffusers `AutoencoderKLWan` directory (config.json +
+    diffusion_pytorch_model.safetensors), loadable with `AutoencoderKLWan.from_pretrained(out_dir)` and
+    with `load_wan_vae(out_dir)`. Returns out_dir."""
+    import json
+    import pathlib
+
+    import jax
+
+    from trackedit_jax.convert.checkpoint_files import write_safetensors
+
+    out_dir = pathlib.Path(out_dir)
+    tensors = {}
+    for path, var in nnx.to_flat_state(nnx.state(vae, nnx.Param)):
+        key = our_path_to_diffusers(path_to_key(path))
+        tensors[key] = np.ascontiguousarray(_ours_to_torch(np.asarray(jax.device_get(var[...])), key))
+    write_safetensors(tensors, out_dir, basename="diffusion_pytorch_model")
+    c = vae.config
+    config = {
+        "_class_name": "AutoencoderKLWan", "base_dim": c.base_dim, "z_dim": c.z_dim, "dim_mult": list(c.dim_mult),
+        "num_res_blocks": c.num_res_blocks, "attn_scales": list(c.attn_scales),
+        "temperal_downsample": list(c.temperal_downsample), "dropout": 0.0,
+        "latents_mean": list(c.latents_mean), "latents_std": list(c.latents_std),
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
