@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from trackedit_jax.kernels.chunked import chunked_attention
+from trackedit_jax.kernels.flash_common import check_qkv
 
 IMPLS = ("auto", "xla", "cudnn", "pallas_gpu", "pallas_tpu", "splash", "chunked")
 
@@ -20,22 +21,11 @@ AUTO_DENSE_MAX_LOGITS = 1 << 20
 CHUNKED_MIN_SCORES = 256 * 256
 
 
-def _check(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> None:
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(
-            f"attention expects q, k, v of shape (B, L, H, D); got q{q.shape}, k{k.shape}, v{v.shape}"
-        )
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, L_kv, H, D); got k{k.shape}, v{v.shape}")
-    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q (B, L_q, H, D) and k (B, L_kv, H, D) disagree: q{q.shape}, k{k.shape}")
-    if mask is not None and mask.shape != (k.shape[0], k.shape[1]):
-        raise ValueError(f"mask must be a (B, L_kv) = {(k.shape[0], k.shape[1])} key-padding mask; got {mask.shape}")
-
-
-def _xla(q, k, v, mask):
+def _xla(q, k, v, mask, bias=None):
     scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -77,6 +67,8 @@ def attention(
     interpret: bool = False,
     context_parallel: str | None = "auto",
     context_min_length: int | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
 ) -> jax.Array:
     """Multi-head attention without a causal mask.
 
@@ -104,6 +96,9 @@ def attention(
         rotated with ppermute, online softmax) otherwise or when asked; cross-attention (L_q != L_kv)
         splits only q and runs `impl` locally. With no mesh or context == 1 nothing changes.
       context_min_length: the "auto" length threshold above (global query tokens).
+      bias: optional additive score bias broadcastable to (B, H, L_q, L_kv) (e.g. T5's relative position
+        bias); only the dense "xla" impl takes it ("auto" then resolves to "xla").
+      scale: score scale; default 1 / sqrt(D). Applied by pre-scaling q, so every impl supports it.
     Returns:
       (B, L_q, H, D) in the dtype of `v`.
 
@@ -111,9 +106,15 @@ def attention(
     Every impl computes logits and softmax statistics in float32 and accumulates P @ V in float32, feeding
     the matmuls in the input dtype; the output is cast back to the input dtype.
     """
-    _check(q, k, v, mask)
+    check_qkv(q, k, v, mask)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if scale is not None:
+        q = (q.astype(jnp.float32) * (scale * q.shape[-1] ** 0.5)).astype(q.dtype)
+    if bias is not None:
+        if impl not in ("auto", "xla"):
+            raise ValueError(f"bias is supported by impl='xla' only; got impl={impl!r}")
+        return _xla(q, k, v, mask, bias)
     if context_parallel is not None:
         from trackedit_jax.parallel import context_attention as cp
 

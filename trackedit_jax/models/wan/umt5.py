@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from trackedit_jax.kernels import attention
+
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
 from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
 
@@ -159,11 +161,8 @@ class UMT5Attention(nnx.Module):
         q, k, v = self.q(x).reshape(shape), self.k(x).reshape(shape), self.v(x).reshape(shape)
         bias = jnp.take(self.relative_attention_bias[...], buckets, axis=0)  # (L, L, H)
         bias = bias.transpose(2, 0, 1)[None].astype(jnp.float32)
-        # The project's `kernels.attention` has no additive score bias and always scales by
-        # 1/sqrt(d); T5 attention needs both differently, so it uses jax's fused entry point.
-        y = jax.nn.dot_product_attention(
-            q, k, v, bias=bias.astype(q.dtype), mask=mask[:, None, None, :], scale=1.0, implementation="xla"
-        )
+        # T5 attention: an additive relative-position bias and no 1/sqrt(d) scaling
+        y = attention(q, k, v, mask=mask, bias=bias, scale=1.0, impl="xla")
         return self.o(y.reshape(B, L, -1))
 
 
