@@ -22,9 +22,13 @@ def main() -> None:
     ap.add_argument("--remat", default="none", help="WanConfig.remat_policy of our model")
     ap.add_argument("--attention", default="auto", help="WanConfig.attention_impl of our model")
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--xla-dot", choices=("default", "eigen"), default="default",
+                    help="eigen: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (XLA's Eigen dots instead of YNNPACK)")
     args = ap.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.xla_dot == "eigen":
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -67,6 +71,7 @@ def main() -> None:
     def jax_step():
         jax.block_until_ready(jax_grads(params, jx, jt, jc))
 
+    load_before = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "n/a"
     t0 = time.perf_counter()
     jax_step()
     compile_s = time.perf_counter() - t0
@@ -79,7 +84,8 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
     print(f"Wan DiT fwd+bwd: dim 512, 8x64 heads, {args.layers} layers, ffn 2048, 2048 video + 64 text tokens, "
-          f"float32, {args.threads} threads, remat={args.remat}, attention={args.attention}; best of {args.repeats}")
+          f"float32, {args.threads} threads, remat={args.remat}, attention={args.attention}, xla dots={args.xla_dot}; "
+          f"best of {args.repeats}; load average before: {load_before}")
     print(f"  (jax first call incl. compile: {compile_s:.1f} s)")
     for k, v in times.items():
         print(f"  {k:18s} {best[k]:7.2f} s   (all: {', '.join(f'{s:.2f}' for s in v)})")
