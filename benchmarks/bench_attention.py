@@ -24,9 +24,13 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--xla-dot", choices=("default", "eigen"), default="default",
+                    help="eigen: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (XLA's Eigen dots instead of YNNPACK)")
     args = ap.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.xla_dot == "eigen":
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -70,7 +74,9 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     best = {name: min(ts) * 1e3 for name, ts in times.items()}
-    print(f"attention B={B} L={L} H={H} D={D} float32, {args.threads} threads, best of {args.repeats} (ms)")
+    load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "n/a"
+    print(f"attention B={B} L={L} H={H} D={D} float32, {args.threads} threads, xla dots={args.xla_dot}, "
+          f"best of {args.repeats} (ms); load average after: {load}")
     for name, ms in best.items():
         print(f"  {name:16s} {ms:8.1f}  (median {np.median(times[name]) * 1e3:.1f})")
     for kind in ("fwd", "fwd+bwd"):

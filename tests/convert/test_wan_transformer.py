@@ -104,6 +104,19 @@ def test_export_roundtrip_and_diffusers_reload(cases, tmp_path):
     assert rel_l2(ours, torch_out) <= 1e-5
 
 
+def test_bfloat16_checkpoint_roundtrip(cases, tmp_path):
+    """A bfloat16 export (what released Comfy files hold) reloads bit-exactly as bfloat16 parameters."""
+    _, paths, _, _ = cases["temporal_patch"]
+    model = load_wan_transformer(paths["official"])
+    out_dir = export_wan_transformer(model, tmp_path / "bf16", dtype="bfloat16")
+    assert load_file(str(out_dir / "diffusion_pytorch_model.safetensors"))["proj_out.weight"].dtype == jnp.bfloat16
+    again = load_wan_transformer(out_dir, dtype=jnp.bfloat16)
+    b = dict(nnx.to_flat_state(nnx.state(again)))
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        assert b[path][...].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(b[path][...]), np.asarray(var[...].astype(jnp.bfloat16)), err_msg=str(path))
+
+
 def test_export_merges_lora(cases, tmp_path):
     from diffusers import WanTransformer3DModel
 

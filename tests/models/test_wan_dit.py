@@ -65,6 +65,11 @@ def test_grid_positions_with_frame_offset():
     np.testing.assert_array_equal(pos[:6, 1:], [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]])
     with pytest.raises(ValueError, match=r"\[0, 32\)"):
         rope_frequencies(grid_positions(2, 2, 40), 24, 32)
+    # traced positions (e.g. computed inside jit) give the same tables; out of range gives NaN, not a clamp
+    traced = jax.jit(lambda p: rope_frequencies(p, 24, 32))(jnp.asarray(pos))
+    np.testing.assert_array_equal(np.asarray(traced[0]), np.asarray(rope_frequencies(pos, 24, 32)[0]))
+    bad = jax.jit(lambda p: rope_frequencies(p, 24, 32))(jnp.asarray(grid_positions(1, 1, 40)))
+    assert np.isnan(np.asarray(bad[0][-1])).any() and not np.isnan(np.asarray(bad[0][0])).any()
 
 
 def test_stages_compose_to_call_and_frame_offset_equals_longer_video(model):

@@ -341,12 +341,14 @@ def load_wan_transformer(
 
 
 def _init_lora(path: tuple, shape, dtype, sharding, seed: int) -> jax.Array:
+    """Fresh adapter values: B = 0, A He-uniform over its input axis (numpy, seeded by path)."""
     if path[-1] == "lora_b":
-        init = lambda: jnp.zeros(shape, dtype)  # noqa: E731
+        value = np.zeros(shape, dtype)
     else:
-        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(".".join(map(str, path)).encode()) % (2**31))
-        init = lambda: nnx.initializers.he_uniform(in_axis=-2, out_axis=-1)(key, shape, dtype)  # noqa: E731
-    return jax.jit(init, out_shardings=sharding)()
+        rng = np.random.default_rng([seed, zlib.crc32(".".join(map(str, path)).encode())])
+        limit = np.sqrt(6.0 / shape[-2])
+        value = rng.uniform(-limit, limit, size=shape).astype(dtype)
+    return jax.device_put(value, sharding)
 
 
 # --------------------------------------------------------------------------------------------------
