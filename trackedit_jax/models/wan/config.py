@@ -18,10 +18,7 @@ import jax.numpy as jnp
 #   dots_with_no_batch_dims      keep matmul outputs without batch dims (projections, not attention)
 #   attention_out                keep only the attention outputs (named "attention_out")
 #   block_io                     keep only values named "block_io" (the residual stream between sub-layers)
-#   except_ffn_activation        keep everything but the GELU output of the FFN (recomputed from its input)
-REMAT_POLICIES = (
-    "none", "full", "dots_saveable", "dots_with_no_batch_dims", "attention_out", "block_io", "except_ffn_activation",
-)
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims", "attention_out", "block_io")
 
 
 def remat_policy_fn(name: str):
@@ -34,7 +31,6 @@ def remat_policy_fn(name: str):
         "dots_with_no_batch_dims": cp.dots_with_no_batch_dims_saveable,
         "attention_out": cp.save_only_these_names("attention_out"),
         "block_io": cp.save_only_these_names("block_io"),
-        "except_ffn_activation": cp.save_anything_except_these_names("ffn_activation"),
     }
     if name not in table:
         raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {name!r}")

@@ -134,8 +134,8 @@ class FeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.up(x)
-        h = jax.nn.gelu(h.astype(jnp.float32), approximate=True).astype(h.dtype)
-        h = shard_activation(checkpoint_name(h, "ffn_activation"), ("act_batch", "act_length", "act_mlp"))
+        h = shard_activation(jax.nn.gelu(h.astype(jnp.float32), approximate=True).astype(h.dtype),
+                             ("act_batch", "act_length", "act_mlp"))
         return self.down(h)
 
 
