@@ -368,9 +368,10 @@ def context_parallel_attention(
     Returns:
       (B, L_q, H, D) in the dtype of v, sharded like q.
     """
-    from trackedit_jax.kernels.attention import _check, select_impl
+    from trackedit_jax.kernels.attention import select_impl
+    from trackedit_jax.kernels.flash_common import check_qkv
 
-    _check(q, k, v, mask)
+    check_qkv(q, k, v, mask)
     mesh = _context_mesh()
     if mesh is None:
         raise ValueError("context_parallel_attention needs a mesh with an Auto 'context' axis (jax.set_mesh)")
