@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # The whole suite; 8 simulated CPU devices are set up by tests/conftest.py.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache
