@@ -50,14 +50,12 @@ def exported(lora_run, tmp_path_factory):
 def _val_loss(model, vae, config, val_path) -> float:
     """The run's validation loss (train.loop._validate with one batch) recomputed with `model`."""
     from trackedit_jax.train.loop import make_iterator
-    from trackedit_jax.train.step import flow_loss
+    from trackedit_jax.train.step import validation_loss
 
-    cfg = config.copy_and_resolve_references()
-    cfg.text.dropout = 0.0
     it = make_iterator(config, val_path, seed=12345, repeat=True)
     batch = {k: jnp.asarray(v) for k, v in next(it).items() if isinstance(v, np.ndarray) and v.dtype != object}
     size = (int(config.data.height), int(config.data.width))
-    loss = nnx.jit(lambda m, v, b, k: flow_loss(m, v, b, k, cfg, size)[0])
+    loss = nnx.jit(lambda m, v, b, k: validation_loss(m, v, b, k, config, size))
     return float(loss(model, vae, batch, jax.random.PRNGKey(0)))
 
 

@@ -78,21 +78,25 @@ def batch_text(batch: dict, batch_size: int, text_len: int, text_dim: int) -> ja
     return jnp.zeros((batch_size, text_len, text_dim), jnp.float32)
 
 
-def flow_loss(model, vae, batch: dict, key: jax.Array, config: ConfigDict, image_size: tuple[int, int]):
-    """Mean squared velocity error on the target latents of one (micro)batch; returns (loss, aux)."""
+def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, image_size: tuple[int, int]):
+    """Mean squared velocity error on the target latents of one (micro)batch; returns (loss, aux).
+
+    keys: (B, 2) uint32, one PRNG key per example: the noise level, the noise and the text dropout of an
+    example depend only on its own key, so splitting a batch into micro-batches changes nothing.
+    """
     z_src, z_tgt = batch_latents(vae, batch)
     B = z_tgt.shape[0]
     cond = batch_condition(batch, image_size)
     wan = model.wan_config
     text = batch_text(batch, B, config.text.text_len, wan.text_dim)
-    k_sigma, k_noise, k_drop = jax.random.split(key, 3)
-    drop = jax.random.uniform(k_drop, (B,)) < config.text.dropout
+    k_sigma, k_noise, k_drop = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys), 1, 0)
+    drop = jax.vmap(lambda k: jax.random.uniform(k))(k_drop) < config.text.dropout
     text = jnp.where(drop[:, None, None], 0.0, text)
     d = config.diffusion
-    sigma = sample_sigmas(
-        k_sigma, (B,), distribution=d.distribution, logit_mean=d.logit_mean, logit_std=d.logit_std, shift=d.shift
-    )
-    noise = jax.random.normal(k_noise, z_tgt.shape, jnp.float32)
+    sigma = jax.vmap(lambda k: sample_sigmas(
+        k, (), distribution=d.distribution, logit_mean=d.logit_mean, logit_std=d.logit_std, shift=d.shift
+    ))(k_sigma)
+    noise = jax.vmap(lambda k: jax.random.normal(k, z_tgt.shape[1:], jnp.float32))(k_noise)
     x_t = noisy_sample(z_tgt, noise, sigma)
     target = velocity_target(z_tgt, noise)
     v = model.forward(
@@ -100,6 +104,11 @@ def flow_loss(model, vae, batch: dict, key: jax.Array, config: ConfigDict, image
     )
     per_example = jnp.mean(jnp.square(v.astype(jnp.float32) - target), axis=(1, 2, 3, 4))
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
+
+
+def example_keys(rng: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
+    """(batch_size, 2) per-example keys of a training step: fold the step into the run's key, then split."""
+    return jax.random.split(jax.random.fold_in(rng, step), batch_size)
 
 
 def make_train_step(
@@ -120,29 +129,33 @@ def make_train_step(
     accum = int(config.train.grad_accum)
     ema_decay = float(config.train.ema_decay)
 
-    def grad_fn(params, frozen, vae_state, micro, key):
+    def grad_fn(params, frozen, vae_state, micro, keys):
         # nnx.value_and_grad with a DiffState differentiates the trainable part of ONE merged model;
-        # (jax.grad over `params` alone would mix trace levels inside the model's nnx.scan/remat)
+        # (jax.grad over `params` alone would mix trace levels inside the model's nnx.scan/remat).
+        # Rebuilding the Variables here ties them to the current trace (inside lax.scan when accumulating).
+        params, frozen = jax.tree.map(lambda a: a, (params, frozen))
         model = nnx.merge(graphdef, params, frozen)
         vae = nnx.merge(vae_graphdef, vae_state)
-        loss = lambda m: flow_loss(m, vae, micro, key, config, image_size)  # noqa: E731
+        loss = lambda m: flow_loss(m, vae, micro, keys, config, image_size)  # noqa: E731
         return nnx.value_and_grad(loss, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
 
     def step(state: TrainState, frozen, vae_state, batch: dict):
-        key = jax.random.fold_in(state.rng, state.step)
+        batch_size = jax.tree.leaves(batch)[0].shape[0]
+        keys = example_keys(state.rng, state.step, batch_size)
         if accum == 1:
-            (loss, aux), grads = grad_fn(state.params, frozen, vae_state, batch, key)
+            (loss, aux), grads = grad_fn(state.params, frozen, vae_state, batch, keys)
         else:
-            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+            split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
+            micro = jax.tree.map(split, batch)
 
             def body(carry, xs):
                 g_sum, l_sum = carry
-                i, mb = xs
-                (l, a), g = grad_fn(state.params, frozen, vae_state, mb, jax.random.fold_in(key, i))
+                mb, mk = xs
+                (l, a), g = grad_fn(state.params, frozen, vae_state, mb, mk)
                 return (jax.tree.map(jnp.add, g_sum, g), l_sum + l), a
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (g_sum, l_sum), aux = jax.lax.scan(body, (zeros, 0.0), (jnp.arange(accum), micro))
+            (g_sum, l_sum), aux = jax.lax.scan(body, (zeros, 0.0), (micro, split(keys)))
             grads = jax.tree.map(lambda g: g / accum, g_sum)
             loss = l_sum / accum
             aux = jax.tree.map(jnp.mean, aux)
@@ -153,8 +166,8 @@ def make_train_step(
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state.step),
             **aux,
         }
@@ -164,14 +177,20 @@ def make_train_step(
     return step
 
 
+def validation_loss(model, vae, batch: dict, key: jax.Array, config: ConfigDict, image_size: tuple[int, int]):
+    """The flow loss of a batch with no text dropout and per-example keys split from `key`."""
+    cfg = config.copy_and_resolve_references()
+    cfg.text.dropout = 0.0
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    return flow_loss(model, vae, batch, jax.random.split(key, batch_size), cfg, image_size)[0]
+
+
 def make_eval_step(graphdef, vae_graphdef, config: ConfigDict, image_size: tuple[int, int]) -> Callable:
-    """`(params, frozen, vae_state, batch, key) -> loss`, the validation loss with a fixed key."""
+    """`(params, frozen, vae_state, batch, key) -> loss`, `validation_loss` of the merged model."""
 
     def evaluate(params, frozen, vae_state, batch, key):
         model = nnx.merge(graphdef, params, frozen)
         vae = nnx.merge(vae_graphdef, vae_state)
-        cfg = config.copy_and_resolve_references()
-        cfg.text.dropout = 0.0
-        return flow_loss(model, vae, batch, key, cfg, image_size)[0]
+        return validation_loss(model, vae, batch, key, config, image_size)
 
     return evaluate

@@ -1,0 +1,53 @@
+"""The training step in-process: gradient accumulation is the same step, EMA follows its formula."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from trackedit_jax.configuration import load_config
+from trackedit_jax.parallel.mesh import make_mesh
+from trackedit_jax.train import build
+from trackedit_jax.train.loop import TrainingSetup
+from trackedit_jax.train.step import init_train_state, make_train_step
+
+F, H, W, N, B = 5, 32, 32, 12, 4
+
+
+def _batch(seed=0):
+    r = np.random.default_rng(seed)
+    K = np.tile(np.array([[40.0, 0, 16], [0, 40, 16], [0, 0, 1]], np.float32), (B, F, 1, 1))
+    E = np.tile(np.eye(4, dtype=np.float32), (B, F, 1, 1))
+    xyz = (r.normal(size=(B, F, N, 3)) * [0.5, 0.5, 0.2] + [0, 0, 3]).astype(np.float32)
+    return {
+        "source_video": r.integers(0, 255, (B, F, H, W, 3), dtype=np.uint8),
+        "target_video": r.integers(0, 255, (B, F, H, W, 3), dtype=np.uint8),
+        "source_xyz": xyz, "target_xyz": xyz + 0.1, "point_mask": np.ones((B, N), bool),
+        "source_intrinsics": K, "target_intrinsics": K, "source_extrinsics": E, "target_extrinsics": E,
+    }
+
+
+def _step(accum: int, ema: float = 0.0):
+    config = load_config("tiny_cpu", [f"--config.train.grad_accum={accum}", f"--config.train.batch_size={B}",
+                                      f"--config.train.ema_decay={ema}", "--config.data.num_frames=5",
+                                      f"--config.data.height={H}", f"--config.data.width={W}",
+                                      "--config.train.warmup_steps=1"])
+    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    params, frozen = setup.init_params()
+    vae_graphdef, vae_state = nnx.split(build.build_vae(config))
+    state = init_train_state(params, setup.tx, 0, setup.use_ema)
+    step = jax.jit(make_train_step(setup.graphdef, vae_graphdef, setup.tx, setup.schedule, config, (H, W),
+                                   setup.trainable))
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    state = step(state, frozen, vae_state, batch)[0]  # step 0 has learning rate 0 (warm-up)
+    return state, step(state, frozen, vae_state, batch)
+
+
+def test_gradient_accumulation_is_the_same_step_and_ema_follows_its_rule():
+    (before, (one, m1)), (_, (two, m2)) = _step(1, ema=0.9), _step(2, ema=0.9)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m1["grad_norm"]), float(m2["grad_norm"]), rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    assert float(m1["grad_norm"]) > 0
+    for e0, e1, p1 in zip(jax.tree.leaves(before.ema), jax.tree.leaves(one.ema), jax.tree.leaves(one.params)):
+        np.testing.assert_allclose(np.asarray(e1), 0.9 * np.asarray(e0) + 0.1 * np.asarray(p1), rtol=1e-6, atol=1e-7)
