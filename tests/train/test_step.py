@@ -18,9 +18,11 @@ def _batch(seed=0):
     K = np.tile(np.array([[40.0, 0, 16], [0, 40, 16], [0, 0, 1]], np.float32), (B, F, 1, 1))
     E = np.tile(np.eye(4, dtype=np.float32), (B, F, 1, 1))
     xyz = (r.normal(size=(B, F, N, 3)) * [0.5, 0.5, 0.2] + [0, 0, 3]).astype(np.float32)
+    f, h, w = (F - 1) // 4 + 1, H // 8, W // 8
+    # precomputed latents (the loader's alternative to videos): the frozen VAE is not what is tested here
     return {
-        "source_video": r.integers(0, 255, (B, F, H, W, 3), dtype=np.uint8),
-        "target_video": r.integers(0, 255, (B, F, H, W, 3), dtype=np.uint8),
+        "source_latents": r.normal(size=(B, f, h, w, 16)).astype(np.float32),
+        "target_latents": r.normal(size=(B, f, h, w, 16)).astype(np.float32),
         "source_xyz": xyz, "target_xyz": xyz + 0.1, "point_mask": np.ones((B, N), bool),
         "source_intrinsics": K, "target_intrinsics": K, "source_extrinsics": E, "target_extrinsics": E,
     }
