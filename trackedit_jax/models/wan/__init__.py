@@ -1,1 +1,1 @@
-"""wan."""
+"""The Wan 2.1 family in Flax NNX: the DiT (`dit`, `config`, `rope`), the causal VAE (`vae`), the UMT5 encoder (`umt5`)."""
