@@ -70,6 +70,7 @@ def main() -> None:
     times = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, fn in cases.items():
+            fn()  # untimed: the previous case's library may still hold the cores (spinning worker threads)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_KV = 2048
+DEFAULT_BLOCK_Q = 2048
+DEFAULT_BLOCK_KV = 512
 
 _MASKED = float(jnp.finfo(jnp.float32).min)
 
@@ -61,7 +61,6 @@ class _Plan(NamedTuple):
     block_kv: int
     num_q: int
     num_kv: int
-    scale: float
     has_mask: bool
 
     @property
@@ -111,12 +110,12 @@ def _kv_blocks(k, v, mask, plan: _Plan):
 def _forward_query_block(qb, k, v, mask, plan: _Plan):
     """qb (bq, D) against all keys k, v (Lkv_pad, D), mask (Lkv_pad,) or None.
 
-    Returns o (bq, D) float32, the row max m (bq,) of the unscaled scores and log of the row sum (bq,).
+    Returns o (bq, D) float32, the row max m (bq,) of the scores and log of the row sum (bq,).
     """
     if plan.num_kv == 1:
         s = _mask_scores(_block_dot("qd,kd->qk", qb, k), plan, mask, 0)
         m = jnp.max(s, axis=-1)
-        p = jnp.exp((s - m[:, None]) * plan.scale)
+        p = jnp.exp(s - m[:, None])
         l = jnp.sum(p, axis=-1)
         o = _block_dot("qk,kd->qd", p.astype(v.dtype), v) / l[:, None]
         return o, m, jnp.log(l)
@@ -126,8 +125,8 @@ def _forward_query_block(qb, k, v, mask, plan: _Plan):
         k_j, v_j, mask_j, start = xs
         s = _mask_scores(_block_dot("qd,kd->qk", qb, k_j), plan, mask_j, start)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        correction = jnp.exp((m - m_new) * plan.scale)
-        p = jnp.exp((s - m_new[:, None]) * plan.scale)
+        correction = jnp.exp(m - m_new)
+        p = jnp.exp(s - m_new[:, None])
         l = l * correction + jnp.sum(p, axis=-1)
         acc = acc * correction[:, None] + _block_dot("qk,kd->qd", p.astype(v_j.dtype), v_j)
         return (m_new, l, acc), None
@@ -141,14 +140,17 @@ def _forward_query_block(qb, k, v, mask, plan: _Plan):
     return acc / l[:, None], m, jnp.log(l)
 
 
-def _forward_sequence(q, k, v, mask, plan: _Plan):
-    """q (Lq_pad, D), k/v (Lkv_pad, D) -> o (Lq_pad, D) in v.dtype, m and log_l (Lq_pad,) float32."""
+def _forward_sequence(q, k, v, mask, plan: _Plan, stats: bool):
+    """q (Lq_pad, D), k/v (Lkv_pad, D) -> o (Lq_pad, D) in v.dtype, and with `stats` the row max m and
+    log_l (Lq_pad,) float32 the backward pass needs (without, they are not even computed)."""
+
+    def block(qb):
+        o, m, log_l = _forward_query_block(qb, k, v, mask, plan)
+        return (o.astype(v.dtype), m, log_l) if stats else o.astype(v.dtype)
+
     if plan.num_q == 1:
-        o, m, log_l = _forward_query_block(q, k, v, mask, plan)
-    else:
-        o, m, log_l = jax.lax.map(lambda qb: _forward_query_block(qb, k, v, mask, plan), _split(q, plan.num_q))
-        o, m, log_l = _merge(o), _merge(m), _merge(log_l)
-    return o.astype(v.dtype), m, log_l
+        return block(q)
+    return jax.tree.map(_merge, jax.lax.map(block, _split(q, plan.num_q)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,10 +167,11 @@ def _backward_block(qb, dob, m, log_l, delta, k_j, v_j, mask_j, start, plan: _Pl
     form copies the whole score block first and ran 2x slower).
     """
     s = _mask_scores(_block_dot("qd,kd->qk", qb, k_j), plan, mask_j, start)
-    p = jnp.exp((s - m[:, None]) * plan.scale - log_l[:, None])
+    # (s - m) - log_l, not s - (m + log_l): m is the huge masked value for rows without keys.
+    p = jnp.exp((s - m[:, None]) - log_l[:, None])
     dv_t = _block_dot("qd,qk->dk", dob, p.astype(dob.dtype))
     dp = _block_dot("qd,kd->qk", dob, v_j)
-    ds = p * (dp - delta[:, None]) * plan.scale
+    ds = p * (dp - delta[:, None])
     if plan.has_mask:
         # A masked score is a constant, not a function of q and k: no gradient flows through it (this
         # matters only for rows whose keys are all masked, where p is uniform instead of 0).
@@ -216,19 +219,19 @@ def _backward_sequence(q, k, v, mask, o, m, log_l, do, plan: _Plan):
 # --------------------------------------------------------------------------------------------------
 
 
-def _forward(q, k, v, mask, plan: _Plan):
+def _forward(q, k, v, mask, plan: _Plan, stats: bool):
     if plan.has_mask:
-        return jax.lax.map(lambda a: _forward_sequence(*a, plan), (q, k, v, mask))
-    return jax.lax.map(lambda a: _forward_sequence(*a, None, plan), (q, k, v))
+        return jax.lax.map(lambda a: _forward_sequence(*a, plan, stats), (q, k, v, mask))
+    return jax.lax.map(lambda a: _forward_sequence(*a, None, plan, stats), (q, k, v))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _core(q, k, v, mask, plan: _Plan):
-    return _forward(q, k, v, mask, plan)[0]
+    return _forward(q, k, v, mask, plan, stats=False)
 
 
 def _core_fwd(q, k, v, mask, plan: _Plan):
-    o, m, log_l = _forward(q, k, v, mask, plan)
+    o, m, log_l = _forward(q, k, v, mask, plan, stats=True)
     return o, (q, k, v, mask, o, m, log_l)
 
 
@@ -310,8 +313,11 @@ def chunked_attention(
         raise ValueError(f"mask must have shape (B, L_kv) = {(batch, len_kv)}; got {mask.shape}")
     bq, nq = _balanced_blocks(len_q, block_q)
     bk, nk = _balanced_blocks(len_kv, block_kv)
-    plan = _Plan(len_kv, bq, bk, nq, nk, 1.0 / math.sqrt(head_dim), mask is not None)
+    plan = _Plan(len_kv, bq, bk, nq, nk, mask is not None)
 
+    # The softmax scale is folded into q here (L_q x D multiplies instead of L_q x L_kv inside the
+    # kernel); autodiff of this product gives dq its factor.
+    q = (q.astype(jnp.float32) * (1.0 / math.sqrt(head_dim))).astype(q.dtype)
     qs = _to_sequences(q, nq * bq)
     ks = _to_sequences(k, nk * bk)
     vs = _to_sequences(v, nk * bk)
