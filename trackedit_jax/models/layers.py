@@ -6,6 +6,7 @@ training / loading code places the state onto a mesh through the one rules table
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -31,15 +32,87 @@ def param(
     return kind(init(key, tuple(shape), dtype), out_sharding=tuple(logical_axes), eager_sharding=False)
 
 
+# --------------------------------------------------------------------------------------------------
+# float32 norms and broadcast products with hand-written backward passes
+#
+# Why: the backward pass of a norm or of an adaLN scale/gate is a multiply followed by a reduction
+# (e.g. d(scale) = sum over tokens of dy * x). XLA:CPU hands such a multiply+reduce to YNNPACK, which
+# runs it 20-50x slower than the same contraction written as a dot whenever the operands carry a unit
+# axis (batch 1, the usual per-device training batch): 8 ms instead of 0.2 ms for 2048 x 512. Writing
+# the reductions as einsums (dot_general) keeps every such gradient on the fast path; the values are the
+# same up to float32 summation order.
+# --------------------------------------------------------------------------------------------------
+
+
+def _contract(a: jax.Array, b: jax.Array, keep: Sequence[int]) -> jax.Array:
+    """sum of a * b (same shape) over every axis not in `keep`, as one dot_general; returns the kept
+    axes in order."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[: a.ndim]
+    out = "".join(letters[i] for i in keep)
+    return jnp.einsum(f"{letters},{letters}->{out}", a, b, preferred_element_type=jnp.float32)
+
+
+def _row_mean(a: jax.Array) -> jax.Array:
+    """mean over the last axis, keepdims, written as a matrix-vector product (see above)."""
+    ones = jnp.ones((a.shape[-1],), a.dtype)
+    return (jnp.einsum("...d,d->...", a, ones, preferred_element_type=jnp.float32) / a.shape[-1])[..., None]
+
+
+@jax.custom_vjp
+def mul_broadcast(x: jax.Array, s: jax.Array) -> jax.Array:
+    """x * s for float32 x (...) and s broadcastable to x (e.g. an adaLN scale or gate (B, 1, D), a
+    norm weight (D,)); its backward pass computes d(s) as a dot (see the section comment)."""
+    return x * s
+
+
+def _mul_broadcast_fwd(x, s):
+    return x * s, (x, s)
+
+
+def _mul_broadcast_bwd(res, dy):
+    x, s = res
+    lead = x.ndim - s.ndim
+    s_full = (1,) * lead + s.shape
+    keep = [i for i in range(x.ndim) if s_full[i] != 1 or x.shape[i] == 1]
+    ds = _contract(dy, x, keep).reshape(s.shape)
+    return (dy * s).astype(x.dtype), ds.astype(s.dtype)
+
+
+mul_broadcast.defvjp(_mul_broadcast_fwd, _mul_broadcast_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _normalize(x: jax.Array, eps: float, centre: bool) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) (LayerNorm, biased variance) or x / sqrt(mean(x^2) + eps) (RMS) over
+    the last axis; x float32."""
+    return _normalize_fwd(x, eps, centre)[0]
+
+
+def _normalize_fwd(x, eps, centre):
+    if centre:
+        x = x - jnp.mean(x, axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    y = x * rstd
+    return y, (y, rstd)
+
+
+def _normalize_bwd(eps, centre, res, g):
+    y, rstd = res
+    # d/dx of y = c * rstd(c), c = x - mean(x) (or x): rstd * (g - mean(g) - y * mean(g * y)).
+    inner = g - y * _contract(g, y, range(g.ndim - 1))[..., None] / g.shape[-1]
+    if centre:
+        inner = inner - _row_mean(g)
+    return (rstd * inner,)
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
 def layer_norm(x: jax.Array, eps: float, scale: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
     """LayerNorm over the last axis, computed in float32 (biased variance, as torch)."""
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-    y = centred * jax.lax.rsqrt(var + eps)
+    y = _normalize(x.astype(jnp.float32), eps, True)
     if scale is not None:
-        y = y * scale.astype(jnp.float32)
+        y = mul_broadcast(y, scale.astype(jnp.float32))
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y
@@ -47,9 +120,7 @@ def layer_norm(x: jax.Array, eps: float, scale: jax.Array | None = None, bias: j
 
 def rms_norm(x: jax.Array, eps: float, scale: jax.Array) -> jax.Array:
     """RMSNorm over the last axis in float32: x / sqrt(mean(x^2) + eps) * scale."""
-    x = x.astype(jnp.float32)
-    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
-    return y * scale.astype(jnp.float32)
+    return mul_broadcast(_normalize(x.astype(jnp.float32), eps, False), scale.astype(jnp.float32))
 
 
 class LayerNorm(nnx.Module):

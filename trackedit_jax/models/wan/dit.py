@@ -30,7 +30,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from trackedit_jax.kernels.attention import attention
-from trackedit_jax.models.layers import LayerNorm, RMSNorm, layer_norm, param
+from trackedit_jax.models.layers import LayerNorm, RMSNorm, layer_norm, mul_broadcast, param
 from trackedit_jax.models.lora import LoRALinear
 from trackedit_jax.models.wan import rope as rope_lib
 from trackedit_jax.models.wan.config import WanConfig, remat_policy_fn
@@ -166,16 +166,16 @@ class WanBlock(nnx.Module):
         mod = self.modulation[...].astype(jnp.float32)[None] + e0.astype(jnp.float32)
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, i : i + 1] for i in range(6))
 
-        h = layer_norm(x, self.eps) * (1.0 + scale) + shift
-        x = x + self.self_attn(h, rope, mask).astype(jnp.float32) * gate
+        h = mul_broadcast(layer_norm(x, self.eps), 1.0 + scale) + shift
+        x = x + mul_broadcast(self.self_attn(h, rope, mask).astype(jnp.float32), gate)
         x = shard_activation(checkpoint_name(x, "block_io"), TOKENS)
 
         h = self.cross_norm(x) if self.cross_norm is not None else x
         x = x + self.cross_attn(h, context, context_mask).astype(jnp.float32)
         x = shard_activation(checkpoint_name(x, "block_io"), TOKENS)
 
-        h = layer_norm(x, self.eps) * (1.0 + c_scale) + c_shift
-        x = x + self.ffn(h).astype(jnp.float32) * c_gate
+        h = mul_broadcast(layer_norm(x, self.eps), 1.0 + c_scale) + c_shift
+        x = x + mul_broadcast(self.ffn(h).astype(jnp.float32), c_gate)
         return shard_activation(x, TOKENS)
 
 
@@ -195,7 +195,7 @@ class WanHead(nnx.Module):
         """tokens (B, L, D), e (B, D) from `embed_time` -> (B, L, pt*ph*pw*C_out) float32."""
         mod = self.modulation[...].astype(jnp.float32)[None] + e.astype(jnp.float32)[:, None]
         shift, scale = mod[:, 0:1], mod[:, 1:2]
-        return self.linear(layer_norm(x, self.eps) * (1.0 + scale) + shift).astype(jnp.float32)
+        return self.linear(mul_broadcast(layer_norm(x, self.eps), 1.0 + scale) + shift).astype(jnp.float32)
 
 
 class MLPEmbedding(nnx.Module):
