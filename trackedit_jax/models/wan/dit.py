@@ -67,8 +67,9 @@ def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-class SelfAttention(nnx.Module):
-    """Multi-head self-attention with RMS q/k norm over all heads and 3D RoPE."""
+class _Attention(nnx.Module):
+    """The projections of a Wan attention layer: q, k, v, o (`LoRALinear`, D -> D) and RMS q/k norms
+    over all heads (when `config.qk_norm`)."""
 
     def __init__(self, config: WanConfig, *, rngs: nnx.Rngs):
         d = config.dim
@@ -81,6 +82,10 @@ class SelfAttention(nnx.Module):
         pd = config.param_dtype
         self.norm_q = RMSNorm(d, eps=config.eps, param_dtype=pd, axis_name="heads") if config.qk_norm else None
         self.norm_k = RMSNorm(d, eps=config.eps, param_dtype=pd, axis_name="heads") if config.qk_norm else None
+
+
+class SelfAttention(_Attention):
+    """Multi-head self-attention with RMS q/k norm over all heads and 3D RoPE."""
 
     def _heads(self, x):
         return shard_activation(x.reshape(x.shape[:2] + (self.num_heads, -1)), HEADS)
@@ -98,20 +103,8 @@ class SelfAttention(nnx.Module):
         return self.o(out.reshape(x.shape[:2] + (-1,)))
 
 
-class CrossAttention(nnx.Module):
+class CrossAttention(_Attention):
     """Multi-head attention from video tokens to text tokens (q/k RMS norm, no RoPE)."""
-
-    def __init__(self, config: WanConfig, *, rngs: nnx.Rngs):
-        d = config.dim
-        self.num_heads = config.num_heads
-        self.impl = config.attention_impl
-        self.q = _linear(config, d, d, ("embed", "heads"), rngs, lora=True)
-        self.k = _linear(config, d, d, ("embed", "heads"), rngs, lora=True)
-        self.v = _linear(config, d, d, ("embed", "heads"), rngs, lora=True)
-        self.o = _linear(config, d, d, ("heads", "embed"), rngs, lora=True)
-        pd = config.param_dtype
-        self.norm_q = RMSNorm(d, eps=config.eps, param_dtype=pd, axis_name="heads") if config.qk_norm else None
-        self.norm_k = RMSNorm(d, eps=config.eps, param_dtype=pd, axis_name="heads") if config.qk_norm else None
 
     def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
         """x (B, L, D), context (B, L_text, D) -> (B, L, D)."""
