@@ -15,22 +15,20 @@ import argparse
 import os
 import time
 
+from _common import add_cpu_arguments, configure_cpu
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    add_cpu_arguments(ap)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--xla-dot", choices=("default", "eigen"), default="default",
-                    help="eigen: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (XLA's Eigen dots instead of YNNPACK)")
     args = ap.parse_args()
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    if args.xla_dot == "eigen":
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+    configure_cpu(args)
     import jax
     import jax.numpy as jnp
     import numpy as np

@@ -15,21 +15,19 @@ import os
 import tempfile
 import time
 
+from _common import add_cpu_arguments, configure_cpu
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    add_cpu_arguments(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--remat", default="none", help="WanConfig.remat_policy of our model")
     ap.add_argument("--attention", default="auto", help="WanConfig.attention_impl of our model")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--xla-dot", choices=("default", "eigen"), default="default",
-                    help="eigen: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (XLA's Eigen dots instead of YNNPACK)")
     args = ap.parse_args()
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    if args.xla_dot == "eigen":
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+    configure_cpu(args)
     import jax
     import jax.numpy as jnp
     import numpy as np

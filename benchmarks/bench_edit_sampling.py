@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from _common import print_loop_overhead
 
 from trackedit_jax.configuration import load_config
 from trackedit_jax.diffusion.samplers import initial_noise, make_schedule, sample
@@ -88,10 +89,7 @@ def main():
     print(f"backend={jax.default_backend()} solver={args.solver} steps={args.steps} guidance={args.guidance} "
           f"config={args.config} (dim {wan.dim}, {wan.num_layers} layers), latents {tuple(latents.shape)}, "
           f"2 x {f * (h // 2) * (w // 2)} tokens, {args.tracks} tracks, model batch {call_x.shape[0]}")
-    print(f"one jitted model call        : {call_s * 1e3:8.2f} ms")
-    print(f"steps x one model call       : {calls_s * 1e3:8.2f} ms")
-    print(f"whole sampling loop, one jit : {loop_s * 1e3:8.2f} ms")
-    print(f"ratio loop / (steps x call)  : {loop_s / calls_s:8.3f}")
+    print_loop_overhead(call_s, calls_s, loop_s)
 
 
 if __name__ == "__main__":

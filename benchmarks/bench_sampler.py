@@ -15,6 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import print_loop_overhead
 
 from trackedit_jax.diffusion.samplers import initial_noise, make_schedule, sample
 
@@ -93,10 +94,7 @@ def main():
     batch = call_x.shape[0]
     print(f"backend={jax.default_backend()} solver={args.solver} steps={args.steps} guidance={args.guidance} "
           f"model: (B={batch}, L={args.length}, D={args.dim}), {args.layers} MLP layers x {args.hidden}")
-    print(f"one jitted model call        : {call_s * 1e3:8.2f} ms")
-    print(f"steps x one model call       : {calls_s * 1e3:8.2f} ms")
-    print(f"whole sampling loop, one jit : {loop_s * 1e3:8.2f} ms")
-    print(f"ratio loop / (steps x call)  : {loop_s / calls_s:8.3f}")
+    print_loop_overhead(call_s, calls_s, loop_s)
 
 
 if __name__ == "__main__":
