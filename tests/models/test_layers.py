@@ -1,12 +1,17 @@
-"""The hand-written backward passes of the float32 norms and broadcast products equal plain autodiff."""
+"""The hand-written backward passes of the float32 norms, broadcast products and GELU equal plain autodiff
+(and torch's GELU gradient)."""
 from __future__ import annotations
+
+import contextlib
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
-from trackedit_jax.models.layers import layer_norm, mul_broadcast, rms_norm
+from trackedit_jax.models.layers import gelu_tanh, layer_norm, mul_broadcast, rms_norm
 
 
 def _plain_layer_norm(x, eps, scale=None, bias=None):
@@ -53,3 +58,28 @@ def test_mul_broadcast_gradients_equal_autodiff(x_shape, s_shape):
     s = jnp.asarray(rng.standard_normal(s_shape), jnp.float32)
     np.testing.assert_array_equal(mul_broadcast(x, s), x * s)
     _close(_grads(mul_broadcast, x, s), _grads(jnp.multiply, x, s), 1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_gelu_tanh_gradient_equals_autodiff_and_torch(dtype, tol):
+    torch = pytest.importorskip("torch")
+    # wide range: the tails, where tanh saturates and the x^3 term dominates, are where a wrong
+    # derivative shows
+    x32 = np.concatenate([np.linspace(-9, 9, 301), np.random.default_rng(2).standard_normal(211) * 2]).astype(np.float32)
+    x = jnp.asarray(x32, dtype)
+    np.testing.assert_array_equal(gelu_tanh(x), jax.nn.gelu(x, approximate=True))
+    ours = _grads(gelu_tanh, x)
+    _close(ours, _grads(lambda v: jax.nn.gelu(v, approximate=True), x), tol)
+    tx = torch.tensor(np.asarray(x.astype(jnp.float32)), dtype=torch.float64, requires_grad=True)
+    w = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)  # the weights `_grads` uses
+    (torch.nn.functional.gelu(tx, approximate="tanh") * torch.from_numpy(w.astype(np.float64))).sum().backward()
+    _close(ours, tx.grad.numpy(), tol)
+    # only x is saved for the backward pass (autodiff keeps five intermediates)
+    def residuals(fn):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_saved_residuals(fn, x)
+        return out.getvalue().strip().splitlines()
+
+    assert len(residuals(gelu_tanh)) == 1 and "from the argument" in residuals(gelu_tanh)[0]
+    assert len(residuals(lambda v: jax.nn.gelu(v, approximate=True))) > 1

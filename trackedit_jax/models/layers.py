@@ -81,6 +81,34 @@ def _mul_broadcast_bwd(res, dy):
 mul_broadcast.defvjp(_mul_broadcast_fwd, _mul_broadcast_bwd)
 
 
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+@jax.custom_vjp
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GELU, tanh approximation (torch `gelu(approximate="tanh")`, transformers "gelu_new"), any float
+    dtype, same shape. The forward is `jax.nn.gelu(x, approximate=True)`; the backward saves only x and
+    recomputes tanh, where autodiff would keep five activation-sized intermediates (x^3, tanh, 1 + tanh,
+    ...) alive until the backward pass: 4 extra (tokens x ffn) float32 arrays per block, copied in and out
+    of the layer scan's residual stacks."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_fwd(x):
+    return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_tanh_bwd(x, g):
+    xf = x.astype(jnp.float32)
+    t = jnp.tanh(_SQRT_2_OVER_PI * (xf + 0.044715 * xf * xf * xf))
+    # d/dx [x/2 (1 + t)] = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    dgelu = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 0.134145 * xf * xf)
+    return ((g.astype(jnp.float32) * dgelu).astype(x.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _normalize(x: jax.Array, eps: float, centre: bool) -> jax.Array:
     """(x - mean) / sqrt(var + eps) (LayerNorm, biased variance) or x / sqrt(mean(x^2) + eps) (RMS) over

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from trackedit_jax.kernels import attention
+from trackedit_jax.models.layers import gelu_tanh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +147,7 @@ class _TemporalBlock(nnx.Module):
     def __call__(self, x, mask):
         h = self.norm1(x)
         x = x + self.attn(h, h, h, mask)
-        return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=True))
+        return x + self.fc2(gelu_tanh(self.fc1(self.norm2(x))))
 
 
 class TrackConditioner(nnx.Module):

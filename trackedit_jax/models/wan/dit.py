@@ -30,7 +30,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from trackedit_jax.kernels.attention import attention
-from trackedit_jax.models.layers import LayerNorm, RMSNorm, layer_norm, mul_broadcast, param
+from trackedit_jax.models.layers import LayerNorm, RMSNorm, gelu_tanh, layer_norm, mul_broadcast, param
 from trackedit_jax.models.lora import LoRALinear
 from trackedit_jax.models.wan import rope as rope_lib
 from trackedit_jax.models.wan.config import WanConfig, remat_policy_fn
@@ -127,7 +127,7 @@ class FeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.up(x)
-        h = shard_activation(jax.nn.gelu(h.astype(jnp.float32), approximate=True).astype(h.dtype),
+        h = shard_activation(gelu_tanh(h.astype(jnp.float32)).astype(h.dtype),
                              ("act_batch", "act_length", "act_mlp"))
         return self.down(h)
 
@@ -208,7 +208,7 @@ def _silu(x):
 
 
 def _gelu_tanh(x):
-    return jax.nn.gelu(x.astype(jnp.float32), approximate=True)
+    return gelu_tanh(x.astype(jnp.float32))
 
 
 class WanDiT(nnx.Module):

@@ -23,6 +23,7 @@ from flax import nnx
 
 from trackedit_jax.kernels import attention
 
+from trackedit_jax.models.layers import gelu_tanh
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
 from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
 
@@ -83,7 +84,7 @@ class UMT5Config:
 
 
 ACTIVATIONS = {
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_new": gelu_tanh,
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
