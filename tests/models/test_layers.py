@@ -1,5 +1,5 @@
-"""The hand-written backward passes of the float32 norms, broadcast products and GELU equal plain autodiff
-(and torch's GELU gradient)."""
+"""The hand-written backward passes of the float32 norms, broadcast products, dense layer and GELU equal
+plain autodiff (and torch's GELU gradient)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from trackedit_jax.models.layers import gelu_tanh, layer_norm, mul_broadcast, rms_norm
+from trackedit_jax.models.layers import dense, gelu_tanh, layer_norm, mul_broadcast, rms_norm, transpose_tokens
 
 
 def _plain_layer_norm(x, eps, scale=None, bias=None):
@@ -75,11 +75,44 @@ def test_gelu_tanh_gradient_equals_autodiff_and_torch(dtype, tol):
     (torch.nn.functional.gelu(tx, approximate="tanh") * torch.from_numpy(w.astype(np.float64))).sum().backward()
     _close(ours, tx.grad.numpy(), tol)
     # only x is saved for the backward pass (autodiff keeps five intermediates)
-    def residuals(fn):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            print_saved_residuals(fn, x)
-        return out.getvalue().strip().splitlines()
+    assert len(_residuals(gelu_tanh, x)) == 1 and "from the argument" in _residuals(gelu_tanh, x)[0]
+    assert len(_residuals(lambda v: jax.nn.gelu(v, approximate=True), x)) > 1
 
-    assert len(residuals(gelu_tanh)) == 1 and "from the argument" in residuals(gelu_tanh)[0]
-    assert len(residuals(lambda v: jax.nn.gelu(v, approximate=True))) > 1
+
+def _residuals(fn, *args):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(fn, *args)
+    return out.getvalue().strip().splitlines()
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_dense_gradients_equal_autodiff(dtype, tol):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 7, 12)), dtype)
+    kernels = [jnp.asarray(rng.standard_normal((12, 5)), dtype) for _ in range(3)]
+    bias = jnp.asarray(rng.standard_normal(5), jnp.float32)
+
+    def plain(x, k, b=None):
+        y = jnp.dot(x, k, preferred_element_type=jnp.float32)
+        return y if b is None else y + b
+
+    np.testing.assert_array_equal(dense(x, kernels[0], bias), plain(x, kernels[0], bias))
+    _close(_grads(dense, x, kernels[0], bias), _grads(plain, x, kernels[0], bias), tol)
+    _close(_grads(dense, x, kernels[0]), _grads(plain, x, kernels[0]), tol)
+
+    # three layers reading one x share one saved transposed input, and a shared x_t gives the same grads
+    def three(x, ks, fn):
+        return sum(fn(x, k) for k in ks)
+
+    shared = lambda x, k: dense(x, k, x_t=transpose_tokens(x))  # noqa: E731  (x_t recomputed per call)
+    _close(_grads(lambda x, *ks: three(x, ks, shared), x, *kernels), _grads(lambda x, *ks: three(x, ks, plain), x, *kernels), tol)
+
+    def one_xt(x, *ks):
+        x_t = transpose_tokens(x)
+        return sum(jnp.sum(jnp.sin(dense(x, k, x_t=x_t))) for k in ks)
+
+    res = _residuals(one_xt, x, *kernels)
+    assert sum("transpose" in r for r in res) == 1, res
+    # frozen kernels (LoRA): only x is differentiated and no transposed input is kept
+    assert not any("transpose" in r for r in _residuals(lambda x: one_xt(x, *kernels), x))

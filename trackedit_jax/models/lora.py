@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trackedit_jax.models.layers import param
+from trackedit_jax.models.layers import dense, param
 
 TRAIN_MODES = ("lora", "full")
 
@@ -72,17 +72,19 @@ class LoRALinear(nnx.Module):
             self.lora_a = None
             self.lora_b = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x (..., in) -> (..., out) in the compute dtype."""
+    def __call__(self, x: jax.Array, x_t: jax.Array | None = None) -> jax.Array:
+        """x (..., in) -> (..., out) in the compute dtype. x_t: optional `layers.transpose_tokens(x)` in
+        the compute dtype, shared by layers that read the same x (see `layers.dense`)."""
         x = x.astype(self.dtype)
-        y = jnp.dot(x, self.kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        if x_t is not None:
+            x_t = x_t.astype(self.dtype)
+        bias = None if self.bias is None else self.bias[...]
+        y = dense(x, self.kernel[...].astype(self.dtype), bias, x_t=x_t)
         if self.rank:
             a = self.lora_a[...].astype(self.dtype)
             b = self.lora_b[...].astype(self.dtype)
-            h = jnp.dot(x, a, preferred_element_type=jnp.float32).astype(self.dtype)
+            h = dense(x, a, x_t=x_t).astype(self.dtype)
             y = y + self.scale * jnp.dot(h, b, preferred_element_type=jnp.float32)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
         return y.astype(self.dtype)
 
     def merged_kernel(self) -> jax.Array:

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from trackedit_jax.kernels.attention import attention
-from trackedit_jax.models.layers import LayerNorm, RMSNorm, gelu_tanh, layer_norm, mul_broadcast, param
+from trackedit_jax.models.layers import LayerNorm, RMSNorm, gelu_tanh, layer_norm, mul_broadcast, param, transpose_tokens
 from trackedit_jax.models.lora import LoRALinear
 from trackedit_jax.models.wan import rope as rope_lib
 from trackedit_jax.models.wan.config import WanConfig, remat_policy_fn
@@ -93,7 +93,9 @@ class SelfAttention(_Attention):
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], mask: jax.Array | None = None) -> jax.Array:
         """x (B, L, D) -> (B, L, D); rope = (cos, sin) each (L, head_dim // 2)."""
         dtype = self.q.dtype
-        q, k, v = self.q(x), self.k(x), self.v(x)
+        x = x.astype(dtype)
+        x_t = transpose_tokens(x)  # one saved input for the three kernel gradients
+        q, k, v = self.q(x, x_t), self.k(x, x_t), self.v(x, x_t)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q = rope_lib.apply_rope(self._heads(q), *rope).astype(dtype)
@@ -109,7 +111,9 @@ class CrossAttention(_Attention):
     def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
         """x (B, L, D), context (B, L_text, D) -> (B, L, D)."""
         dtype = self.q.dtype
-        q, k, v = self.q(x), self.k(context), self.v(context)
+        context = context.astype(dtype)
+        context_t = transpose_tokens(context)
+        q, k, v = self.q(x), self.k(context, context_t), self.v(context, context_t)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         split = lambda a: a.reshape(a.shape[:2] + (self.num_heads, -1)).astype(dtype)  # noqa: E731
@@ -126,10 +130,14 @@ class FeedForward(nnx.Module):
         self.down = _linear(config, config.ffn_dim, config.dim, ("mlp", "embed"), rngs, lora=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = self.up(x)
-        h = shard_activation(gelu_tanh(h.astype(jnp.float32)).astype(h.dtype),
-                             ("act_batch", "act_length", "act_mlp"))
-        return self.down(h)
+        # GELU and its transpose are recomputed in the backward pass rather than saved: one (tokens x
+        # ffn) array per block instead of two, for one cheap elementwise pass.
+        return nnx.remat(_gelu_down, policy=jax.checkpoint_policies.nothing_saveable)(self.down, self.up(x))
+
+
+def _gelu_down(down: LoRALinear, h: jax.Array) -> jax.Array:
+    g = shard_activation(gelu_tanh(h.astype(jnp.float32)).astype(h.dtype), ("act_batch", "act_length", "act_mlp"))
+    return down(g)
 
 
 class WanBlock(nnx.Module):
