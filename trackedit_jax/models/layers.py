@@ -82,22 +82,26 @@ mul_broadcast.defvjp(_mul_broadcast_fwd, _mul_broadcast_bwd)
 
 
 def transpose_tokens(x: jax.Array) -> jax.Array:
-    """x (..., in) -> (in, N), N = the product of the leading axes: what `dense` saves for its kernel
-    gradient. Compute it once when several layers read the same x (q, k and v) and pass it as `x_t`."""
-    return x.reshape(-1, x.shape[-1]).T
+    """x (..., L, in) -> (..., in, L): what `dense` saves for its kernel gradient. The leading (batch)
+    axes stay in place so the residual keeps the activations' sharding (batch over data/fsdp, tokens
+    over context). Compute it once when several layers read the same x (q, k and v) and pass it as `x_t`."""
+    return jnp.swapaxes(x, -1, -2)
 
 
 def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, x_t: jax.Array | None = None) -> jax.Array:
-    """x (..., in) @ kernel (in, out) (+ bias (out,)) -> (..., out) float32, accumulated in float32.
+    """x (..., L, in) @ kernel (in, out) (+ bias (out,)) -> (..., L, out) float32, accumulated in float32.
 
     x and kernel share a dtype (the compute dtype); x_t, if given, is `transpose_tokens(x)`. Same values
     as `jnp.dot`; the backward pass is written out so that the kernel gradient is a matmul XLA:CPU gives
     to YNNPACK. Autodiff contracts over the tokens, the leading axis of both operands, which YNNPACK does
     not take; XLA's Eigen fallback runs it at about two thirds of the speed, after a transposed copy of
-    the output gradient. Here the forward pass saves x transposed, (in, tokens) (the transpose fuses into
+    the output gradient. Here the forward pass saves x transposed, (..., in, L) (the transpose fuses into
     the store of the residual), and layers reading the same x share that one residual through `x_t`.
     When the kernel is not differentiated (frozen base weights under LoRA) nothing extra is saved.
     """
+    if x.ndim < 2:  # a single vector: nothing to gain
+        y = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
+        return y if bias is None else y + bias.astype(jnp.float32)
     return _dense(x, transpose_tokens(x) if x_t is None else x_t, kernel, bias)
 
 
@@ -119,13 +123,16 @@ def _dense_bwd(res, g):
     x_t, kernel, bias_dtype = res
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
         g = jnp.zeros(g.shape, g.dtype)
-    g2 = g.reshape(-1, g.shape[-1])
-    dx = jnp.dot(g2.astype(kernel.dtype), kernel.T, preferred_element_type=jnp.float32)
-    dx = dx.reshape(g.shape[:-1] + kernel.shape[:1]).astype(kernel.dtype)
-    dk = None if x_t is None else jnp.dot(x_t, g2.astype(x_t.dtype), preferred_element_type=jnp.float32).astype(kernel.dtype)
+    dx = jnp.einsum("...o,io->...i", g.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32).astype(kernel.dtype)
+    dk = None
+    if x_t is not None:  # contract over every leading axis and the tokens: (..., in, L) x (..., L, out)
+        lead = "abcdefgh"[: g.ndim - 2]
+        dk = jnp.einsum(f"{lead}il,{lead}lo->io", x_t, g.astype(x_t.dtype), preferred_element_type=jnp.float32)
+        dk = dk.astype(kernel.dtype)
     db = None
     if bias_dtype is not None:  # the token sum as a matrix-vector product (see the section comment)
-        db = jnp.dot(jnp.ones((g2.shape[0],), jnp.float32), g2.astype(jnp.float32)).astype(bias_dtype.dtype)
+        g2 = g.reshape(-1, g.shape[-1]).astype(jnp.float32)
+        db = jnp.dot(jnp.ones((g2.shape[0],), jnp.float32), g2).astype(bias_dtype.dtype)
     return dx, None, dk, db
 
 

@@ -22,7 +22,6 @@ import numpy as np
 from flax import nnx
 
 from trackedit_jax.kernels import attention
-
 from trackedit_jax.models.layers import gelu_tanh
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
 from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
