@@ -1,6 +1,6 @@
 """Forward+backward of our WanDiT against diffusers' WanTransformer3DModel: same weights, inputs, threads.
 
-    PYTHONPATH=$PWD python benchmarks/bench_dit.py [--threads 2] [--repeats 5] [--remat none]
+    PYTHONPATH=$PWD python benchmarks/bench_dit.py [--threads 2] [--repeats 5] [--remat none] [--host-memory keep]
 
 Config (issue 2): dim 512, 8 heads of 64, 8 layers, FFN 2048, 2048 video tokens (latents 8 x 32 x 32 x 16,
 patch 1x2x2), 64 text tokens of width 4096, batch 1, float32. The loss is the mean square of the output;
@@ -10,14 +10,22 @@ Each library runs in its own worker process (as in real use: a training job impo
 loading the same diffusers-layout weights written by this script. The parent asks the two workers in
 turn (torch, jax, torch, jax, ...) so both see the same machine load; while one measures, the other
 waits on its pipe and uses no CPU. Each timed step is preceded by an untimed one. The best and median
-time of each and their ratios are printed. `--same-process` runs both in this process instead (the
-previous method: the libraries then share one allocator and the CPU's caches between steps).
+time of each and their ratios are printed, with each library's kernel (system) time and minor page
+faults per step. `--same-process` runs both in this process instead (the previous method: the libraries
+then share one allocator and the CPU's caches between steps).
+
+Our worker starts the way the `trackedit` command does: `keep_freed_host_memory()` before jax runs, so
+the ~0.9 GB block XLA allocates per step is reused instead of page-faulted in afresh (see
+`trackedit_jax/host_memory.py`). `--host-memory default` leaves glibc's defaults (as a library user who
+does not call it gets). The torch worker runs with glibc's defaults either way; its activations are
+small blocks that glibc already reuses.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import tempfile
 import time
 
@@ -86,17 +94,25 @@ def _make_step(lib: str, weights: str, args):
     return _jax_step_fn(weights, args.remat, args.attention)
 
 
+def _timed(step) -> tuple[float, float, int]:
+    """(wall seconds, kernel seconds, minor page faults) of one call; the last two for this process."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    step()
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    return wall, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
+
+
 def _worker(conn, lib: str, weights: str, args) -> None:
     """Build the step, run it once (jax: compiles), then on each request: one untimed step, one timed."""
+    if lib == "jax" and args.host_memory == "keep":
+        from trackedit_jax.host_memory import keep_freed_host_memory
+
+        keep_freed_host_memory()  # before jax starts its threads, as `trackedit` does
     step = _make_step(lib, weights, args)
-    t0 = time.perf_counter()
-    step()
-    conn.send(time.perf_counter() - t0)
+    conn.send(_timed(step)[0])
     while conn.recv() == "step":
         step()
-        t0 = time.perf_counter()
-        step()
-        conn.send(time.perf_counter() - t0)
+        conn.send(_timed(step))
 
 
 def _save_reference_weights(out_dir: str, layers: int) -> None:
@@ -118,6 +134,9 @@ def main() -> None:
     ap.add_argument("--attention", default="auto", help="WanConfig.attention_impl of our model")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--same-process", action="store_true", help="run both libraries in this process")
+    ap.add_argument("--host-memory", choices=("keep", "default"), default="keep",
+                    help="keep: our worker calls trackedit_jax.host_memory.keep_freed_host_memory() first, as "
+                         "the trackedit command does; default: glibc's defaults")
     args = ap.parse_args()
     configure_cpu(args)  # environment first: the workers inherit it
     import numpy as np
@@ -128,6 +147,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as weights:
         _save_reference_weights(weights, args.layers)
         if args.same_process:
+            if args.host_memory == "keep":
+                from trackedit_jax.host_memory import keep_freed_host_memory
+
+                keep_freed_host_memory()
             steps = {lib: _make_step(lib, weights, args) for lib in names}
             t0 = time.perf_counter()
             steps["jax"]()
@@ -136,9 +159,7 @@ def main() -> None:
 
             def measure(lib):
                 steps[lib]()
-                t0 = time.perf_counter()
-                steps[lib]()
-                return time.perf_counter() - t0
+                return _timed(steps[lib])  # kernel time and faults: the whole process
         else:
             ctx = mp.get_context("spawn")
             pipes, procs = {}, {}
@@ -161,15 +182,20 @@ def main() -> None:
                 pipes[lib].send("stop")
                 procs[lib].join()
 
+    sys_s = {k: float(np.median([m[1] for m in v])) for k, v in times.items()}
+    faults = {k: int(np.median([m[2] for m in v])) for k, v in times.items()}
+    times = {k: [m[0] for m in v] for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     med = {k: float(np.median(v)) for k, v in times.items()}
     print(f"Wan DiT fwd+bwd: dim 512, 8x64 heads, {args.layers} layers, ffn 2048, 2048 video + 64 text tokens, "
           f"float32, {args.threads} threads, remat={args.remat}, attention={args.attention}, xla dots={args.xla_dot}, "
-          f"{'one process' if args.same_process else 'one process per library'}; best of {args.repeats}; "
+          f"{'one process' if args.same_process else 'one process per library'}, host memory={args.host_memory}; "
+          f"best of {args.repeats}; "
           f"load average before: {load_before}")
     print(f"  (jax first call incl. compile: {compile_s:.1f} s)")
     for lib, name in names.items():
-        print(f"  {name:18s} {best[lib]:7.2f} s   (all: {', '.join(f'{s:.2f}' for s in times[lib])})")
+        print(f"  {name:18s} {best[lib]:7.2f} s   (all: {', '.join(f'{s:.2f}' for s in times[lib])}; per step: "
+              f"kernel time {sys_s[lib]:.2f} s, {faults[lib]} page faults)")
     print(f"  speed-up ours vs diffusers: {best['torch'] / best['jax']:.2f}x (best), "
           f"{med['torch'] / med['jax']:.2f}x (median)")
 

@@ -86,12 +86,15 @@ def test_gelu_tanh_gradient_equals_autodiff_and_torch(dtype, tol):
     assert len(_residuals(lambda v: jax.nn.gelu(v, approximate=True), x)) > 1
 
 
+# n_out 5 narrows (12 -> 5: the backward pass transposes the output gradient, x is saved as it is),
+# n_out 20 widens (the forward pass saves x transposed)
+@pytest.mark.parametrize("n_out", [5, 20])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
-def test_dense_gradients_equal_autodiff(dtype, tol):
+def test_dense_gradients_equal_autodiff(dtype, tol, n_out):
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 7, 12)), dtype)
-    kernels = [jnp.asarray(rng.standard_normal((12, 5)), dtype) for _ in range(3)]
-    bias = jnp.asarray(rng.standard_normal(5), jnp.float32)
+    kernels = [jnp.asarray(rng.standard_normal((12, n_out)), dtype) for _ in range(3)]
+    bias = jnp.asarray(rng.standard_normal(n_out), jnp.float32)
 
     def plain(x, k, b=None):
         y = jnp.dot(x, k, preferred_element_type=jnp.float32)
@@ -100,6 +103,10 @@ def test_dense_gradients_equal_autodiff(dtype, tol):
     np.testing.assert_array_equal(dense(x, kernels[0], bias), plain(x, kernels[0], bias))
     _close(_grads(dense, x, kernels[0], bias), _grads(plain, x, kernels[0], bias), tol)
     _close(_grads(dense, x, kernels[0]), _grads(plain, x, kernels[0]), tol)
+    _close(jax.jit(_grads, static_argnums=0)(dense, x, kernels[0], bias), _grads(plain, x, kernels[0], bias), tol)
+    # one saved input per layer, transposed only for the widening layer
+    saved = [r for r in _residuals(lambda x, k: dense(x, k, bias), x, kernels[0]) if "[2,7,12]" in r or "[2,12,7]" in r]
+    assert len(saved) == 1 and ("transpose" in saved[0]) == (n_out > 12), saved
 
     # three layers reading one x through one shared x_t: the same gradients, one saved transposed input
     def one_xt(x, *ks):

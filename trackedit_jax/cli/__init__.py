@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
@@ -64,5 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The `trackedit` executable: `main` in a process whose freed host memory stays in the heap
+    (`trackedit_jax.host_memory`; set TRACKEDIT_KEEP_FREED_MEMORY=0 to leave glibc's defaults)."""
+    if os.environ.get("TRACKEDIT_KEEP_FREED_MEMORY", "1") != "0":
+        from trackedit_jax.host_memory import keep_freed_host_memory
+
+        keep_freed_host_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

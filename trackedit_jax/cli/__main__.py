@@ -1,6 +1,6 @@
 """`python -m trackedit_jax.cli ...` is the `trackedit` command."""
 import sys
 
-from trackedit_jax.cli import main
+from trackedit_jax.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())
