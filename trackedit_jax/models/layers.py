@@ -110,8 +110,8 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, x_t
         y = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
         return y if bias is None else y + bias.astype(jnp.float32)
     if x_t is None and _narrowing(x.shape, kernel.shape):
-        return _dense_saving_x(x, kernel, bias)
-    return _dense(x, transpose_tokens(x) if x_t is None else x_t, kernel, bias)
+        return _dense(x, x, kernel, bias, False)
+    return _dense(x, transpose_tokens(x) if x_t is None else x_t, kernel, bias, True)
 
 
 def _narrowing(x_shape, kernel_shape) -> bool:
@@ -122,84 +122,47 @@ def _narrowing(x_shape, kernel_shape) -> bool:
     return tokens * n_out + n_in * n_out < tokens * n_in
 
 
-def _matmul_bias(x, kernel, bias):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _dense(x, saved, kernel, bias, saved_transposed: bool):
+    """`saved` is what the backward pass reads for the kernel gradient: x itself, or with
+    `saved_transposed` `transpose_tokens(x)`."""
+    del saved  # only the backward pass reads it
     y = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
     return y if bias is None else y + bias.astype(jnp.float32)
 
 
-def _dense_residuals(x_saved, kernel, bias):
-    """What both backward passes keep: the input in the layout their kernel gradient reads (None for a
-    frozen kernel), the kernel, and a scalar carrying the bias dtype (None without a bias)."""
-    bias_dtype = None if bias is None else jnp.zeros((), bias.value.dtype)
-    return (x_saved if kernel.perturbed else None, kernel.value, bias_dtype)
+def _dense_fwd(x, saved, kernel, bias, saved_transposed):
+    bv = None if bias is None else bias.value
+    y = _dense(x.value, saved.value, kernel.value, bv, saved_transposed)
+    bias_dtype = None if bv is None else jnp.zeros((), bv.dtype)  # a scalar carrying the bias dtype
+    # a frozen kernel (LoRA) needs no input at all
+    return y, (saved.value if kernel.perturbed else None, kernel.value, bias_dtype)
 
 
-def _input_and_bias_grads(g, kernel, bias_dtype):
-    """dx = g @ kernel^T and d(bias) = the token sum of g, written as a matrix-vector product (see the
-    section comment)."""
+def _dense_bwd(saved_transposed, res, g):
+    saved, kernel, bias_dtype = res
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        g = jnp.zeros(g.shape, g.dtype)
     dx = jnp.einsum("...o,io->...i", g.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32).astype(kernel.dtype)
+    dk = None
+    lead = "abcdefgh"[: g.ndim - 2]  # contract over every leading axis and the tokens
+    if saved is not None and saved_transposed:  # (..., in, L) x (..., L, out)
+        dk = jnp.einsum(f"{lead}il,{lead}lo->io", saved, g.astype(saved.dtype), preferred_element_type=jnp.float32)
+        dk = dk.astype(kernel.dtype)
+    elif saved is not None:  # (..., out, L) x (..., L, in) -> (out, in), then transposed
+        g_t = transpose_tokens(g.astype(saved.dtype))
+        dk_t = jnp.einsum(f"{lead}ol,{lead}li->oi", g_t, saved, preferred_element_type=jnp.float32)
+        # The barrier keeps XLA from folding the transpose into the dot, which would turn it back into
+        # the leading-axis contraction this branch exists to avoid.
+        dk = jax.lax.optimization_barrier(dk_t).T.astype(kernel.dtype)
     db = None
-    if bias_dtype is not None:
+    if bias_dtype is not None:  # the token sum as a matrix-vector product (see the section comment)
         g2 = g.reshape(-1, g.shape[-1]).astype(jnp.float32)
         db = jnp.dot(jnp.ones((g2.shape[0],), jnp.float32), g2).astype(bias_dtype.dtype)
-    return dx, db
-
-
-def _dense_cotangent(g):
-    return jnp.zeros(g.shape, g.dtype) if isinstance(g, jax.custom_derivatives.SymbolicZero) else g
-
-
-@jax.custom_vjp
-def _dense(x, x_t, kernel, bias):
-    del x_t  # only the backward pass reads it
-    return _matmul_bias(x, kernel, bias)
-
-
-def _dense_fwd(x, x_t, kernel, bias):
-    y = _dense(x.value, x_t.value, kernel.value, None if bias is None else bias.value)
-    return y, _dense_residuals(x_t.value, kernel, bias)
-
-
-def _dense_bwd(res, g):
-    x_t, kernel, bias_dtype = res
-    g = _dense_cotangent(g)
-    dx, db = _input_and_bias_grads(g, kernel, bias_dtype)
-    dk = None
-    if x_t is not None:  # contract over every leading axis and the tokens: (..., in, L) x (..., L, out)
-        lead = "abcdefgh"[: g.ndim - 2]
-        dk = jnp.einsum(f"{lead}il,{lead}lo->io", x_t, g.astype(x_t.dtype), preferred_element_type=jnp.float32)
-        dk = dk.astype(kernel.dtype)
     return dx, None, dk, db
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd, symbolic_zeros=True)
-
-
-@jax.custom_vjp
-def _dense_saving_x(x, kernel, bias):
-    return _matmul_bias(x, kernel, bias)
-
-
-def _dense_saving_x_fwd(x, kernel, bias):
-    y = _dense_saving_x(x.value, kernel.value, None if bias is None else bias.value)
-    return y, _dense_residuals(x.value, kernel, bias)
-
-
-def _dense_saving_x_bwd(res, g):
-    x, kernel, bias_dtype = res
-    g = _dense_cotangent(g)
-    dx, db = _input_and_bias_grads(g, kernel, bias_dtype)
-    dk = None
-    if x is not None:  # (..., out, L) x (..., L, in) -> (out, in), then transposed
-        lead = "abcdefgh"[: g.ndim - 2]
-        dk_t = jnp.einsum(f"{lead}ol,{lead}li->oi", transpose_tokens(g.astype(x.dtype)), x, preferred_element_type=jnp.float32)
-        # The barrier keeps XLA from folding the transpose into the dot, which would turn it back into
-        # the leading-axis contraction this function exists to avoid.
-        dk = jax.lax.optimization_barrier(dk_t).T.astype(kernel.dtype)
-    return dx, dk, db
-
-
-_dense_saving_x.defvjp(_dense_saving_x_fwd, _dense_saving_x_bwd, symbolic_zeros=True)
 
 
 _SQRT_2_OVER_PI = 0.7978845608028654
