@@ -102,12 +102,18 @@ def _timed(step) -> tuple[float, float, int]:
     return wall, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
 
 
-def _worker(conn, lib: str, weights: str, args) -> None:
-    """Build the step, run it once (jax: compiles), then on each request: one untimed step, one timed."""
-    if lib == "jax" and args.host_memory == "keep":
+def _set_host_memory(args) -> None:
+    """Before jax starts its threads, as `trackedit` does (see the module docstring)."""
+    if args.host_memory == "keep":
         from trackedit_jax.host_memory import keep_freed_host_memory
 
-        keep_freed_host_memory()  # before jax starts its threads, as `trackedit` does
+        keep_freed_host_memory()
+
+
+def _worker(conn, lib: str, weights: str, args) -> None:
+    """Build the step, run it once (jax: compiles), then on each request: one untimed step, one timed."""
+    if lib == "jax":
+        _set_host_memory(args)
     step = _make_step(lib, weights, args)
     conn.send(_timed(step)[0])
     while conn.recv() == "step":
@@ -147,10 +153,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as weights:
         _save_reference_weights(weights, args.layers)
         if args.same_process:
-            if args.host_memory == "keep":
-                from trackedit_jax.host_memory import keep_freed_host_memory
-
-                keep_freed_host_memory()
+            _set_host_memory(args)
             steps = {lib: _make_step(lib, weights, args) for lib in names}
             t0 = time.perf_counter()
             steps["jax"]()
