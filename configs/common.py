@@ -9,7 +9,8 @@ model.conditioner  ConditionerConfig fields (dim, heads, temporal_layers, num_fr
 model.rope_mode    "sequential": target RoPE frames follow the source frames (f..2f-1);
                    "shared": same positions plus a learned source/target embedding
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
-vae                preset ("wan21" | "tiny"), base_dim/z_dim overrides for tiny
+vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
+                   spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
 text               text_len, dropout (classifier-free guidance), guidance-free null = zeros
 diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
@@ -18,10 +19,12 @@ train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, we
 checkpoint         every_steps, max_to_keep, async_save
 mesh               data, fsdp, context, tensor (-1 = the rest of the devices)
 data               train_path, val_path, num_frames, height, width, max_tracks, min_tracks, workers,
-                   synthetic_pairs (generated when train_path is empty and the preset allows it)
+                   synthetic_pairs (generated when train_path is empty and the preset allows it; validation
+                   gets min(64, max(2, synthetic_pairs // 8)) more), synthetic_workers (generator processes)
 init               wan_path (frozen Wan base), vae_path, allow_random_base, require_init_from (stage 2)
 init_from          a stage-1 workdir or checkpoint directory to start from (stage 2)
-hardware           peak_flops_per_device (for MFU)
+hardware           peak_flops_per_device (for MFU; 0 = measure it at start with a matmul probe in the
+                   model's compute dtype)
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def base_config() -> ConfigDict:
     )
     c.model.rope_mode = "sequential"
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
-    c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16))
+    c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))
     c.diffusion = ConfigDict(dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0))
     c.train = ConfigDict(
@@ -56,9 +59,9 @@ def base_config() -> ConfigDict:
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     c.data = ConfigDict(
         dict(train_path="", val_path="", num_frames=81, height=384, width=672, max_tracks=1000,
-             min_tracks=500, workers=0, synthetic_pairs=0)
+             min_tracks=500, workers=0, synthetic_pairs=0, synthetic_workers=1)
     )
     c.init = ConfigDict(dict(wan_path="", vae_path="", allow_random_base=False, require_init_from=False))
     c.init_from = ""
-    c.hardware = ConfigDict(dict(peak_flops_per_device=312e12))  # A100 bf16 dense
+    c.hardware = ConfigDict(dict(peak_flops_per_device=0.0))
     return c

@@ -9,7 +9,9 @@
       conditioner.safetensors   every other parameter of `EditByTrack` (the track conditioner, the
                                 "shared" RoPE mode's side embedding), NNX paths as keys (`save_module`)
       vae/                      the Wan VAE, diffusers `AutoencoderKLWan` layout (config.json +
-                                diffusion_pytorch_model.safetensors): `AutoencoderKLWan.from_pretrained`
+                                diffusion_pytorch_model.safetensors): `AutoencoderKLWan.from_pretrained`;
+                                absent for the parameter-free space-to-depth autoencoder, which
+                                config.json["vae"] describes whole ({"kind": "space_to_depth", ...})
       text_encoder/             optional: UMT5 encoder in the transformers layout (+ config.json)
       tokenizer/                optional (with text_encoder/): tokenizer.json or a sentencepiece .model
 
@@ -62,7 +64,7 @@ class PretrainedConfig:
       wan: `WanConfig` of the backbone (lora_rank 0: adapters are merged on export).
       conditioner: `ConditionerConfig`.
       rope_mode: "sequential" or "shared".
-      vae: `WanVAEConfig`.
+      vae: `WanVAEConfig` or `SpaceToDepthConfig`.
       text_len: prompt length in tokens the model was trained with (text embeddings are (text_len, text_dim)).
       num_frames, height, width: the training clip grid; the pipeline resizes videos to (height, width)
         and uses at most num_frames frames by default.
@@ -142,7 +144,7 @@ class PretrainedConfig:
                 wan=WanConfig(**m["wan"]),
                 conditioner=ConditionerConfig(**cond),
                 rope_mode=m["rope_mode"],
-                vae=WanVAEConfig(**data["vae"]),
+                vae=_vae_config_from_json(data["vae"]),
                 text_len=int(data["text"]["text_len"]),
                 num_frames=int(g["num_frames"]),
                 height=int(g["height"]),
@@ -153,6 +155,15 @@ class PretrainedConfig:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise PretrainedError(f"{where}: malformed trackedit pretrained config ({type(e).__name__}: {e})") from e
+
+
+def _vae_config_from_json(data: dict):
+    from trackedit_jax.models.space_to_depth import KIND as S2D, SpaceToDepthConfig
+    from trackedit_jax.models.wan.vae import WanVAEConfig
+
+    if data.get("kind") == S2D:
+        return SpaceToDepthConfig(**data)
+    return WanVAEConfig(**data)
 
 
 @dataclasses.dataclass
@@ -271,13 +282,14 @@ def save_pretrained(
     from trackedit_jax.convert.wan_transformer import export_wan_transformer
     from trackedit_jax.convert.wan_vae import export_wan_vae
     from trackedit_jax.models.edit_model import EditByTrack
+    from trackedit_jax.models.space_to_depth import SpaceToDepthVAE
     from trackedit_jax.models.wan.vae import WanVAE
 
     out_dir = pathlib.Path(out_dir)
     if not isinstance(model, EditByTrack):
         raise ValueError(f"model must be an EditByTrack; got {type(model).__name__}")
-    if not isinstance(vae, WanVAE):
-        raise ValueError(f"vae must be a WanVAE; got {type(vae).__name__}")
+    if not isinstance(vae, (WanVAE, SpaceToDepthVAE)):
+        raise ValueError(f"vae must be a WanVAE or a SpaceToDepthVAE; got {type(vae).__name__}")
     if (text_encoder is None) != (tokenizer is None):
         raise ValueError("text_encoder and tokenizer go together: give both or neither")
     if not isinstance(config, PretrainedConfig):
@@ -298,7 +310,8 @@ def save_pretrained(
     try:
         export_wan_transformer(model.dit, tmp / TRANSFORMER_DIR)  # merges LoRA into the written kernels
         save_module(model, tmp, CONDITIONER_FILE[: -len(".safetensors")], filter=OWN_PARAMS)
-        export_wan_vae(vae, tmp / VAE_DIR)
+        if isinstance(vae, WanVAE):
+            export_wan_vae(vae, tmp / VAE_DIR)
         if text_encoder is not None:
             if isinstance(text_encoder, (str, os.PathLike)):
                 _copy_text_encoder(pathlib.Path(text_encoder), tmp / TEXT_ENCODER_DIR)
@@ -372,7 +385,10 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
     config = read_pretrained_config(path)
     transformer = _require(path / TRANSFORMER_DIR, "the Wan backbone in the diffusers layout")
     conditioner = _require(path / CONDITIONER_FILE, "the track conditioner weights")
-    vae_dir = _require(path / VAE_DIR, "the VAE weights")
+    from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
+
+    fixed_vae = isinstance(config.vae, SpaceToDepthConfig)
+    vae_dir = None if fixed_vae else _require(path / VAE_DIR, "the VAE weights")
 
     model = nnx.eval_shape(
         lambda: EditByTrack(config.wan, config.conditioner, rope_mode=config.rope_mode, rngs=nnx.Rngs(0))
@@ -380,7 +396,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
     model.dit = load_wan_transformer(transformer, config=config.wan, dtype=dtype or config.wan.param_dtype)
     load_module_state(model, conditioner, filter=OWN_PARAMS)
 
-    vae = load_wan_vae(vae_dir, config=config.vae)
+    vae = SpaceToDepthVAE(config.vae) if fixed_vae else load_wan_vae(vae_dir, config=config.vae)
 
     text_encoder = tokenizer = None
     if load_text_encoder and (path / TEXT_ENCODER_DIR).exists():

@@ -63,7 +63,7 @@ def abstract_batch(config: ConfigDict, mesh) -> dict:
     """`jax.ShapeDtypeStruct`s of one global batch with precomputed latents, sharded over (data, fsdp)."""
     d, t, wan = config.data, config.train, config.model.wan
     B, F, N = int(t.batch_size), int(d.num_frames), int(d.max_tracks)
-    f, h, w = (F - 1) // 4 + 1, int(d.height) // 8, int(d.width) // 8
+    f, h, w = build.latent_grid(config)
     shapes = {
         "source_latents": ((B, f, h, w, int(wan.in_dim)), jnp.float32),
         "target_latents": ((B, f, h, w, int(wan.in_dim)), jnp.float32),
@@ -87,7 +87,7 @@ def plan_training_step(config: ConfigDict) -> StepPlan:
     mesh = make_mesh(dict(config.mesh))
     setup = TrainingSetup.create(config, mesh)
     image_size = (int(config.data.height), int(config.data.width))
-    vae_graphdef, abs_vae = nnx.split(nnx.eval_shape(lambda: build.WanVAE(build.vae_config(config), rngs=nnx.Rngs(0))))
+    vae_graphdef, abs_vae = nnx.split(build.abstract_vae(config))
     step = make_train_step(setup.graphdef, vae_graphdef, setup.tx, setup.schedule, config, image_size, setup.trainable)
     args = (
         abstract_like(setup.abs_state, setup.state_sh),
@@ -108,9 +108,7 @@ def plan_training_step(config: ConfigDict) -> StepPlan:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    d, wan = config.data, config.model.wan
-    pt, ph, pw = wan.patch_size
-    tokens = 2 * (((d.num_frames - 1) // 4 + 1) // pt) * (d.height // 8 // ph) * (d.width // 8 // pw)
+    tokens = 2 * build.tokens_per_clip(config)
     return StepPlan(
         mesh=dict(mesh.shape),
         num_devices=mesh.size,

@@ -13,6 +13,7 @@ from ml_collections import ConfigDict
 
 from trackedit_jax.models.edit_model import EditByTrack
 from trackedit_jax.models.lora import trainable_filter
+from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
 from trackedit_jax.models.track_conditioner import ConditionerConfig
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.models.wan.vae import WanVAE, WanVAEConfig
@@ -39,12 +40,34 @@ def conditioner_config(config: ConfigDict) -> ConditionerConfig:
     return ConditionerConfig(**kw)
 
 
-def vae_config(config: ConfigDict) -> WanVAEConfig:
-    if config.vae.preset == "wan21":
+VAE_PRESETS = ("wan21", "tiny", "space_to_depth")
+
+
+def vae_config(config: ConfigDict) -> WanVAEConfig | SpaceToDepthConfig:
+    v = config.vae
+    if v.preset == "wan21":
         return WanVAEConfig.wan21()
-    if config.vae.preset == "tiny":
-        return WanVAEConfig.tiny(base_dim=int(config.vae.base_dim), z_dim=int(config.vae.z_dim))
-    raise ConfigError(f"vae.preset must be 'wan21' or 'tiny'; got {config.vae.preset!r}")
+    if v.preset == "tiny":
+        return WanVAEConfig.tiny(base_dim=int(v.base_dim), z_dim=int(v.z_dim))
+    if v.preset == "space_to_depth":
+        return SpaceToDepthConfig(spatial_factor=int(v.get("spatial_factor", 4)),
+                                  temporal_factor=int(v.get("temporal_factor", 4)), scale=float(v.get("scale", 0.5)))
+    raise ConfigError(f"vae.preset must be one of {VAE_PRESETS}; got {v.preset!r}")
+
+
+def latent_grid(config: ConfigDict) -> tuple[int, int, int]:
+    """(f, h, w) latent grid of one clip of the configured data: the VAE's temporal and spatial strides."""
+    vae = vae_config(config)
+    d = config.data
+    s = vae.spatial_factor
+    return vae.latent_frames(int(d.num_frames)), int(d.height) // s, int(d.width) // s
+
+
+def tokens_per_clip(config: ConfigDict) -> int:
+    """DiT tokens of one clip (one side of the paired sequence)."""
+    f, h, w = latent_grid(config)
+    pt, ph, pw = tuple(config.model.wan.patch_size)
+    return (f // pt) * (h // ph) * (w // pw)
 
 
 def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
@@ -59,8 +82,11 @@ def trainable(config: ConfigDict):
     return trainable_filter(config.lora.mode, extra=EditByTrack.EXTRA_TRAINABLE)
 
 
-def build_vae(config: ConfigDict, *, seed: int = 1234) -> WanVAE:
-    """The frozen VAE: loaded from `init.vae_path`, or random-initialised for the tiny preset."""
+def build_vae(config: ConfigDict, *, seed: int = 1234) -> WanVAE | SpaceToDepthVAE:
+    """The frozen VAE: loaded from `init.vae_path`, the fixed space-to-depth one, or random-initialised
+    for the tiny preset."""
+    if config.vae.preset == "space_to_depth":
+        return SpaceToDepthVAE(vae_config(config))
     if config.init.vae_path:
         from trackedit_jax.convert.wan_vae import load_wan_vae
 
@@ -68,6 +94,13 @@ def build_vae(config: ConfigDict, *, seed: int = 1234) -> WanVAE:
     if config.vae.preset != "tiny":
         raise ConfigError("init.vae_path: the Wan 2.1 VAE weights are needed (vae.preset='wan21')")
     return WanVAE(vae_config(config), rngs=nnx.Rngs(seed))
+
+
+def abstract_vae(config: ConfigDict) -> WanVAE | SpaceToDepthVAE:
+    """The configured VAE with abstract (shape-only) parameters: for planning, nothing is read or allocated."""
+    if config.vae.preset == "space_to_depth":
+        return SpaceToDepthVAE(vae_config(config))
+    return nnx.eval_shape(lambda: WanVAE(vae_config(config), rngs=nnx.Rngs(0)))
 
 
 def validate_config(config: ConfigDict, num_devices: int | None = None, *, planning: bool = False) -> None:
@@ -109,11 +142,18 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
     if config.init_from and not pathlib.Path(config.init_from).exists():
         raise ConfigError(f"init_from: {config.init_from} does not exist")
     d = config.data
-    if d.num_frames < 1 or (d.num_frames - 1) % 4:
-        raise ConfigError(f"data.num_frames must be 4k+1 (Wan VAE); got {d.num_frames}")
-    for field in ("height", "width"):
-        if d[field] % 16:
-            raise ConfigError(f"data.{field} must be a multiple of 16 (VAE x8, patch x2); got {d[field]}")
+    vae = vae_config(config)
+    tf, sf = vae.temporal_factor, vae.spatial_factor
+    if d.num_frames < 1 or (d.num_frames - 1) % tf:
+        raise ConfigError(f"data.num_frames must be {tf}k+1 (the VAE's frame grouping); got {d.num_frames}")
+    for field, patch in (("height", config.model.wan.patch_size[1]), ("width", config.model.wan.patch_size[2])):
+        if d[field] % (sf * patch):
+            raise ConfigError(
+                f"data.{field} must be a multiple of {sf * patch} (VAE x{sf}, patch x{patch}); got {d[field]}")
+    if vae.z_dim != config.model.wan.in_dim:
+        raise ConfigError(
+            f"model.wan.in_dim must equal the VAE's latent channels {vae.z_dim} (vae.preset={config.vae.preset!r}); "
+            f"got {config.model.wan.in_dim}")
     if not 1 <= d.min_tracks <= d.max_tracks:
         raise ConfigError(f"data.min_tracks ({d.min_tracks}) must be in [1, data.max_tracks={d.max_tracks}]")
     if d.train_path and not os.path.exists(d.train_path):

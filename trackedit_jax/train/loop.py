@@ -32,6 +32,7 @@ from trackedit_jax.train.checkpointing import Checkpointer, abstract_like
 from trackedit_jax.train.flops import train_step_flops
 from trackedit_jax.train.metrics import MetricsWriter, plot_loss_curve
 from trackedit_jax.train.optimizer import make_optimizer
+from trackedit_jax.train.throughput import StepWindow, measure_peak_flops
 from trackedit_jax.train.step import TrainState, init_train_state, make_eval_step, make_train_step
 
 
@@ -88,10 +89,10 @@ def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
     gen_val = workdir / "data" / "val"
     if _is_main():
         for out, n, seed in ((gen_train, d.synthetic_pairs, config.train.seed),
-                             (gen_val, max(2, d.synthetic_pairs // 8), config.train.seed + 10_000)):
+                             (gen_val, min(64, max(2, d.synthetic_pairs // 8)), config.train.seed + 10_000)):
             if not (out / "manifest.json").exists():
                 make_dataset(out, num_pairs=int(n), num_frames=int(d.num_frames), size=(int(d.height), int(d.width)),
-                             seed=int(seed), workers=1)
+                             seed=int(seed), workers=int(d.get("synthetic_workers", 1)))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("trackedit:synthetic-data")
     return str(gen_train), str(val_path or gen_val)
@@ -250,31 +251,30 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     )
     eval_fn = jax.jit(make_eval_step(graphdef, vae_graphdef, config, image_size))
 
-    wan = build.wan_config(config)
-    f_lat = (config.data.num_frames - 1) // 4 + 1
     flops_per_step = train_step_flops(
-        wan, latent_shape=(f_lat, config.data.height // 8, config.data.width // 8),
+        build.wan_config(config), latent_shape=build.latent_grid(config),
         text_tokens=config.text.text_len, batch_size=config.train.batch_size,
     )
-    pt, ph, pw = wan.patch_size
-    tokens_per_step = (2 * (f_lat // pt) * (config.data.height // 8 // ph) * (config.data.width // 8 // pw)
-                       * config.train.batch_size)
-    rates = dict(flops=flops_per_step, tokens=tokens_per_step,
-                 peak=float(config.hardware.peak_flops_per_device) * jax.device_count())
+    tokens_per_step = 2 * build.tokens_per_clip(config) * config.train.batch_size
+    peak = float(config.hardware.peak_flops_per_device)
+    peak_source = "config"
+    if peak <= 0:
+        peak, peak_source = measure_peak_flops(jnp.dtype(config.model.wan.dtype)), "measured"
+    rates = dict(flops=flops_per_step, tokens=tokens_per_step, peak=peak * jax.device_count())
     writer = MetricsWriter(workdir)
     start = int(jax.device_get(state.step))
     end = int(config.train.num_steps) if max_steps is None else min(int(config.train.num_steps), start + max_steps)
     if _is_main():
         print(f"[trackedit train] {resumed_from}; steps {start} -> {end}; mesh {dict(mesh.shape)}; "
-              f"{jax.device_count()} devices, {jax.process_count()} processes", flush=True)
+              f"{jax.device_count()} devices, {jax.process_count()} processes; peak {peak / 1e9:.0f} GFLOP/s "
+              f"per device ({peak_source})", flush=True)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=end, initial=start, disable=not _is_main(), unit="step", dynamic_ncols=True)
     last_metrics: dict = {}
-    pending = None  # metrics of the previous step, fetched one step late so the host never blocks
     interrupted = False
-    t_prev = time.perf_counter()
+    window = StepWindow()  # the first step (compilation) is outside every timed window
     with _Preemption() as preempt, jax.set_mesh(mesh):
         step = start
         while step < end:
@@ -282,27 +282,26 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
             local = next(train_iter)
             fingerprint = data_fingerprint(local) if config.train.fingerprint_data else None
             batch = _to_global(local, mesh)
-            t_data = time.perf_counter() - t0
+            window.add_data_time(time.perf_counter() - t0)
             state, metrics = jit_step(state, frozen, vae_state, batch)
             step += 1
-            if pending is not None:
-                last_metrics = _log(writer, pending, bar, rates)
-            now = time.perf_counter()
-            log_now = step % config.train.log_every == 0 or step == end
-            pending = (step, metrics, now - t_prev, t_data, fingerprint) if log_now else None
-            t_prev = now
             bar.update(1)
+            if not window.started:
+                window.start(step, metrics)
+            if step % config.train.log_every == 0 or step == end:
+                timing = window.lap(step, metrics) if window.steps_to(step) else None
+                last_metrics = _log(writer, step, metrics, timing, fingerprint, bar, rates)
             if config.train.val_every and step % config.train.val_every == 0:
                 val = _validate(eval_fn, state, frozen, vae_state, config, val_path, mesh)
                 writer.write(step, {"loss": val}, prefix="val")
+                window.start(step, state)  # validation time is not step time
             stop = _global_flag(preempt.requested)
             if step % config.checkpoint.every_steps == 0 or step == end or stop:
                 ckpt.save(step, state, train_iter, json.loads(config.to_json_best_effort()), force=True)
+                window.start(step, state)  # checkpoint time is not step time
             if stop:
                 interrupted = True
                 break
-        if pending is not None:
-            last_metrics = _log(writer, pending, bar, rates)
     bar.close()
     ckpt.close()
     writer.close()
@@ -311,14 +310,17 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     return TrainResult(step=step, metrics=last_metrics, workdir=workdir, interrupted=interrupted)
 
 
-def _log(writer, pending, bar, rates) -> dict:
-    step, metrics, dt, t_data, fingerprint = pending
+def _log(writer, step, metrics, timing, fingerprint, bar, rates) -> dict:
+    """Write one step's metrics; `timing` = (seconds per step, steps, data seconds per step) of the
+    synchronised window ending at this step (None when the window is empty)."""
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    m.update(step_time=dt, data_time=t_data, model_flops_per_step=rates["flops"],
-             flops_per_second=rates["flops"] / max(dt, 1e-9), tokens_per_second=rates["tokens"] / max(dt, 1e-9))
+    m["model_flops_per_step"] = rates["flops"]
+    if timing is not None:
+        dt, _, t_data = timing
+        m.update(step_time=dt, data_time=t_data, flops_per_second=rates["flops"] / dt,
+                 tokens_per_second=rates["tokens"] / dt, mfu=rates["flops"] / dt / rates["peak"])
     if fingerprint is not None:
         m["data_fingerprint"] = float(fingerprint)  # exact: a 32-bit int in a float64
-    m["mfu"] = m["flops_per_second"] / rates["peak"]
     writer.write(step, m)
     bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
     return m
