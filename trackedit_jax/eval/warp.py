@@ -30,24 +30,35 @@ def _idw(dist: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _splat(uv: np.ndarray, z: np.ndarray, colors: np.ndarray, H: int, W: int, zbuf: np.ndarray, img: np.ndarray) -> None:
-    """Nearest-depth splat of points (uv (n, 2), z (n,), colors (n, 3)) into zbuf/img in place."""
+    """Nearest-depth splat of points (uv (n, 2), z (n,), colors (n, 3)) into zbuf/img in place: each point
+    lands on its nearest pixel; pixels left empty then take the nearest point whose bilinear footprint
+    covers them (so magnified surfaces do not crack)."""
+    flat_z, flat_c = zbuf.reshape(-1), img.reshape(-1, 3)
+
+    def put(x, y, ok, only_empty):
+        ok = ok & (x >= 0) & (x < W) & (y >= 0) & (y < H) & (z > 1e-3)
+        idx, zz, cc = y[ok] * W + x[ok], z[ok], colors[ok]
+        order = np.argsort(-zz)  # far first: nearer points overwrite
+        idx, zz, cc = idx[order], zz[order], cc[order]
+        keep = (flat_z[idx] == np.inf) if only_empty else (zz < flat_z[idx])
+        flat_z[idx[keep]] = zz[keep]
+        flat_c[idx[keep]] = cc[keep]
+
+    near = np.round(uv).astype(np.int64)
+    put(near[:, 0], near[:, 1], np.ones(len(z), bool), False)
+    empty_before = flat_z == np.inf
     base = np.floor(uv).astype(np.int64)
+    fill_z = np.full_like(flat_z, np.inf)
+    fill_c = np.zeros_like(flat_c)
+    saved_z, saved_c = flat_z.copy(), flat_c.copy()
+    flat_z[:], flat_c[:] = fill_z, fill_c
     for dy in (0, 1):
         for dx in (0, 1):
-            x, y = base[:, 0] + dx, base[:, 1] + dy
-            near = (np.abs(uv[:, 0] - x) < 1.0) & (np.abs(uv[:, 1] - y) < 1.0)
-            ok = near & (x >= 0) & (x < W) & (y >= 0) & (y < H) & (z > 1e-3)
-            if not ok.any():
-                continue
-            idx = y[ok] * W + x[ok]
-            zz, cc = z[ok], colors[ok]
-            order = np.argsort(-zz)  # far first: nearer points overwrite
-            flat_z, flat_c = zbuf.reshape(-1), img.reshape(-1, 3)
-            idx, zz, cc = idx[order], zz[order], cc[order]
-            closer = zz < flat_z[idx]
-            idx, zz, cc = idx[closer], zz[closer], cc[closer]
-            flat_z[idx] = zz
-            flat_c[idx] = cc
+            put(base[:, 0] + dx, base[:, 1] + dy, np.ones(len(z), bool), False)
+    fill_z, fill_c = flat_z.copy(), flat_c.copy()
+    flat_z[:], flat_c[:] = saved_z, saved_c
+    flat_z[empty_before] = fill_z[empty_before]
+    flat_c[empty_before] = fill_c[empty_before]
 
 
 def warp_video(
