@@ -218,6 +218,12 @@ def generate_pair(seed: int, index: int, config: SyntheticConfig = SyntheticConf
         else:
             continue
         break
+    return render_pair(source, target, family, edit, rng, config)
+
+
+def render_pair(source: Scene, target: Scene, family: str, edit: dict, rng: np.random.Generator,
+                config: SyntheticConfig = SyntheticConfig()) -> SyntheticPair:
+    """Render a (source, target) scene pair and sample its tracks (the random draws come from `rng`)."""
     F, size = config.num_frames, config.image_size
     n_prims = 2 + sum(len(o.parts) for o in target.objects)
     geom_s = evaluate_clip(source, F, size, num_prims=n_prims)

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "encode-text": "encode_text",
     "export": "export",
     "edit": "edit",
+    "eval": "eval",
+    "demo": "demo",
 }
 
 

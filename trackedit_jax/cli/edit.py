@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-tracks", help="target track file (.npz), e.g. from `trackedit edit-tracks`")
     target.add_argument("--edit", help="edit spec (.yaml/.json) applied to the source tracks")
-    parser.add_argument("--checkpoint", required=True, help="inference directory written by `trackedit export`")
+    parser.add_argument("--checkpoint", default=None,
+                        help="inference directory written by `trackedit export` (default: the built-in model)")
     parser.add_argument("--out", required=True, help="output video (.mp4/.mov/.mkv/.webm/.gif)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     parser.add_argument("--guidance", type=float, default=5.0, help="text CFG scale (used with a prompt; default 5)")
@@ -107,6 +108,9 @@ def _edit(args) -> int:
             raise ValueError(f"--out would overwrite {name}")
 
     # cheap checks first: the checkpoint, then every input file, before the model is loaded
+    from trackedit_jax.infer.builtin import resolve_checkpoint
+
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     pre_config = read_pretrained_config(args.checkpoint)
     if args.prompt and not (pathlib.Path(args.checkpoint) / "text_encoder").is_dir():
         raise ValueError(f"--prompt needs a text encoder, and {args.checkpoint} has none: pass --prompt-embedding "

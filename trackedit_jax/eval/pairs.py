@@ -121,19 +121,25 @@ def covisible_mask(pair) -> np.ndarray:
     return vis.reshape(F, H, W)
 
 
-def synthetic_pair(seed: int, index: int, *, num_frames: int, size: tuple[int, int]) -> EvalPair:
-    """Pair `index` of the synthetic data set `seed` as an `EvalPair` (with depth, co-visibility and the
-    occlusion label)."""
+def from_synthetic(pair, config, key: str) -> EvalPair:
+    """A generated `SyntheticPair` as an `EvalPair`: frames as the training records store them (the
+    record codec round trip), plus source depth, co-visibility and the occlusion label."""
     from data_pipeline.schema import decode_record, encode_record
-    from data_pipeline.synthetic.generator import SyntheticConfig, generate_pair, pair_to_record
+    from data_pipeline.synthetic.generator import pair_to_record
 
-    config = SyntheticConfig(num_frames=int(num_frames), image_size=tuple(size), with_depth=True)
-    pair = generate_pair(seed, index, config)
-    rec = decode_record(encode_record(pair_to_record(pair, config, key=f"eval-s{seed}-{index:06d}")))
+    rec = decode_record(encode_record(pair_to_record(pair, config, key=key)))
     src_rel = occlusion_relations(pair.source, pair.source_render, pair.prim_source, pair.source_xyz)
     tgt_rel = occlusion_relations(pair.target, pair.target_render, pair.prim_target, pair.target_xyz)
     change = any((b, a) in tgt_rel for (a, b) in src_rel) or any((b, a) in src_rel for (a, b) in tgt_rel)
     return _from_record(rec, covisible=covisible_mask(pair), occlusion_change=bool(change))
+
+
+def synthetic_pair(seed: int, index: int, *, num_frames: int, size: tuple[int, int]) -> EvalPair:
+    """Pair `index` of the synthetic data set `seed` as an `EvalPair`."""
+    from data_pipeline.synthetic.generator import SyntheticConfig, generate_pair
+
+    config = SyntheticConfig(num_frames=int(num_frames), image_size=tuple(size), with_depth=True)
+    return from_synthetic(generate_pair(seed, index, config), config, key=f"eval-s{seed}-{index:06d}")
 
 
 def synthetic_pairs(n: int, seed: int, *, num_frames: int, size: tuple[int, int]) -> Iterator[EvalPair]:

@@ -1,0 +1,141 @@
+"""Evaluation metrics against independent references, and the warp baseline on a case with a known answer."""
+import numpy as np
+import pytest
+
+from trackedit_jax.eval import metrics as M
+from trackedit_jax.eval.warp import warp_video
+from trackedit_jax.geometry.projection import project, unproject
+from trackedit_jax.geometry.types import Camera, Tracks
+
+
+def _texture(H, W, seed=0):
+    """A smooth random texture (sums of sinusoids): trackable by Lucas-Kanade, no aliasing."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    img = np.zeros((H, W, 3))
+    for _ in range(12):
+        fx, fy = rng.uniform(0.02, 0.08, 2) * rng.choice([-1, 1], 2)
+        img += rng.uniform(0.2, 1.0, 3) * np.sin(2 * np.pi * (fx * xs + fy * ys) + rng.uniform(0, 6.3))[..., None]
+    img = (img - img.min()) / (img.max() - img.min())
+    return img
+
+
+def test_psnr_matches_the_formula_and_masked_psnr_uses_only_the_mask():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    mse = np.mean((a / 255.0 - b / 255.0) ** 2)
+    assert M.psnr(a, b) == pytest.approx(10 * np.log10(1.0 / mse), abs=1e-3)
+    mask = np.zeros(a.shape[:3], bool)
+    mask[:, :8] = True
+    c = b.copy()
+    c[~mask] = 0  # outside the mask anything goes
+    mse_m = np.mean((a[mask] / 255.0 - b[mask] / 255.0) ** 2)
+    assert M.masked_psnr(a, c, mask) == pytest.approx(10 * np.log10(1.0 / mse_m), abs=1e-3)
+    assert np.isnan(M.masked_psnr(a, b, np.zeros_like(mask)))
+    assert M.psnr(a, a) == M.MAX_PSNR
+
+
+def test_ssim_matches_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(2)
+    a = (_texture(32, 40, seed=3) * 255).astype(np.uint8)[None].repeat(2, 0)
+    b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
+    ref = np.mean([skm.structural_similarity(x / 255.0, y / 255.0, channel_axis=-1, data_range=1.0,
+                                             gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                   for x, y in zip(a, b)])
+    assert M.ssim(a, b) == pytest.approx(ref, abs=2e-3)
+
+
+def test_edit_region_threshold_and_dilation():
+    src = np.zeros((1, 9, 9, 3), np.float32)
+    tgt = src.copy()
+    tgt[0, 4, 4, 1] = 0.06  # above the 0.05 threshold in one channel
+    tgt[0, 0, 0, 0] = 0.04  # below
+    region = M.edit_region(src, tgt)
+    want = np.zeros((1, 9, 9), bool)
+    want[0, 3:6, 3:6] = True
+    np.testing.assert_array_equal(region, want)
+
+
+def test_lucas_kanade_epe_on_a_known_translation():
+    H, W, F = 48, 56, 6
+    big = _texture(H + 20, W + 20, seed=4)
+    shifts = np.array([[0.7 * f, -0.4 * f] for f in range(F)])  # (dx, dy) per frame, sub-pixel
+    import cv2
+
+    frames = []
+    for dx, dy in shifts:
+        M_ = np.float32([[1, 0, dx], [0, 1, dy]])
+        moved = cv2.warpAffine(big.astype(np.float32), M_, (W + 20, H + 20), flags=cv2.INTER_CUBIC)
+        frames.append(moved[10:10 + H, 10:10 + W])
+    video = (np.clip(np.stack(frames), 0, 1) * 255).round().astype(np.uint8)
+    ys, xs = np.mgrid[12:H - 12:6, 12:W - 12:6]
+    p0 = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
+    uv = p0[None] + shifts[:, None, :].astype(np.float32)
+    vis = np.ones(uv.shape[:2], bool)
+    assert M.track_epe(video, uv, vis) < 0.15
+    wrong = uv + np.array([2.0, 0.0], np.float32)  # tracks that say the content went 2 px further
+    wrong[0] = uv[0]
+    assert M.track_epe(video, wrong, vis) == pytest.approx(2.0, abs=0.2)
+
+
+def _camera(F, H, W, R):
+    K = np.array([[40.0, 0, (W - 1) / 2], [0, 40.0, (H - 1) / 2], [0, 0, 1]])
+    E = np.tile(np.eye(4), (F, 1, 1))
+    E[:, :3, :3] = R
+    return Camera(np.tile(K, (F, 1, 1)), E, (H, W))
+
+
+def test_warp_is_near_perfect_for_a_pure_camera_rotation():
+    """A rotation about the camera centre is a homography: depth and the tracks' placement do not matter."""
+    import cv2
+
+    F, H, W = 3, 48, 64
+    tex = (_texture(H, W, seed=5) * 255).astype(np.uint8)
+    src_cam = _camera(F, H, W, np.eye(3))
+    angle = np.radians(4.0)
+    R = cv2.Rodrigues(np.array([0.0, angle, 0.0]))[0]
+    tgt_cam = _camera(F, H, W, R)
+    video = np.repeat(tex[None], F, 0)
+    depth = np.full((F, H, W), 5.0) + np.random.default_rng(0).uniform(0, 3, (F, H, W))  # any depth
+    rng = np.random.default_rng(6)
+    uv = np.stack([rng.uniform(0, W - 1, 300), rng.uniform(0, H - 1, 300)], -1)
+    xyz = unproject(np.repeat(uv[None], F, 0), np.full((F, 300), 6.0), src_cam)
+    tracks = Tracks(xyz.astype(np.float32), np.ones((F, 300), bool))
+    out = warp_video(video, tracks, src_cam, tracks, tgt_cam, source_depth=depth)
+    # the exact answer: target pixel -> source pixel through the homography K R^T K^-1
+    K = src_cam.intrinsics[0]
+    Hm = K @ R.T @ np.linalg.inv(K)
+    expected = cv2.warpPerspective(tex.astype(np.float32), Hm, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    inner = (slice(6, H - 6), slice(10, W - 10))  # away from the border the rotation brings in
+    err = np.abs(out[0].astype(np.float32) - expected)[inner]
+    assert M.psnr(out[:1, inner[0], inner[1]], expected[None, inner[0], inner[1]].round().astype(np.uint8)) > 28
+    assert np.median(err) < 6
+    # same with the depth taken from the tracks instead of a depth map
+    out2 = warp_video(video, tracks, src_cam, tracks, tgt_cam)
+    assert M.psnr(out2[:1, inner[0], inner[1]], expected[None, inner[0], inner[1]].round().astype(np.uint8)) > 28
+
+
+def test_warp_moves_an_object_with_its_tracks():
+    """A square translated by its tracks lands where the target tracks say; copy would not."""
+    F, H, W = 2, 40, 40
+    cam = _camera(F, H, W, np.eye(3))
+    bg = np.full((H, W, 3), 40, np.uint8)
+    video = np.repeat(bg[None], F, 0)
+    video[:, 10:20, 10:20] = (220, 30, 30)
+    depth = np.full((F, H, W), 10.0)
+    depth[:, 10:20, 10:20] = 5.0
+    ys, xs = np.mgrid[0:H:2, 0:W:2]
+    uv = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64)
+    on = (uv[:, 0] >= 10) & (uv[:, 0] < 20) & (uv[:, 1] >= 10) & (uv[:, 1] < 20)
+    d = np.where(on, 5.0, 10.0)
+    xyz_s = unproject(np.repeat(uv[None], F, 0), np.repeat(d[None], F, 0), cam)
+    shift = np.zeros_like(xyz_s)
+    shift[:, on, 0] = 5.0 * 12 / 40.0  # 12 px to the right at depth 5 (focal 40)
+    src = Tracks(xyz_s.astype(np.float32), np.ones(xyz_s.shape[:2], bool))
+    tgt = Tracks((xyz_s + shift).astype(np.float32), np.ones(xyz_s.shape[:2], bool))
+    out = warp_video(video, src, cam, tgt, cam, source_depth=depth)
+    assert np.all(out[:, 12:18, 24:30] == (220, 30, 30))
+    uv_t, _ = project((xyz_s + shift)[:, on], cam)
+    assert np.allclose(uv_t[..., 0].min(), 22.0, atol=0.01)
