@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: test install bench clean
+.PHONY: demo test install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,11 +15,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
 install: $(STAMP)
+
+# The main job on the built-in model: a held-out scene, camera arc + an object moved behind another.
+demo: $(RUNTIME_STAMP)
+	$(BIN)/trackedit demo --out demo_out
 
 # The whole suite; 8 simulated CPU devices are set up by tests/conftest.py.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache demo_out

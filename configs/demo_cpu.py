@@ -27,7 +27,7 @@ def get_config():
     c.lora.update(mode="full")  # no pretrained base at this size: everything trains
     c.text.update(text_len=8, dropout=0.0)  # no text encoder in the demo: prompts are the null text
     c.diffusion.update(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0, sample_shift=1.0)
-    c.train.update(num_steps=2400, batch_size=8, lr=5e-4, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
+    c.train.update(num_steps=2000, batch_size=8, lr=5e-4, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
                    ema_decay=0.995, log_every=25, val_every=500, val_batches=4)
     c.checkpoint.update(every_steps=250, max_to_keep=2, async_save=True)
     c.mesh.update(data=-1, fsdp=1)

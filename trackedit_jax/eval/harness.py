@@ -14,6 +14,7 @@ the target's visible points). Outputs in the report folder:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pathlib
@@ -165,13 +166,20 @@ def evaluate(
     from trackedit_jax.media import write_video
 
     out_dir = pathlib.Path(out_dir)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     cfg = pipe.config
     grid = (cfg.num_frames, cfg.height, cfg.width)
     rows, lk_floor = [], []
     t_start = time.perf_counter()
-    with open(out_dir / "pairs.jsonl.tmp", "w") as log:
-        for i, pair in enumerate(tqdm(pairs, total=num_pairs, desc="eval pairs", disable=not progress)):
+    pairs = iter(pairs)
+    first = next(pairs, None)
+    if first is None:
+        raise ValueError("no pairs to evaluate")
+    check_grid(first, grid)  # before anything is written
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "pairs.jsonl.tmp"
+    with open(log_path, "w") as log:
+        for i, pair in enumerate(tqdm(itertools.chain([first], pairs), total=num_pairs, desc="eval pairs",
+                                      disable=not progress)):
             check_grid(pair, grid)
             out = pipe.edit(pair.source_video, pair.source_tracks, pair.source_camera, pair.target_tracks,
                             pair.target_camera, num_steps=steps, seed=seed, solver=solver)
@@ -185,9 +193,7 @@ def evaluate(
             if i < num_videos:
                 write_video(out_dir / "videos" / f"{i:03d}_{pair.family}.mp4",
                             comparison_video(pair, videos["warp"], videos["model"]))
-    (out_dir / "pairs.jsonl.tmp").replace(out_dir / "pairs.jsonl")
-    if not rows:
-        raise ValueError("no pairs to evaluate")
+    log_path.replace(out_dir / "pairs.jsonl")
     families = sorted({r["family"] for r in rows})
     occl = [r for r in rows if r["occlusion_change"]]
     result = {
