@@ -9,7 +9,7 @@ HELP = "turn source tracks + cameras into target ones with an edit spec (YAML/JS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracks", help="source track file (.npz, TAPIP3D / SpatialTrackerV2 layout)")
-    parser.add_argument("--edit", help="edit spec (.yaml/.yml/.json); see `--list-ops` or the README")
+    parser.add_argument("--edit", help="edit spec (.yaml/.yml/.json); see `--list-ops` or docs/edits.md")
     parser.add_argument("--out", help="target track file to write (.npz); written atomically, never partially")
     parser.add_argument("--strict", action="store_true", help="treat report warnings as errors (nothing is written)")
     parser.add_argument("--list-ops", action="store_true", help="print every op and field of the edit spec and exit")

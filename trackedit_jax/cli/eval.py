@@ -5,7 +5,7 @@ import argparse
 
 HELP = "score the edit model and the copy/warp baselines on held-out pairs (metrics.json, report.md, plots, videos)"
 
-# Training uses train.seed (0) and train.seed + 10000 (validation); the README's evaluation uses these.
+# Training uses train.seed (0) and train.seed + 10000 (validation); the published evaluation uses DEFAULT_EVAL_SEED.
 DEFAULT_EVAL_SEED = 777
 
 

@@ -9,7 +9,7 @@
 
 Validation errors are `EditSpecError` (a ValueError) whose message starts with `file:line: key.path:`
 (the line comes from the YAML node marks; JSON files are read with the same loader). `OPS_REFERENCE`
-(and `spec_reference()`) describe every op and field; the README's table is the same content.
+(and `spec_reference()`) describe every op and field; the table in docs/edits.md is the same content.
 
 Order of application: camera ops first (giving the target camera), then object entries in order.
 Selections are evaluated on the SOURCE tracks and camera (what the user sees in the source video);
