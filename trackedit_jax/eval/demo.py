@@ -8,7 +8,8 @@ import numpy as np
 
 from trackedit_jax.eval import harness
 
-DEMO_FILES = ("source.mp4", "edited.mp4", "ground_truth.mp4", "warp.mp4", "side_by_side.mp4", "tracks.png")
+DEMO_FILES = ("source.mp4", "edited.mp4", "ground_truth.mp4", "warp.mp4", "side_by_side.mp4", "tracks.png",
+              "strip.png")
 UPSCALE = 4
 
 
@@ -23,6 +24,20 @@ def tracks_figure(pair) -> np.ndarray:
     bottom = draw_tracks(big(pair.target_video), pair.target_tracks, pair.target_camera, radius=2.5)
     row = lambda v: np.concatenate(list(v[frames]), axis=1)  # noqa: E731
     return np.concatenate([row(top), row(bottom)], axis=0)
+
+
+def frame_strip(rows: dict, *, num_frames: int = 5) -> np.ndarray:
+    """(len(rows) h', num_frames w', 3) uint8: `num_frames` evenly spaced frames of each video (one row
+    each, labelled), upscaled."""
+    from trackedit_jax.viz import side_by_side
+
+    first = next(iter(rows.values()))
+    frames = np.linspace(0, first.shape[0] - 1, num_frames).round().astype(int)
+    out = []
+    for label, video in rows.items():
+        big = harness.upscale(video[frames], UPSCALE)
+        out.append(side_by_side([f[None] for f in big], labels=[label] + [""] * (num_frames - 1), gap=2)[0])
+    return np.concatenate(out, axis=0)
 
 
 def run_demo(pipe, out_dir, *, steps: int = 20, seed: int = 0) -> dict:
@@ -52,4 +67,6 @@ def run_demo(pipe, out_dir, *, steps: int = 20, seed: int = 0) -> dict:
     write_video(out_dir / "side_by_side.mp4", side_by_side(panels, labels=["source", "ground truth", "warp", "model"]),
                 fps=fps)
     save_image(out_dir / "tracks.png", tracks_figure(pair))
+    save_image(out_dir / "strip.png", frame_strip({"source": pair.source_video, "ground truth": pair.target_video,
+                                                   "warp": videos["warp"], "model": out.video}))
     return scores
