@@ -72,6 +72,17 @@ def aggregate(rows: list[dict]) -> dict:
     return {m: {k: _mean([r["scores"][m][k] for r in rows]) for k in METRICS} for m in METHODS}
 
 
+def _json_safe(x):
+    """NaN/inf -> None (JSON has no NaN), recursively."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def upscale(video: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(np.asarray(video), factor, axis=1), factor, axis=2)
 
@@ -84,8 +95,8 @@ def comparison_video(pair: EvalPair, warp: np.ndarray, model: np.ndarray, *, fac
     return side_by_side(panels, labels=["source", "ground truth", "warp", "model"])
 
 
-def _fmt(v: float, metric: str) -> str:
-    if not math.isfinite(v):
+def _fmt(v, metric: str) -> str:
+    if v is None or not math.isfinite(v):
         return "n/a"
     return f"{v:.3f}" if metric == "ssim" else f"{v:.2f}"
 
@@ -189,7 +200,7 @@ def evaluate(
             uv, _ = project(np.asarray(pair.target_tracks.xyz, np.float64), pair.target_camera)
             lk_floor.append(M.track_epe(pair.target_video, uv, np.asarray(pair.target_tracks.visibility, bool)))
             rows.append(row)
-            log.write(json.dumps(row) + "\n")
+            log.write(json.dumps(_json_safe(row)) + "\n")
             if i < num_videos:
                 write_video(out_dir / "videos" / f"{i:03d}_{pair.family}.mp4",
                             comparison_video(pair, videos["warp"], videos["model"]))
@@ -209,7 +220,7 @@ def evaluate(
                      "pairs": pairs_desc, "grid": list(grid)},
     }
     tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
+    tmp.write_text(json.dumps(_json_safe(result), indent=2))
     tmp.replace(out_dir / "metrics.json")
     write_report(result, out_dir)
     return result
