@@ -43,5 +43,6 @@ __all__ = [
     "normalize_disparity", "validate_inputs", "check_track_array", "check_intrinsics", "check_extrinsics",
     "check_frame_counts",
 ]
-# Motion edits live in submodules (imported on use): geometry.edits (operations),
-# geometry.edit_spec (the YAML/JSON spec), geometry.report (warnings for risky targets).
+# Motion edits live in submodules (imported on use): geometry.edits (the operations' public facade over
+# easing, camera_edits, camera_paths, selection, object_edits), geometry.edit_spec (the YAML/JSON spec:
+# spec_source, spec_schema, edit_apply), geometry.report (warnings for risky targets).
