@@ -12,7 +12,8 @@ lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": 
 vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
                    spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
 text               text_len, dropout (classifier-free guidance), guidance-free null = zeros
-diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift
+diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift, prediction
+                   ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py)
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
                    ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
                    of every batch: checks exact resume)
@@ -49,7 +50,8 @@ def base_config() -> ConfigDict:
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))
-    c.diffusion = ConfigDict(dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0))
+    c.diffusion = ConfigDict(dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0,
+                                  prediction="velocity"))
     c.train = ConfigDict(
         dict(num_steps=4000, seed=0, batch_size=16, grad_accum=1, lr=1e-4, warmup_steps=200,
              weight_decay=0.01, clip_norm=1.0, ema_decay=0.0, log_every=10, val_every=500, val_batches=4,

@@ -8,6 +8,9 @@ Same `EditByTrack` code path as the paper presets; what is scaled down:
     with the DiT's 1x2x2 patches a token covers 8x8 pixels x 4 frames.
   * clips: 17 frames at 64x64 (5 x 8 x 8 = 320 tokens a clip, 640 in the paired sequence), up to 256
     tracks a pair; synthetic pairs of every edit family from the data engine, generated on first use.
+  * objective: rectified flow with the loss on the velocity, but the network predicts the clean sample
+    (x0): a token carries 768 pixel values through a width-192 model, enough for images but not for the
+    per-pixel noise a velocity prediction must reproduce.
   * backbone: a Wan-shaped DiT trained from scratch (no pretrained base at this size): width 192,
     3 heads of 64, 5 blocks, FFN 768; track conditioner width 128. fp32 (this size gains nothing
     from bf16 on CPUs without AMX). About 3.6M parameters: 15 MB of safetensors.
@@ -26,7 +29,9 @@ def get_config():
     c.model.conditioner.update(dim=128, heads=4, temporal_layers=1, num_freqs=6)
     c.lora.update(mode="full")  # no pretrained base at this size: everything trains
     c.text.update(text_len=8, dropout=0.0)  # no text encoder in the demo: prompts are the null text
-    c.diffusion.update(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0, sample_shift=1.0)
+    # x0-prediction: a velocity holds per-pixel noise that a 768 -> 192 patch embedding cannot carry
+    c.diffusion.update(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0, sample_shift=1.0,
+                       prediction="sample")
     c.train.update(num_steps=2000, batch_size=8, lr=5e-4, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
                    ema_decay=0.995, log_every=25, val_every=500, val_batches=4)
     c.checkpoint.update(every_steps=250, max_to_keep=2, async_save=True)

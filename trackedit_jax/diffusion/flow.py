@@ -6,6 +6,12 @@ Noise level sigma in [0, 1] (sigma = 1 is pure noise, the model timestep is t = 
   target v = d x_t / d sigma = eps - x0          (what the model predicts)
   x0       = x_t - sigma * v,     eps = x_t + (1 - sigma) * v
 
+What the network outputs (`PREDICTIONS`): "velocity" (Wan: the output is v) or "sample" (the output is a
+clean-sample estimate x0_hat, turned into v = (x_t - x0_hat) / sigma; the loss stays on v). A network
+whose output passes through a narrow linear head (a pixel-space DiT with large patches) cannot represent
+the per-pixel noise a velocity contains, but can represent clean images, which lie on a low-dimensional
+manifold; `velocity_from_output` divides by max(sigma, SIGMA_MIN) so the conversion stays bounded.
+
 Timestep shift s (Wan/SD3): sigma' = s * sigma / (1 + (s - 1) * sigma), i.e. the signal-to-noise ratio
 (1 - sigma) / sigma is divided by s, so s > 1 spends more steps / training samples at high noise.
 """
@@ -17,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 NUM_TRAIN_TIMESTEPS = 1000
+PREDICTIONS = ("velocity", "sample")
+SIGMA_MIN = 0.05  # floor of sigma in the sample -> velocity conversion
 DISTRIBUTIONS = ("uniform", "logit_normal")
 WEIGHTINGS = ("none", "cosmap", "sigma_sqrt")
 
@@ -91,6 +99,19 @@ def x0_from_velocity(x_t: jax.Array, velocity: jax.Array, sigma: jax.Array) -> j
 def noise_from_velocity(x_t: jax.Array, velocity: jax.Array, sigma: jax.Array) -> jax.Array:
     """Noise estimate eps = x_t + (1 - sigma) v."""
     return x_t + (1.0 - _per_sample(sigma, x_t)) * velocity
+
+
+def velocity_from_output(output: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: str = "velocity"):
+    """The velocity implied by a network output (module docstring). output, x_t: (B, ...); sigma: scalar or (B,).
+
+    "velocity": the output itself. "sample": (x_t - output) / max(sigma, SIGMA_MIN), float32.
+    """
+    if prediction == "velocity":
+        return output
+    if prediction == "sample":
+        s = jnp.maximum(_per_sample(jnp.asarray(sigma, jnp.float32), x_t.astype(jnp.float32)), SIGMA_MIN)
+        return (x_t.astype(jnp.float32) - output.astype(jnp.float32)) / s
+    raise ValueError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}")
 
 
 def loss_weights(sigma: jax.Array, weighting: str | Callable[[jax.Array], jax.Array] = "none") -> jax.Array:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from trackedit_jax.diffusion.flow import NUM_TRAIN_TIMESTEPS, velocity_from_output
 from trackedit_jax.geometry.types import Camera, Tracks
 
 RESIZE_MODES = ("crop", "stretch")
@@ -232,6 +233,7 @@ class EditVelocity:
     and uncond into one batch."""
 
     graphdef: Any
+    prediction: str = "velocity"  # what the network outputs (diffusion.flow.PREDICTIONS)
 
     def __call__(self, state, cache, x_t, t, cond):
         # Fresh Variable objects in the current trace (the sampler's loop body): the bound ones were made
@@ -242,7 +244,8 @@ class EditVelocity:
         reps = x_t.shape[0] // cache.source_tokens.shape[0]
         if reps > 1:
             cache = jax.tree.map(lambda a: jnp.concatenate([a] * reps, axis=0), cache)
-        return model(x_t, t, cond["context"], cache)
+        out = model(x_t, t, cond["context"], cache)
+        return velocity_from_output(out, x_t, t / NUM_TRAIN_TIMESTEPS, self.prediction)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -284,7 +287,7 @@ class EditPipeline:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.graphdef, self.state = nnx.split(model)
-        self.velocity_fn = EditVelocity(self.graphdef)
+        self.velocity_fn = EditVelocity(self.graphdef, getattr(config, "prediction", "velocity"))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype=None) -> "EditPipeline":

@@ -70,6 +70,7 @@ class PretrainedConfig:
         and uses at most num_frames frames by default.
       max_tracks: at most this many tracks are given to the model (the training maximum).
       sample_shift: default timestep shift of the sampler.
+      prediction: what the network outputs, "velocity" or "sample" (`diffusion.flow.PREDICTIONS`).
       source: provenance (run directory, step, EMA, ...), free-form.
     """
 
@@ -83,6 +84,7 @@ class PretrainedConfig:
     width: int
     max_tracks: int
     sample_shift: float = 5.0
+    prediction: str = "velocity"
     source: dict = dataclasses.field(default_factory=dict)
 
     # -------------------------------------------------------------------------------- conversions
@@ -104,6 +106,7 @@ class PretrainedConfig:
             width=int(d.width),
             max_tracks=int(d.max_tracks),
             sample_shift=float(config.diffusion.get("sample_shift", config.diffusion.shift)),
+            prediction=str(config.diffusion.get("prediction", "velocity")),
             source=dict(source or {}),
         )
 
@@ -122,7 +125,7 @@ class PretrainedConfig:
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
             "grid": {"num_frames": self.num_frames, "height": self.height, "width": self.width,
                      "max_tracks": self.max_tracks},
-            "sampling": {"shift": self.sample_shift},
+            "sampling": {"shift": self.sample_shift, "prediction": self.prediction},
             "source": self.source,
         }
 
@@ -151,6 +154,7 @@ class PretrainedConfig:
                 width=int(g["width"]),
                 max_tracks=int(g["max_tracks"]),
                 sample_shift=float(data.get("sampling", {}).get("shift", 5.0)),
+                prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
                 source=dict(data.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -11,6 +11,7 @@ import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
+from trackedit_jax.diffusion.flow import PREDICTIONS
 from trackedit_jax.models.edit_model import EditByTrack
 from trackedit_jax.models.lora import trainable_filter
 from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
@@ -124,6 +125,8 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
             f"train.batch_size={t.batch_size} must be divisible by data*fsdp={dp} times "
             f"train.grad_accum={t.grad_accum}"
         )
+    if config.diffusion.get("prediction", "velocity") not in PREDICTIONS:
+        raise ConfigError(f"diffusion.prediction must be one of {PREDICTIONS}; got {config.diffusion.prediction!r}")
     if config.lora.mode not in ("lora", "full"):
         raise ConfigError(f"lora.mode must be 'lora' or 'full'; got {config.lora.mode!r}")
     if planning:

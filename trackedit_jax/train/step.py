@@ -4,7 +4,8 @@
   cond         = prepare_track_condition(tracks, cameras)       projected, resampled, normalised
   sigma ~ timestep distribution (uniform / logit-normal, shifted); eps ~ N(0, I)
   x_t = (1 - sigma) z_tgt + sigma eps;  v = eps - z_tgt
-  loss = mean over target tokens of |model(x_t, 1000 sigma, text, z_src, cond) - v|^2
+  loss = mean over target tokens of |v_hat - v|^2,  v_hat = the model's output (diffusion.prediction
+         "velocity") or (x_t - output) / max(sigma, 0.05) ("sample": the model predicts x0)
 
 Text embeddings are replaced by the null (all-zero) embedding with probability `text.dropout`
 (classifier-free guidance). Gradients flow only into the trainable parameters; the step is
@@ -21,7 +22,9 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from trackedit_jax.diffusion.flow import noisy_sample, sample_sigmas, sigmas_to_timesteps, velocity_target
+from trackedit_jax.diffusion.flow import (
+    noisy_sample, sample_sigmas, sigmas_to_timesteps, velocity_from_output, velocity_target,
+)
 from trackedit_jax.geometry.conditioning import prepare_track_condition_batch
 
 
@@ -99,9 +102,10 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     noise = jax.vmap(lambda k: jax.random.normal(k, z_tgt.shape[1:], jnp.float32))(k_noise)
     x_t = noisy_sample(z_tgt, noise, sigma)
     target = velocity_target(z_tgt, noise)
-    v = model.forward(
+    out = model.forward(
         x_t, sigmas_to_timesteps(sigma), text, z_src, cond.source, cond.target, cond.source_valid, cond.target_valid
     )
+    v = velocity_from_output(out, x_t, sigma, d.get("prediction", "velocity"))
     per_example = jnp.mean(jnp.square(v.astype(jnp.float32) - target), axis=(1, 2, 3, 4))
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
 
