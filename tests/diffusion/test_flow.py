@@ -107,3 +107,26 @@ def test_bad_arguments():
         flow.flow_matching_loss(x, x, weighting="cosmap")
     with pytest.raises(ValueError, match="shift"):
         flow.shift_sigmas(0.5, 0.0)
+
+
+def test_sample_prediction_implies_the_exact_velocity_and_a_bounded_one_near_zero():
+    import jax
+    import jax.numpy as jnp
+
+    from trackedit_jax.diffusion.flow import (
+        SIGMA_MIN, noisy_sample, velocity_from_output, velocity_target,
+    )
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    x0 = jax.random.normal(k1, (3, 4, 5))
+    eps = jax.random.normal(k2, (3, 4, 5))
+    sigma = jnp.array([0.9, 0.3, 0.01])
+    x_t = noisy_sample(x0, eps, sigma)
+    v = velocity_from_output(x0, x_t, sigma, "sample")  # a perfect clean-sample prediction
+    want = velocity_target(x0, eps)
+    np.testing.assert_allclose(np.asarray(v[:2]), np.asarray(want[:2]), rtol=1e-5, atol=1e-5)
+    # below SIGMA_MIN the division is by SIGMA_MIN: (x_t - x0) / SIGMA_MIN = sigma / SIGMA_MIN * v
+    np.testing.assert_allclose(np.asarray(v[2]), np.asarray(want[2]) * 0.01 / SIGMA_MIN, rtol=1e-4, atol=1e-5)
+    assert velocity_from_output(x0, x_t, sigma, "velocity") is x0
+    with pytest.raises(ValueError, match="prediction"):
+        velocity_from_output(x0, x_t, sigma, "epsilon")
