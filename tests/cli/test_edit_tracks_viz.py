@@ -84,6 +84,22 @@ def test_edit_tracks_strict_refuses_risky_targets(tmp_path, src_file, capsys):
     assert out.exists()
 
 
+def test_edit_tracks_and_viz_take_paths_relative_to_the_working_directory(tmp_path, src_file, monkeypatch, capsys):
+    """Run from tmp_path/elsewhere with ../src.npz-style paths: outputs land where the paths say, and the
+    messages name them absolute."""
+    _spec(tmp_path, "camera:\n  - {op: pan, degrees: 5}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["edit-tracks", "--tracks", "../src.npz", "--edit", "../edit.yaml", "--out", "../tgt.npz"]) == 0
+    assert f"wrote {tmp_path / 'tgt.npz'} (" in capsys.readouterr().out
+    assert load_track_file(tmp_path / "tgt.npz").tracks.num_points == load_track_file(src_file).tracks.num_points
+    for out in ("viz.mp4", "cams.png"):
+        assert main(["viz", "--tracks", "../src.npz", "--target", "../tgt.npz", "--out", out]) == 0
+        assert f"wrote {elsewhere / out} (" in capsys.readouterr().out
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["cams.png", "viz.mp4"]
+
+
 def test_edit_tracks_replaces_the_path_with_dycheck_cameras(tmp_path, windmill_dir):
     dy = load_dycheck_cameras(windmill_dir)
     tr, cam = _scene(F=dy.num_frames, N=8)

@@ -1,6 +1,8 @@
 """Loaders for the Wan VAE (official + diffusers layouts) and the UMT5 encoder (transformers layout):
 key mappings checked against diffusers' own converter, exact weights, sharded files, dtypes, errors."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -181,3 +183,29 @@ def test_load_tokenizer_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer(empty)
+
+
+def test_diffusers_vae_with_other_z_dim_keeps_default_statistics_loads_with_a_warning(tmp_path):
+    """diffusers saves its 16-entry default latents_mean/latents_std whatever z_dim is: we ignore them
+    with a warning (neutral statistics) and encode/decode as diffusers does."""
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True]).eval()
+    ref.save_pretrained(tmp_path / "vae")
+    saved = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert saved["z_dim"] == 4 and len(saved["latents_mean"]) == len(saved["latents_std"]) == 16
+    with pytest.warns(UserWarning, match=r"vae/config\.json: latents_mean/latents_std have 16/16 entries, not z_dim=4"):
+        ours = load_wan_vae(tmp_path / "vae")
+    assert ours.config.z_dim == 4
+    assert ours.config.latents_mean == (0.0,) * 4 and ours.config.latents_std == (1.0,) * 4
+    video = np.random.default_rng(0).uniform(-1, 1, (1, 5, 16, 24, 3)).astype(np.float32)
+    with torch.no_grad():
+        mu = ref.encode(torch.from_numpy(video.transpose(0, 4, 1, 2, 3).copy())).latent_dist.mean
+        recon = ref.decode(mu).sample
+    mu, recon = mu.numpy().transpose(0, 2, 3, 4, 1), recon.numpy().transpose(0, 2, 3, 4, 1)
+    latents = np.asarray(ours.encode(jnp.asarray(video)))
+    decoded = np.asarray(ours.decode(jnp.asarray(mu)))
+    assert latents.shape == (1, 2, 2, 3, 4) and decoded.shape == video.shape
+    assert np.linalg.norm(latents - mu) / np.linalg.norm(mu) <= 1e-4
+    assert np.linalg.norm(decoded - recon) / np.linalg.norm(recon) <= 1e-4
+    np.testing.assert_array_equal(ours.normalize_latents(jnp.asarray(mu)), mu)  # neutral statistics

@@ -36,8 +36,8 @@ def train_cmd(workdir, data_dir, extra=()) -> list[str]:
     ]
 
 
-def run(cmd, env, timeout=900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+def run(cmd, env, timeout=900, cwd=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

@@ -1,7 +1,8 @@
 """`trackedit export` on a real (tiny) LoRA training run: the exported model reproduces the validation loss
-the run itself logged, the EMA export holds the EMA adapters merged into the rebuilt random base, and
-the command's errors are one line."""
+the run itself logged, the EMA export holds the EMA adapters merged into the rebuilt random base, relative
+--workdir/--out work from any folder, and the command's errors are one line."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -30,14 +31,14 @@ RUN = [
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """3 LoRA steps of the tiny preset on a random (allow_random_base) frozen base, EMA on, validation at
-    the last step."""
+    the last step; trained with a relative --workdir (`cd runs && trackedit train --workdir lora_run`)."""
     from data_pipeline.synthetic import make_dataset
 
     data = tmp_path_factory.mktemp("pairs")
     make_dataset(data, num_pairs=4, num_frames=9, size=(32, 32), seed=0, workers=1, progress=False)
-    workdir = tmp_path_factory.mktemp("lora_run")
-    run(train_cmd(workdir, data, RUN), env_for(1, str(tmp_path_factory.mktemp("jax_cache"))))
-    return workdir
+    runs = tmp_path_factory.mktemp("runs")
+    run(train_cmd("lora_run", data, RUN), env_for(1, str(tmp_path_factory.mktemp("jax_cache"))), cwd=runs)
+    return runs / "lora_run"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,21 @@ def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, tmp_
     np.testing.assert_array_equal(np.asarray(pre.model.conditioner.out.kernel[...]),
                                   ema["conditioner"]["out"]["kernel"]["value"])
     assert pre.config.source["ema"] and pre.config.source["step"] == 2
+
+
+def test_export_takes_paths_relative_to_the_working_directory(lora_run, exported, tmp_path, monkeypatch, capsys):
+    """`trackedit export --workdir ../runs/lora_run --out model` from another folder (orbax refuses relative
+    checkpoint paths; the CLI makes every path absolute) writes the same model as absolute paths do."""
+    monkeypatch.chdir(tmp_path)
+    workdir = os.path.relpath(lora_run, tmp_path)
+    assert not os.path.isabs(workdir) and (lora_run / "checkpoints").is_dir()
+    assert main(["export", "--workdir", workdir, "--out", "model"]) == 0
+    assert f"of {lora_run} to {tmp_path / 'model'}:" in capsys.readouterr().out
+    assert load_pretrained(tmp_path / "model").config.source["workdir"] == str(lora_run)
+    with open_checkpoint(tmp_path / "model" / "transformer") as ours, open_checkpoint(exported / "transformer") as ref:
+        assert sorted(ours.keys()) == sorted(ref.keys())
+        for key in ref.keys():
+            np.testing.assert_array_equal(ours.get(key), ref.get(key))
 
 
 def test_export_errors_are_one_line(lora_run, exported, tmp_path, capsys):

@@ -1,9 +1,10 @@
 """The `trackedit` command line: one module per sub-command in this package.
 
-Each sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``; it parses, calls one library function and reports. Errors a user can fix
-(bad input, missing files) are printed as one line and exit with code 2; `--debug` shows the
-traceback instead.
+Each sub-command module defines ``HELP`` (one line), ``add_arguments(parser)``, ``run(args) -> int`` and
+``PATH_ARGS``, the ``dest`` names of its file and folder arguments: `main` makes those absolute right after
+parsing, so paths are resolved once, here at the edge (orbax, for one, refuses relative paths). A command
+parses, calls one library function and reports. Errors a user can fix (bad input, missing files) are
+printed as one line and exit with code 2; `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def absolute_path(path: str) -> str:
+    """`path` with `~` expanded, made absolute against the working directory, `..` folded (links kept)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Make the path arguments `names` of `args` absolute in place; unset (None) ones and names this
+    (sub-)command lacks are skipped, lists (nargs="+") are converted item by item."""
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, (list, tuple)):
+            setattr(args, name, [absolute_path(v) for v in value])
+        elif value is not None:
+            setattr(args, name, absolute_path(value))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trackedit", description="Edit-by-Track: video motion editing with 3D point tracks (JAX)."
@@ -44,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _path_args=tuple(getattr(mod, "PATH_ARGS", ())))
     return parser
 
 
@@ -58,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = rest  # e.g. `--config.key=value` overrides for `train`
     if rest and not getattr(args, "_accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    absolute_paths(args, args._path_args)
     try:
         return int(args._run(args) or 0)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:

@@ -6,6 +6,7 @@ import argparse
 from trackedit_jax.cli import UserError
 
 HELP = "convert a PyTorch .pth/.pt/.bin checkpoint (a pickle) to safetensors; needs --trust-pickle"
+PATH_ARGS = ("input", "output")  # made absolute by cli.main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

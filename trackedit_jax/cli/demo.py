@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "edit a held-out synthetic scene with the built-in model; write videos and print scores vs baselines"
+PATH_ARGS = ("out", "checkpoint")  # made absolute by cli.main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,8 @@ import tempfile
 import time
 
 HELP = "edit a video: source tracks + target tracks (or an edit spec) + a model -> edited video, side-by-side, JSON"
+# made absolute by cli.main
+PATH_ARGS = ("video", "tracks", "target_tracks", "edit", "checkpoint", "out", "prompt_embedding")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ import argparse
 import pathlib
 
 HELP = "turn source tracks + cameras into target ones with an edit spec (YAML/JSON); prints a warning report"
+PATH_ARGS = ("tracks", "edit", "out")  # made absolute by cli.main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

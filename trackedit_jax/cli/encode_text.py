@@ -8,6 +8,7 @@ import pathlib
 from trackedit_jax.cli import UserError
 
 HELP = "encode prompts with the UMT5 text encoder and write the embeddings (+ lengths) to a .safetensors file"
+PATH_ARGS = ("encoder", "tokenizer", "prompt_file", "out")  # made absolute by cli.main
 
 DTYPES = ("float32", "bfloat16")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "score the edit model and the copy/warp baselines on held-out pairs (metrics.json, report.md, plots, videos)"
+PATH_ARGS = ("checkpoint", "data", "out")  # made absolute by cli.main
 
 # Training uses train.seed (0) and train.seed + 10000 (validation); the published evaluation uses DEFAULT_EVAL_SEED.
 DEFAULT_EVAL_SEED = 777

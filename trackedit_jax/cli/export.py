@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "write a training run's trained model (LoRA merged, frozen base rebuilt) as an inference directory"
+PATH_ARGS = ("workdir", "out", "text_encoder", "tokenizer", "wan_path", "vae_path")  # made absolute by cli.main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "convert TAPIP3D/SpaTrackerV2, TAPVid-3D, Kubric or DyCheck inputs into training-pair shards"
+PATH_ARGS = ("out", "inputs", "tracks_file")  # made absolute by cli.main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ import argparse
 import json
 
 HELP = "generate synthetic training pairs (ArrayRecord shards) or verify a data set"
+PATH_ARGS = ("out", "data_dir")  # made absolute by cli.main
 
 
 def _size(text: str) -> tuple[int, int]:

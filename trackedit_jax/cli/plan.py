@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 HELP = "compile a config's training step ahead of time (no weights, no data) and report per-device memory"
+PATH_ARGS = ()  # --config is a preset name or a file; load_config resolves it
 
 
 def add_arguments(p) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 HELP = "train (or resume) Edit-by-Track from a config preset; --config.key=value overrides"
+PATH_ARGS = ("workdir",)  # made absolute by cli.main; --config is a preset name or a file
 
 
 def add_arguments(p) -> None:

@@ -6,6 +6,7 @@ import argparse
 import pathlib
 
 HELP = "draw tracks over the video coloured by depth (source | target), or plot camera paths to a .png"
+PATH_ARGS = ("tracks", "target", "video", "out")  # made absolute by cli.main
 
 VIDEO_OUT = (".mp4", ".gif", ".webm", ".mov", ".mkv")
 

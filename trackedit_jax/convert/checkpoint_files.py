@@ -72,10 +72,14 @@ class CheckpointReader:
         for key in sorted(self.files, key=lambda k: (str(self.files[k]), k)):
             yield key, self.get(key)
 
+    @property
+    def config_path(self) -> pathlib.Path:
+        """Where the `config.json` beside the weights would be (it may not exist)."""
+        return (self.path if self.path.is_dir() else self.path.parent) / "config.json"
+
     def config(self) -> dict | None:
         """The `config.json` beside the weights, or None."""
-        root = self.path if self.path.is_dir() else self.path.parent
-        cfg = root / "config.json"
+        cfg = self.config_path
         if not cfg.is_file():
             return None
         with open(cfg) as f:

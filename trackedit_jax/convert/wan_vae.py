@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Callable, Iterable, Mapping
 
 import jax.numpy as jnp
@@ -208,8 +209,28 @@ def detect_layout(keys: Iterable[str]) -> str:
     )
 
 
-def _infer_config(shape: Callable[[str], tuple], keys: set[str], json_cfg: Mapping | None) -> WanVAEConfig:
-    """Architecture from diffusers-named tensor shapes (+ latents statistics from config.json)."""
+def _latents_statistics(json_cfg: Mapping | None, z_dim: int, json_path: str) -> dict:
+    """`WanVAEConfig` keyword arguments for the latents statistics: config.json's when it holds z_dim of
+    each; else neutral ones (mean 0, std 1), or none at all (Wan 2.1's) when z_dim is Wan 2.1's 16."""
+    neutral = {"latents_mean": (0.0,) * z_dim, "latents_std": (1.0,) * z_dim}
+    if json_cfg and "latents_mean" in json_cfg and "latents_std" in json_cfg:
+        mean, std = tuple(json_cfg["latents_mean"]), tuple(json_cfg["latents_std"])
+        if len(mean) == z_dim and len(std) == z_dim:
+            return {"latents_mean": mean, "latents_std": std}
+        # diffusers saves its 16-entry defaults whatever z_dim is, and never checks them
+        warnings.warn(
+            f"{json_path}: latents_mean/latents_std have {len(mean)}/{len(std)} entries, not z_dim={z_dim}; "
+            "ignoring them (using mean 0, std 1)",
+            stacklevel=4,
+        )
+        return neutral
+    return neutral if z_dim != 16 else {}
+
+
+def _infer_config(
+    shape: Callable[[str], tuple], keys: set[str], json_cfg: Mapping | None, json_path: str = "config.json"
+) -> WanVAEConfig:
+    """Architecture from diffusers-named tensor shapes (+ latents statistics from config.json at `json_path`)."""
     base_dim = shape("encoder.conv_in.weight")[0]
     z_dim = shape("post_quant_conv.weight")[0]
     blocks = sorted({int(m.group(1)) for k in keys if (m := re.match(r"^encoder\.down_blocks\.(\d+)\.", k))})
@@ -226,12 +247,7 @@ def _infer_config(shape: Callable[[str], tuple], keys: set[str], json_cfg: Mappi
     dim_mult = tuple(shape(f"encoder.down_blocks.{lv[0]}.conv1.weight")[0] // base_dim for lv in levels)
     kw = dict(base_dim=base_dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=len(levels[0]),
               temperal_downsample=tuple(temporal))
-    if json_cfg and "latents_mean" in json_cfg and "latents_std" in json_cfg:
-        kw["latents_mean"] = tuple(json_cfg["latents_mean"])
-        kw["latents_std"] = tuple(json_cfg["latents_std"])
-    elif z_dim != 16:
-        kw["latents_mean"], kw["latents_std"] = (0.0,) * z_dim, (1.0,) * z_dim
-    return WanVAEConfig(**kw)
+    return WanVAEConfig(**kw, **_latents_statistics(json_cfg, z_dim, json_path))
 
 
 def _torch_to_ours(arr: np.ndarray, target: tuple[int, ...], path: str) -> np.ndarray:
@@ -260,7 +276,8 @@ def load_wan_vae(
       path: `.safetensors`, `*.safetensors.index.json`, or a directory (a diffusers `vae/` folder).
       dtype: parameter and compute dtype (e.g. jnp.float32, jnp.bfloat16).
       config: the architecture; inferred from the tensor shapes when None (latents statistics from a
-        diffusers `config.json` beside the weights, else Wan 2.1's).
+        diffusers `config.json` beside the weights; without one, Wan 2.1's for z_dim 16, else mean 0 and
+        std 1; config.json statistics without z_dim entries are ignored with a warning, for neutral ones).
     Returns:
       a `WanVAE` holding the checkpoint's weights.
     Raises:
@@ -279,7 +296,8 @@ def load_wan_vae(
             rename = {k: k for k in keys}
         if config is None:
             try:
-                config = _infer_config(lambda k: reader.shape(rename[k]), set(rename), reader.config())
+                config = _infer_config(lambda k: reader.shape(rename[k]), set(rename), reader.config(),
+                                       str(reader.config_path))
             except KeyError as e:
                 raise CheckpointMismatchError(
                     f"{reader.path}: cannot infer the VAE architecture, tensor {e} ({layout} naming) is missing"

@@ -333,7 +333,7 @@ class WanDiT(nnx.Module):
             body = nnx.remat(body, policy=remat_policy_fn(policy_name), prevent_cse=False)
         body = nnx.scan(body, in_axes=(nnx.Carry, 0, None, None, None, None, None), out_axes=nnx.Carry)
         x = shard_activation(tokens.astype(jnp.float32), TOKENS)
-        return body(x, self.blocks, e0, text, rope, mask, text_mask)
+        return body(x, _in_current_trace(self.blocks), e0, text, rope, mask, text_mask)
 
     def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
         """x (B, F, H, W, C_in) latents, t (B,) timesteps in [0, 1000], context (B, L_text, text_dim)
@@ -345,6 +345,17 @@ class WanDiT(nnx.Module):
         text = self.embed_text(context)
         tokens = self.run_blocks(tokens, e0, text, rope)
         return self.unpatchify(self.head(tokens, e), grid)
+
+
+def _in_current_trace(module: nnx.Module) -> nnx.Module:
+    """`module` rebuilt with new Variable objects holding the same arrays, owned by the current JAX trace.
+
+    NNX transforms (the blocks' `nnx.scan`) refuse Variables made at another trace level, which is what
+    the plain functional pattern hands them: `nnx.merge(graphdef, state)` inside `jax.grad`/`jax.jit`
+    reuses (or rebuilds in the outer trace) the Variables of `state`. The arrays are shared, so values and
+    gradients are unchanged; the blocks are read-only in a forward pass, so nothing needs writing back.
+    """
+    return nnx.merge(*nnx.split(module), copy=True)
 
 
 grid_positions = rope_lib.grid_positions
