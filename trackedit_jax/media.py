@@ -50,6 +50,14 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return frames.astype(np.uint8, copy=False), fps
 
 
+def readable_by_all(path: str | os.PathLike) -> None:
+    """Give a file made by `tempfile.mkstemp` (mode 0600) the permissions of an ordinary new file
+    (0666 less the umask) before it is renamed into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0) -> pathlib.Path:
     """Encode (F, H, W, 3) uint8 (or float in [0, 1]) frames to `path` (h264 mp4, or gif by suffix).
 
@@ -73,6 +81,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0) 
     try:
         kw = {"codec": "gif"} if suffix == ".gif" else {}
         _mediapy().write_video(tmp, frames, fps=fps, **kw)
+        readable_by_all(tmp)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

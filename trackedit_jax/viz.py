@@ -236,6 +236,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
     """Write an (H, W, 3) uint8 RGB image (png/jpg by suffix) atomically."""
     import cv2
 
+    from trackedit_jax.media import readable_by_all
+
     path = pathlib.Path(path)
     ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(np.asarray(image)[..., ::-1]))
     if not ok:
@@ -245,6 +247,7 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.tobytes())
+        readable_by_all(tmp)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
