@@ -28,9 +28,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 
-from trackedit_jax.kernels.attention import attention  # noqa: E402
 from trackedit_jax.parallel import context_attention as ca  # noqa: E402
 from trackedit_jax.parallel import make_mesh  # noqa: E402
+from trackedit_jax.parallel.attention import attention  # noqa: E402
 from trackedit_jax.parallel.rules import activation_spec  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 128

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from trackedit_jax.kernels.attention import attention
 from trackedit_jax.parallel import context_attention as ca
 from trackedit_jax.parallel import make_mesh
+from trackedit_jax.parallel.attention import attention
 from trackedit_jax.parallel.rules import activation_spec
 
 MESH_A = {"data": 1, "fsdp": 2, "context": 4, "tensor": 1}

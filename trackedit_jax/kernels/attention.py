@@ -1,7 +1,9 @@
-"""The one attention entry point of the project.
+"""The one local attention dispatch: which kernel computes attention on the arrays it is given.
 
-`attention(q, k, v, mask=None, impl="auto")` computes softmax(q k^T / sqrt(D)) v per head.
-Every model calls this function and nothing else, so kernels are swapped here only.
+`attention(q, k, v, mask=None, impl="auto")` computes softmax(q k^T / sqrt(D)) v per head on whole
+(unsplit) sequences; kernels are swapped here only. It knows nothing of meshes: models call
+`trackedit_jax.parallel.attention.attention`, which adds context (sequence) parallelism over the mesh and
+otherwise, or per shard, calls this function.
 """
 from __future__ import annotations
 
@@ -57,6 +59,21 @@ def select_impl(q: jax.Array, k: jax.Array, backend: str | None = None) -> str:
     return "chunked" if scores >= CHUNKED_MIN_SCORES else "xla"
 
 
+def check_call(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str) -> None:
+    """Validates the arguments of `attention`: (B, L, H, D) q/k/v of one dtype, a (B, L_kv) mask, a known impl."""
+    check_qkv(q, k, v, mask)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+
+
+def scale_queries(q: jax.Array, scale: float | None) -> jax.Array:
+    """q (B, L_q, H, D) pre-multiplied so that the default 1 / sqrt(D) score scale becomes `scale`
+    (same shape and dtype; q itself when `scale` is None). Every impl then supports a custom scale."""
+    if scale is None:
+        return q
+    return (q.astype(jnp.float32) * (scale * q.shape[-1] ** 0.5)).astype(q.dtype)
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -65,8 +82,6 @@ def attention(
     mask: jax.Array | None = None,
     impl: str = "auto",
     interpret: bool = False,
-    context_parallel: str | None = "auto",
-    context_min_length: int | None = None,
     bias: jax.Array | None = None,
     scale: float | None = None,
 ) -> jax.Array:
@@ -87,15 +102,6 @@ def attention(
         "cudnn"       cuDNN fused attention via jax.nn.dot_product_attention (CUDA only, bf16/f16).
       interpret: run the Pallas kernels ("pallas_gpu", "pallas_tpu", "splash") with the Pallas
         interpreter, which works on CPU (tests); ignored by the other impls.
-      context_parallel: sequence parallelism over the ``context`` axis of the mesh set by
-        ``jax.set_mesh`` ("auto", "ulysses", "ring"; None disables it). It engages only when such a mesh
-        is active with context > 1, and for "auto" only when L_q >= `context_min_length` (default
-        `parallel.context_attention.CONTEXT_PARALLEL_MIN_LENGTH`, 1024; an explicit strategy ignores it). Then
-        self-attention (L_q == L_kv) runs "ulysses" (all-to-all to head shards, then `impl` on whole
-        sequences) when the heads per tensor shard divide by the context size and "ring" (K/V blocks
-        rotated with ppermute, online softmax) otherwise or when asked; cross-attention (L_q != L_kv)
-        splits only q and runs `impl` locally. With no mesh or context == 1 nothing changes.
-      context_min_length: the "auto" length threshold above (global query tokens).
       bias: optional additive score bias broadcastable to (B, H, L_q, L_kv) (e.g. T5's relative position
         bias); only the dense "xla" impl takes it ("auto" then resolves to "xla").
       scale: score scale; default 1 / sqrt(D). Applied by pre-scaling q, so every impl supports it.
@@ -106,23 +112,12 @@ def attention(
     Every impl computes logits and softmax statistics in float32 and accumulates P @ V in float32, feeding
     the matmuls in the input dtype; the output is cast back to the input dtype.
     """
-    check_qkv(q, k, v, mask)
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-    if scale is not None:
-        q = (q.astype(jnp.float32) * (scale * q.shape[-1] ** 0.5)).astype(q.dtype)
+    check_call(q, k, v, mask, impl)
+    q = scale_queries(q, scale)
     if bias is not None:
         if impl not in ("auto", "xla"):
             raise ValueError(f"bias is supported by impl='xla' only; got impl={impl!r}")
         return _xla(q, k, v, mask, bias)
-    if context_parallel is not None:
-        from trackedit_jax.parallel import context_attention as cp
-
-        strategy = cp.plan(q.shape, k.shape, context_parallel, context_min_length)
-        if strategy is not None:
-            return cp.context_parallel_attention(
-                q, k, v, mask=mask, strategy=context_parallel, impl=impl, interpret=interpret
-            )
     if impl == "auto":
         impl = select_impl(q, k)
     if impl == "xla":

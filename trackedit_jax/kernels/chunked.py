@@ -24,6 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from trackedit_jax.kernels.flash_common import balanced_blocks, check_qkv, pad_axis, varying_axes
+
 DEFAULT_BLOCK_Q = 2048
 DEFAULT_BLOCK_KV = 512
 
@@ -66,13 +68,6 @@ class _Plan(NamedTuple):
     @property
     def kv_padded(self) -> bool:
         return self.num_kv * self.block_kv != self.len_kv
-
-
-def _balanced_blocks(length: int, block: int) -> tuple[int, int]:
-    """(block size, number of blocks) covering `length` with at most `block` per block and the
-    least padding: 2100 with block 2048 becomes 2 x 1050, not 2 x 2048."""
-    num = max(1, -(-length // block))
-    return -(-length // num), num
 
 
 def _split(x, num: int):
@@ -239,19 +234,10 @@ def _core_fwd(q, k, v, mask, plan: _Plan):
     return o, (q, k, v, mask, o, m, log_l)
 
 
-def _varying_axes(x) -> frozenset:
-    """Mesh axes over which `x` varies inside shard_map (empty outside); spelled differently across jax."""
-    t = jax.typeof(x)
-    vma = getattr(t, "vma", None)
-    if vma is None:
-        vma = getattr(getattr(t, "manual_axis_type", None), "varying", frozenset())
-    return frozenset(vma)
-
-
 def _match_varying(ct, primal):
     """A cotangent varying over more mesh axes than its primal is summed over the extra ones
     (e.g. keys shared by every context shard receive the sum of every shard's gradient)."""
-    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(primal)))
+    extra = tuple(sorted(varying_axes(ct) - varying_axes(primal)))
     return jax.lax.psum(ct, extra) if extra else ct
 
 
@@ -269,19 +255,11 @@ def _core_bwd(plan: _Plan, residuals, do):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def _pad_axis(x, axis: int, new_length: int, value=0):
-    if x.shape[axis] == new_length:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, new_length - x.shape[axis])
-    return jnp.pad(x, widths, constant_values=value)
-
-
 def _to_sequences(x, padded_length: int):
     """(B, L, H, D) -> (B*H, L_pad, D)."""
     b, length, h, d = x.shape
     x = jnp.swapaxes(x, 1, 2).reshape(b * h, length, d)
-    return _pad_axis(x, 1, padded_length)
+    return pad_axis(x, 1, padded_length)
 
 
 def chunked_attention(
@@ -306,18 +284,13 @@ def chunked_attention(
     Returns:
       (B, L_q, H, D) in the dtype of `v`. Differentiable in q, k, v (custom VJP, recomputing blocks).
     """
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or k.shape != v.shape:
-        raise ValueError(f"expected q (B,L_q,H,D), k = v (B,L_kv,H,D); got q{q.shape}, k{k.shape}, v{v.shape}")
-    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q (B,L_q,H,D) and k (B,L_kv,H,D) disagree: q{q.shape}, k{k.shape}")
+    check_qkv(q, k, v, mask)
     if block_q < 1 or block_kv < 1:
         raise ValueError(f"block sizes must be positive; got block_q={block_q}, block_kv={block_kv}")
     batch, len_q, heads, head_dim = q.shape
     len_kv = k.shape[1]
-    if mask is not None and mask.shape != (batch, len_kv):
-        raise ValueError(f"mask must have shape (B, L_kv) = {(batch, len_kv)}; got {mask.shape}")
-    bq, nq = _balanced_blocks(len_q, block_q)
-    bk, nk = _balanced_blocks(len_kv, block_kv)
+    bq, nq = balanced_blocks(len_q, block_q)
+    bk, nk = balanced_blocks(len_kv, block_kv)
     plan = _Plan(len_kv, bq, bk, nq, nk, mask is not None)
 
     # The softmax scale is folded into q here (L_q x D multiplies instead of L_q x L_kv inside the
@@ -328,6 +301,6 @@ def chunked_attention(
     vs = _to_sequences(v, nk * bk)
     masks = None
     if mask is not None:
-        masks = jnp.repeat(_pad_axis(mask.astype(bool), 1, nk * bk, value=False), heads, axis=0)
+        masks = jnp.repeat(pad_axis(mask.astype(bool), 1, nk * bk, value=False), heads, axis=0)
     out = _core(qs, ks, vs, masks, plan)  # (B*H, Lq_pad, D)
     return jnp.swapaxes(out[:, :len_q].reshape(batch, heads, len_q, head_dim), 1, 2)

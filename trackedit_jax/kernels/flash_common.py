@@ -1,4 +1,5 @@
-"""Pieces shared by our two Pallas flash-attention kernels (GPU/Triton and TPU/Mosaic).
+"""Pieces shared by our attention kernels (the Pallas flash kernels for GPU/Triton and TPU/Mosaic, the
+chunked pure-JAX kernel) and by `parallel.context_attention`, which builds its ring from the same maths.
 
 Both kernels see padded inputs: sequence lengths are rounded up to a multiple of the block sizes and keys
 that are padding or masked out get an additive logit bias of -inf (0 for attended keys), so they receive
@@ -117,12 +118,31 @@ def dot(a: jax.Array, b: jax.Array, dims=NN) -> jax.Array:
     return jax.lax.dot_general(a, b, dims, precision=(precision, precision), preferred_element_type=jnp.float32)
 
 
-def pad_axis(x: jax.Array, axis: int, length: int) -> jax.Array:
+def balanced_blocks(length: int, block: int) -> tuple[int, int]:
+    """(block size, number of blocks) covering `length` with at most `block` per block and the least
+    padding: 2100 with block 2048 becomes 2 x 1050, not 2 x 2048."""
+    num = max(1, -(-length // block))
+    return -(-length // num), num
+
+
+def pad_axis(x: jax.Array, axis: int, length: int, value=0) -> jax.Array:
+    """`x` padded at the end of `axis` up to `length` with `value` (same dtype; `x` itself when no padding)."""
     if x.shape[axis] == length:
         return x
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, length - x.shape[axis])
-    return jnp.pad(x, widths)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def varying_axes(x: jax.Array) -> frozenset:
+    """Manual mesh axes over which `x` varies inside `shard_map` (empty outside). Kernels need it because
+    loop carries and cotangents must vary over the same axes as their values; the aval field holding it
+    moved between jax releases."""
+    t = jax.typeof(x)
+    vma = getattr(t, "vma", None)
+    if vma is None:
+        vma = getattr(getattr(t, "manual_axis_type", None), "varying", frozenset())
+    return frozenset(vma)
 
 
 def key_bias(mask: jax.Array | None, batch: int, len_kv: int, len_kv_padded: int) -> jax.Array | None:

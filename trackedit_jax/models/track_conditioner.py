@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trackedit_jax.kernels import attention
 from trackedit_jax.models.layers import gelu_tanh
+from trackedit_jax.parallel.attention import attention
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType
 
-from trackedit_jax.kernels.flash_common import merge_fully_masked, pad_axis, running_max_shift, split_fully_masked
+from trackedit_jax.kernels.attention import attention as local_attention
+from trackedit_jax.kernels.attention import select_impl
+from trackedit_jax.kernels.flash_common import (
+    balanced_blocks,
+    check_qkv,
+    merge_fully_masked,
+    pad_axis,
+    running_max_shift,
+    split_fully_masked,
+    varying_axes,
+)
 from trackedit_jax.parallel.rules import activation_spec
 
 CONTEXT_AXIS = "context"
@@ -92,8 +102,8 @@ def plan(
     strategy: str | None = "auto",
     min_length: int | None = None,
 ) -> str | None:
-    """The path `attention` takes on the current mesh: "ulysses", "ring", "cross" or None (no context
-    parallelism, plain GSPMD / single device).
+    """The path `parallel.attention.attention` takes on the current mesh: "ulysses", "ring", "cross" or
+    None (no context parallelism, plain GSPMD / single device).
 
     The rule:
       * None when `strategy` is None, no mesh is set, the mesh has no Auto ``context`` axis or it has
@@ -128,15 +138,13 @@ def plan(
 
 
 def _ulysses_body(q, k, v, mask, *, impl, interpret):
-    from trackedit_jax.kernels.attention import attention
-
     def seq_to_heads(x):  # (b, L/C, h, D) -> (b, L, h/C, D)
         return jax.lax.all_to_all(x, CONTEXT_AXIS, split_axis=2, concat_axis=1, tiled=True)
 
     q, k, v = seq_to_heads(q), seq_to_heads(k), seq_to_heads(v)
     if mask is not None:
         mask = jax.lax.all_gather(mask, CONTEXT_AXIS, axis=1, tiled=True)
-    out = attention(q, k, v, mask=mask, impl=impl, interpret=interpret, context_parallel=None)
+    out = local_attention(q, k, v, mask=mask, impl=impl, interpret=interpret)
     # (b, L, h/C, D) -> (b, L/C, h, D)
     return jax.lax.all_to_all(out, CONTEXT_AXIS, split_axis=1, concat_axis=2, tiled=True)
 
@@ -155,9 +163,10 @@ def _ring_perm(cp: int) -> list[tuple[int, int]]:
 
 
 def _chunking(length: int, block: int) -> tuple[int, int]:
-    """(number of chunks, chunk length) covering `length` rows with chunks of at most `block`."""
-    n = max(1, math.ceil(length / block))
-    return n, math.ceil(length / n)
+    """(number of chunks, chunk length) covering `length` rows with chunks of at most `block`: the kernels'
+    `balanced_blocks` in the (n, c) order of the chunk-major layout above."""
+    c, n = balanced_blocks(length, block)
+    return n, c
 
 
 def _to_chunks(x, n, c):
@@ -183,22 +192,14 @@ def _rotate(x, cp):
     return jax.tree.map(lambda a: jax.lax.ppermute(a, CONTEXT_AXIS, _ring_perm(cp)), x)
 
 
-def _vma(x) -> frozenset:
-    """Manual mesh axes the value varies over (the aval field moved between jax releases)."""
-    aval = jax.typeof(x)
-    if hasattr(aval, "vma"):
-        return frozenset(aval.vma)
-    return frozenset(aval.manual_axis_type.varying)
-
-
 def _varying(x, *refs):
     """`x` typed as varying over every manual mesh axis any of `refs` varies over (shard_map's
     check_vma needs loop carries created from constants to match what the loop body returns)."""
     axes = set()
     for r in refs:
         if r is not None:
-            axes |= _vma(r)
-    missing = tuple(sorted(axes - _vma(x)))
+            axes |= varying_axes(r)
+    missing = tuple(sorted(axes - varying_axes(x)))
     return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
@@ -328,9 +329,7 @@ def _ring_body(q, k, v, mask, *, cp, key_block, query_block):
 
 
 def _cross_body(q, k, v, mask, *, impl, interpret):
-    from trackedit_jax.kernels.attention import attention
-
-    return attention(q, k, v, mask=mask, impl=impl, interpret=interpret, context_parallel=None)
+    return local_attention(q, k, v, mask=mask, impl=impl, interpret=interpret)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -352,7 +351,7 @@ def context_parallel_attention(
     """Attention with the sequence split over the current mesh's ``context`` axis.
 
     Call under ``with jax.set_mesh(mesh):`` (an Auto mesh with a ``context`` axis), inside or outside
-    `jax.jit`. Usually reached through `kernels.attention(..., context_parallel=...)`.
+    `jax.jit`. Usually reached through `parallel.attention.attention(..., context_parallel=...)`.
 
     Args:
       q: (B, L_q, H, D) queries; k, v: (B, L_kv, H, D); one dtype (float32/bfloat16/float16).
@@ -368,18 +367,13 @@ def context_parallel_attention(
     Returns:
       (B, L_q, H, D) in the dtype of v, sharded like q.
     """
-    from trackedit_jax.kernels.attention import select_impl
-    from trackedit_jax.kernels.flash_common import check_qkv
-
     check_qkv(q, k, v, mask)
     mesh = _context_mesh()
     if mesh is None:
         raise ValueError("context_parallel_attention needs a mesh with an Auto 'context' axis (jax.set_mesh)")
     path = plan(q.shape, k.shape, strategy, min_length=0)
     if path is None:  # context axis of size 1: nothing to split
-        from trackedit_jax.kernels.attention import attention
-
-        return attention(q, k, v, mask=mask, impl=impl, interpret=interpret, context_parallel=None)
+        return local_attention(q, k, v, mask=mask, impl=impl, interpret=interpret)
     if impl == "auto":
         impl = select_impl(q, k)
     cp = context_size()

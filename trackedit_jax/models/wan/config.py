@@ -71,7 +71,8 @@ class WanConfig:
       dtype: compute dtype of matmuls and attention (norms, modulation and the residual stream stay
         float32 as in the reference).
       remat_policy: one of `REMAT_POLICIES`, applied to each scanned block.
-      attention_impl: passed to `trackedit_jax.kernels.attention` ("auto", "xla", "chunked", ...).
+      attention_impl: the local kernel `impl` passed to `trackedit_jax.parallel.attention.attention`
+        ("auto", "xla", "chunked", ...).
       lora_rank: rank of the LoRA adapters on every block projection (0 = none).
       lora_alpha: LoRA scale numerator (scale = alpha / rank); None means alpha = rank (scale 1).
     """

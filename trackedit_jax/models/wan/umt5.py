@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from trackedit_jax.kernels import attention
 from trackedit_jax.models.layers import gelu_tanh
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
 from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
+from trackedit_jax.parallel.attention import attention
 
 TEXT_LEN = 512  # Wan's text length
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from trackedit_jax.kernels.attention import attention
+from trackedit_jax.parallel.attention import attention
 
 # The 16 per-channel statistics of Wan 2.1 posterior means (official `WanVAE`, diffusers
 # `AutoencoderKLWan` config defaults). Normalised latents are (mu - mean) / std.
