@@ -102,3 +102,48 @@ def test_bad_shapes():
         m(nu, src, tgt, sv[:, :, :3], tv)
     with pytest.raises(ValueError, match="z_embedding needs track_dims=3"):
         ConditionerConfig(track_dims=2, z_embedding=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameters: logical axes (they shard on a mesh) and the arithmetic of the flax layers they replace
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_linear_and_layer_norm_match_flax_nnx_bit_for_bit(dtype):
+    """The conditioner's own Linear/LayerNorm draw the same keys and compute the same values as the
+    `nnx.Linear` / `nnx.LayerNorm` it was first built from (checkpoints and runs stay comparable)."""
+    from trackedit_jax.models.track_conditioner import _LayerNorm, _Linear
+
+    cfg = ConditionerConfig(dim=16, heads=2, dtype=dtype, param_dtype=jnp.float32)
+    x = jax.random.normal(jax.random.key(3), (2, 5, 12), jnp.float32)
+    ours = _Linear(12, 16, ("embed", "mlp"), cfg, rngs=nnx.Rngs(7))
+    ref = nnx.Linear(12, 16, kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype, rngs=nnx.Rngs(7))
+    ref.bias[...] = ours.bias[...] = jax.random.normal(jax.random.key(4), (16,))
+    np.testing.assert_array_equal(np.asarray(ours.kernel[...]), np.asarray(ref.kernel[...]))
+    got, want = ours(x), ref(x)
+    assert got.dtype == want.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+    y = jax.random.normal(jax.random.key(5), (2, 5, 16), jnp.float32) * 3.0 + 1.0
+    ours_n = _LayerNorm(16, cfg, rngs=nnx.Rngs(8))
+    ref_n = nnx.LayerNorm(16, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(8))
+    ours_n.scale[...] = ref_n.scale[...] = jax.random.normal(jax.random.key(6), (16,))
+    ours_n.bias[...] = ref_n.bias[...] = jax.random.normal(jax.random.key(7), (16,))
+    got, want = ours_n(y), ref_n(y)
+    assert got.dtype == want.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("sampling", ["cross_attn", "gaussian"])
+def test_every_parameter_has_logical_axes_and_shards(sampling):
+    from trackedit_jax.parallel import logical_axes_of, make_mesh, state_shardings
+
+    cfg = ConditionerConfig(dim=16, heads=2, temporal_layers=1, num_freqs=4, sampling=sampling)
+    state = nnx.state(nnx.eval_shape(lambda: TrackConditioner(cfg, D, rngs=nnx.Rngs(0))), nnx.Param)
+    flat = dict(nnx.to_flat_state(state))
+    missing = [path for path, v in flat.items() if logical_axes_of(v) is None]
+    assert not missing, f"parameters without logical axes (silently replicated on a mesh): {missing}"
+    specs = {k: s.spec for k, s in nnx.to_flat_state(state_shardings(state, make_mesh({"fsdp": 4, "tensor": 2})))}
+    assert specs[("temporal", 0, "fc1", "kernel")] == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert specs[("temporal", 0, "fc2", "kernel")] == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert specs[("sample_value", "kernel")] == jax.sharding.PartitionSpec("fsdp", None)  # fsdp used once

@@ -10,7 +10,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 from trackedit_jax.parallel import (
     describe_shardings,
     make_mesh,
-    partitioned,
+    param,
     resolve_mesh_shape,
     shard_activation,
     state_shardings,
@@ -76,11 +76,11 @@ def test_make_mesh_axes_types_and_devices():
 class _Block(nnx.Module):
     def __init__(self, rngs):
         init = nnx.initializers.normal(0.02)
-        self.up = nnx.Param(partitioned(init, "embed", "mlp")(rngs.params(), (16, 32)))
-        self.odd = nnx.Param(partitioned(init, "embed", "mlp")(rngs.params(), (6, 3)))  # tensor 2 does not divide 3
-        self.qkv = nnx.Param(partitioned(init, "embed", "heads")(rngs.params(), (16, 24)))
+        self.up = param(rngs, init, (16, 32), ("embed", "mlp"), jnp.float32)
+        self.odd = param(rngs, init, (6, 3), ("embed", "mlp"), jnp.float32)  # tensor 2 does not divide 3
+        self.qkv = param(rngs, init, (16, 24), ("embed", "heads"), jnp.float32)
         self.scale = nnx.Param(jnp.ones((16,)))  # no metadata: replicated
-        self.norm = nnx.Param(partitioned(nnx.initializers.ones, "norm")(rngs.params(), (16,)))
+        self.norm = param(rngs, nnx.initializers.ones, (16,), ("norm",), jnp.float32)
 
     def __call__(self, x):
         h = jax.nn.gelu(x @ self.up[...])

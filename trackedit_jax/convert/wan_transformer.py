@@ -44,7 +44,8 @@ from flax import nnx
 from trackedit_jax.convert.checkpoint_files import CheckpointReader, open_checkpoint, write_safetensors
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.models.wan.dit import WanDiT
-from trackedit_jax.parallel.rules import logical_to_mesh_spec
+from trackedit_jax.parallel.rules import logical_axes_of
+from trackedit_jax.parallel.sharding import logical_sharding
 
 COMFY_PREFIX = "model.diffusion_model."
 LAYOUTS = ("official", "diffusers")
@@ -249,24 +250,11 @@ def _check_keys(view: _View, entries: list[_Entry], config: WanConfig, abstract:
 
 
 def _param_sharding(mesh: jax.sharding.Mesh | None, logical_axes, shape) -> jax.sharding.Sharding:
-    """NamedSharding from logical axis names via the rules table; mesh axes that do not divide the
-    dimension (or are already used by another dimension) are dropped, as `shard_activation` does."""
+    """NamedSharding from logical axis names via the rules table (`parallel.sharding.logical_sharding`,
+    the fitting rule parameters and activations share); one device when there is no mesh."""
     if mesh is None:
         return jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    used: set[str] = set()
-    spec = []
-    names = tuple(logical_axes) if logical_axes else (None,) * len(shape)
-    for dim, entry in zip(shape, logical_to_mesh_spec(names)):
-        axes = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
-        axes = tuple(a for a in axes if a in sizes and sizes[a] > 1 and a not in used)
-        total = int(np.prod([sizes[a] for a in axes])) if axes else 1
-        if not axes or dim % total:
-            spec.append(None)
-        else:
-            used.update(axes)
-            spec.append(axes if len(axes) > 1 else axes[0])
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+    return logical_sharding(logical_axes, shape, mesh)
 
 
 def _abstract_model(config: WanConfig):
@@ -314,7 +302,7 @@ def load_wan_transformer(
     np_dtype = jnp.dtype(dtype)
 
     def build(path: tuple, var: nnx.Variable) -> nnx.Variable:
-        shape, logical = var.shape, var.get_metadata().get("out_sharding")
+        shape, logical = var.shape, logical_axes_of(var)
         sharding = _param_sharding(mesh, logical, shape)
         entry = by_path.get(path)
         if entry is None:

@@ -24,7 +24,7 @@ from trackedit_jax.models.track_conditioner import ConditionerConfig, TrackCondi
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.models.wan.dit import WanDiT
 from trackedit_jax.models.wan.rope import grid_positions
-from trackedit_jax.parallel.rules import shard_activation
+from trackedit_jax.parallel.rules import param, shard_activation
 
 ROPE_MODES = ("sequential", "shared")
 
@@ -60,7 +60,7 @@ class EditByTrack(nnx.Module):
         self.dit = WanDiT(wan, rngs=rngs)
         self.conditioner = TrackConditioner(conditioner, wan.dim, rngs=rngs)
         if rope_mode == "shared":
-            self.side_embedding = nnx.Param(jax.random.normal(rngs.params(), (2, wan.dim), jnp.float32) * 0.02)
+            self.side_embedding = param(rngs, nnx.initializers.normal(0.02), (2, wan.dim), (None, "embed"), jnp.float32)
 
     # the parameters that train besides LoRA adapters in "lora" mode (paths contain these names)
     EXTRA_TRAINABLE = ("conditioner", "side_embedding")

@@ -1,36 +1,20 @@
-"""Small building blocks shared by the NNX models: annotated parameters and float32 norms.
+"""Small building blocks shared by the NNX models: dense layers and float32 norms.
 
-Every parameter carries its logical axis names (`trackedit_jax.parallel.rules`) as `out_sharding`
-metadata with eager sharding off: a model can be built without a mesh (tests, conversion) and the
-training / loading code places the state onto a mesh through the one rules table.
+Every parameter is made by `trackedit_jax.parallel.rules.param` (logical axis names as metadata, eager
+sharding off): a model can be built without a mesh (tests, conversion) and the training / loading code
+places the state onto a mesh through the one rules table.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
-
-
-def param(
-    rngs: nnx.Rngs | None,
-    init: Initializer,
-    shape: Sequence[int],
-    logical_axes: Sequence[str | None],
-    dtype,
-    kind: type[nnx.Variable] = nnx.Param,
-) -> nnx.Variable:
-    """An `nnx.Param` (or subclass such as `nnx.LoRAParam`) initialised with `init` and annotated
-    with logical axis names, one per dimension."""
-    if len(logical_axes) != len(shape):
-        raise ValueError(f"logical axes {tuple(logical_axes)} do not match parameter shape {tuple(shape)}")
-    key = rngs.params() if rngs is not None else jax.random.key(0)
-    return kind(init(key, tuple(shape), dtype), out_sharding=tuple(logical_axes), eager_sharding=False)
+from trackedit_jax.parallel.rules import param
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trackedit_jax.models.layers import dense, param
+from trackedit_jax.models.layers import dense
+from trackedit_jax.parallel.rules import param
 
 TRAIN_MODES = ("lora", "full")
 

@@ -34,6 +34,7 @@ from flax import nnx
 
 from trackedit_jax.models.layers import gelu_tanh
 from trackedit_jax.parallel.attention import attention
+from trackedit_jax.parallel.rules import param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +97,54 @@ def token_grid(h: int, w: int) -> jax.Array:
     return jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)
 
 
-def _linear(din, dout, rngs, cfg, *, zero=False, bias=True):
-    init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
-    return nnx.Linear(
-        din, dout, use_bias=bias, kernel_init=init, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs
-    )
+class _Linear(nnx.Module):
+    """y = x @ kernel (+ bias): kernel (in, out) and bias (out,) carry logical axis names, so they shard
+    on a mesh through the rules table.
+
+    The call is the arithmetic of `flax.nnx.Linear` (inputs and weights cast to `dtype`, one
+    dot_general, bias added), and the keys are drawn in the same order (kernel, then bias), so values
+    and checkpoints are those of the `nnx.Linear` this layer replaces.
+    """
+
+    def __init__(self, din: int, dout: int, axes: tuple[str | None, str | None], cfg: ConditionerConfig, *,
+                 rngs: nnx.Rngs, zero: bool = False, bias: bool = True):
+        init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
+        self.kernel = param(rngs, init, (din, dout), axes, cfg.param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (dout,), axes[1:], cfg.param_dtype) if bias else None
+        self.dtype = cfg.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (..., in) -> (..., out) in `dtype`."""
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if self.bias is not None:
+            y += self.bias[...].astype(self.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
+class _LayerNorm(nnx.Module):
+    """LayerNorm over the last axis with `scale` and `bias` of logical axis ("norm",) (replicated).
+
+    The arithmetic of `flax.nnx.LayerNorm` (statistics in float32 with the fast variance
+    E[x^2] - E[x]^2, epsilon 1e-6, result in `dtype`), and one key drawn per weight as it does, so the
+    conditioner keeps the values it had when it was built from `nnx.LayerNorm`.
+    """
+
+    def __init__(self, dim: int, cfg: ConditionerConfig, *, rngs: nnx.Rngs, eps: float = 1e-6):
+        self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), cfg.param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (dim,), ("norm",), cfg.param_dtype)
+        self.eps = eps
+        self.dtype = cfg.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (..., dim) -> (..., dim) in `dtype`."""
+        x = x.astype(self.dtype)
+        xf = x.astype(jnp.promote_types(self.dtype, jnp.float32))
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.maximum(0.0, jnp.mean(jax.lax.square(xf), axis=-1, keepdims=True) - jax.lax.square(mean))
+        mul = jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(self.dtype)
+        y = (x - mean) * mul + self.bias[...].astype(self.dtype)
+        return y.astype(self.dtype)
 
 
 class _MultiHeadAttention(nnx.Module):
@@ -108,10 +152,10 @@ class _MultiHeadAttention(nnx.Module):
 
     def __init__(self, dq: int, dkv: int, cfg: ConditionerConfig, *, rngs: nnx.Rngs, out_bias: bool = True):
         self.cfg = cfg
-        self.q = _linear(dq, cfg.dim, rngs, cfg)
-        self.k = _linear(dkv, cfg.dim, rngs, cfg)
-        self.v = _linear(dkv, cfg.dim, rngs, cfg)
-        self.o = _linear(cfg.dim, cfg.dim, rngs, cfg, bias=out_bias)
+        self.q = _Linear(dq, cfg.dim, ("embed", "heads"), cfg, rngs=rngs)
+        self.k = _Linear(dkv, cfg.dim, ("embed", "heads"), cfg, rngs=rngs)
+        self.v = _Linear(dkv, cfg.dim, ("embed", "heads"), cfg, rngs=rngs)
+        self.o = _Linear(cfg.dim, cfg.dim, ("heads", "embed"), cfg, rngs=rngs, bias=out_bias)
 
     def heads(self, x):
         return x.reshape(*x.shape[:-1], self.cfg.heads, self.cfg.dim // self.cfg.heads)
@@ -138,11 +182,11 @@ class _TemporalBlock(nnx.Module):
     """Pre-norm transformer block along the time axis of each track."""
 
     def __init__(self, cfg: ConditionerConfig, *, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(cfg.dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.norm1 = _LayerNorm(cfg.dim, cfg, rngs=rngs)
         self.attn = _MultiHeadAttention(cfg.dim, cfg.dim, cfg, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(cfg.dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
-        self.fc1 = _linear(cfg.dim, cfg.dim * cfg.mlp_ratio, rngs, cfg)
-        self.fc2 = _linear(cfg.dim * cfg.mlp_ratio, cfg.dim, rngs, cfg)
+        self.norm2 = _LayerNorm(cfg.dim, cfg, rngs=rngs)
+        self.fc1 = _Linear(cfg.dim, cfg.dim * cfg.mlp_ratio, ("embed", "mlp"), cfg, rngs=rngs)
+        self.fc2 = _Linear(cfg.dim * cfg.mlp_ratio, cfg.dim, ("mlp", "embed"), cfg, rngs=rngs)
 
     def __call__(self, x, mask):
         h = self.norm1(x)
@@ -162,19 +206,21 @@ class TrackConditioner(nnx.Module):
         self.cfg = cfg
         self.model_dim = model_dim
         if cfg.sampling == "cross_attn":
-            self.pos_embed = _linear(cfg.track_dims * (2 * cfg.num_freqs + 1), cfg.dim, rngs, cfg)
+            self.pos_embed = _Linear(cfg.track_dims * (2 * cfg.num_freqs + 1), cfg.dim, (None, "embed"), cfg, rngs=rngs)
             self.sample_attn = _MultiHeadAttention(cfg.dim, cfg.dim, cfg, rngs=rngs)
-            self.sample_value = _linear(model_dim, cfg.dim, rngs, cfg)
+            self.sample_value = _Linear(model_dim, cfg.dim, ("embed", "embed"), cfg, rngs=rngs)
             # no output bias: a cell attending only to the null key gets exactly zero
             self.splat_attn = _MultiHeadAttention(cfg.dim, cfg.dim, cfg, rngs=rngs, out_bias=False)
-            self.null_key = nnx.Param(jnp.zeros((cfg.dim,), cfg.param_dtype))
+            # in projected key space (heads * head_dim); zeros need no key, so none is drawn
+            self.null_key = param(None, nnx.initializers.zeros_init(), (cfg.dim,), ("heads",), cfg.param_dtype)
         else:
-            self.sample_value = _linear(model_dim, cfg.dim, rngs, cfg)
+            self.sample_value = _Linear(model_dim, cfg.dim, ("embed", "embed"), cfg, rngs=rngs)
         self.temporal = nnx.List([_TemporalBlock(cfg, rngs=rngs) for _ in range(cfg.temporal_layers)])
-        self.temporal_norm = nnx.LayerNorm(cfg.dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.temporal_norm = _LayerNorm(cfg.dim, cfg, rngs=rngs)
         if cfg.z_embedding:
-            self.z_embed = _linear(2 * cfg.num_freqs + 1, cfg.dim, rngs, cfg)
-        self.out = _linear(cfg.dim, model_dim, rngs, cfg, zero=True, bias=False)  # empty cells stay exactly 0
+            self.z_embed = _Linear(2 * cfg.num_freqs + 1, cfg.dim, (None, "embed"), cfg, rngs=rngs)
+        # zero and without bias: empty cells stay exactly 0
+        self.out = _Linear(cfg.dim, model_dim, ("embed", "embed"), cfg, rngs=rngs, zero=True, bias=False)
 
     # --- helpers -----------------------------------------------------------------------------
     def _coords(self, p):

@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-from trackedit_jax.parallel.rules import MESH_AXES
+from trackedit_jax.parallel.rules import MESH_AXES, mesh_axes
 
 
 def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -61,5 +61,5 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 
 
 def data_parallel_size(mesh: Mesh) -> int:
-    """Number of ways the batch is split: data x fsdp."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    """Number of ways the batch is split: the product of the "act_batch" mesh axes (data x fsdp)."""
+    return math.prod(mesh.shape[a] for a in mesh_axes("act_batch"))

@@ -29,12 +29,12 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from trackedit_jax.models.layers import LayerNorm, RMSNorm, gelu_tanh, layer_norm, mul_broadcast, param, transpose_tokens
+from trackedit_jax.models.layers import LayerNorm, RMSNorm, gelu_tanh, layer_norm, mul_broadcast, transpose_tokens
 from trackedit_jax.models.lora import LoRALinear
 from trackedit_jax.models.wan import rope as rope_lib
 from trackedit_jax.models.wan.config import WanConfig, remat_policy_fn
 from trackedit_jax.parallel.attention import attention
-from trackedit_jax.parallel.rules import shard_activation
+from trackedit_jax.parallel.rules import param, shard_activation
 
 TOKENS = ("act_batch", "act_length", "act_embed")
 HEADS = ("act_batch", "act_length", "act_heads", "act_kv")

@@ -25,6 +25,7 @@ from trackedit_jax.models.layers import gelu_tanh
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
 from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
 from trackedit_jax.parallel.attention import attention
+from trackedit_jax.parallel.rules import param
 
 TEXT_LEN = 512  # Wan's text length
 
@@ -112,15 +113,11 @@ def relative_position_buckets(query_len: int, key_len: int, num_buckets: int, ma
     return (out + np.where(is_small, dist, large)).astype(np.int32)
 
 
-def _param(rngs, init, shape, axes, dtype):
-    return nnx.Param(nnx.with_partitioning(init, axes, eager_sharding=False)(rngs.params(), shape, dtype))
-
-
 class T5RMSNorm(nnx.Module):
     """x / sqrt(mean(x^2) + eps) * scale, no mean subtraction, no bias; computed in fp32."""
 
     def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.scale = _param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
+        self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
         self.eps = eps
 
     def __call__(self, x, dtype):
@@ -133,7 +130,7 @@ class Dense(nnx.Module):
     """y = x @ kernel (no bias); kernel (in, out)."""
 
     def __init__(self, din: int, dout: int, axes, *, rngs: nnx.Rngs, param_dtype=jnp.float32, std: float = 0.02):
-        self.kernel = _param(rngs, host_normal(lambda _: std), (din, dout), axes, param_dtype)
+        self.kernel = param(rngs, host_normal(lambda _: std), (din, dout), axes, param_dtype)
 
     def __call__(self, x):
         return jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
@@ -147,7 +144,7 @@ class UMT5Attention(nnx.Module):
         self.k = Dense(cfg.d_model, inner, ("embed", "heads"), **kw)
         self.v = Dense(cfg.d_model, inner, ("embed", "heads"), **kw)
         self.o = Dense(inner, cfg.d_model, ("heads", "embed"), **kw)
-        self.relative_attention_bias = _param(
+        self.relative_attention_bias = param(
             rngs, host_normal(lambda _: 0.02), (cfg.relative_attention_num_buckets, cfg.num_heads),
             (None, None), param_dtype,
         )
@@ -205,8 +202,8 @@ class UMT5Encoder(nnx.Module):
                  param_dtype=jnp.float32):
         self.config = config or UMT5Config()
         cfg = self.config
-        self.embed_tokens = _param(rngs, host_normal(lambda _: 1.0), (cfg.vocab_size, cfg.d_model),
-                                   ("vocab", "embed"), param_dtype)
+        self.embed_tokens = param(rngs, host_normal(lambda _: 1.0), (cfg.vocab_size, cfg.d_model),
+                                  ("vocab", "embed"), param_dtype)
         self.blocks = nnx.List([UMT5Block(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_layers)])
         self.final_norm = T5RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, rngs=rngs, param_dtype=param_dtype)
         self.dtype = dtype

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from trackedit_jax.parallel.attention import attention
+from trackedit_jax.parallel.rules import param
 
 # The 16 per-channel statistics of Wan 2.1 posterior means (official `WanVAE`, diffusers
 # `AutoencoderKLWan` config defaults). Normalised latents are (mu - mean) / std.
@@ -226,12 +227,6 @@ def host_normal(std_of_shape):
 fan_in_normal = host_normal(lambda shape: 1.0 / math.sqrt(max(1, math.prod(shape[:-1]))))
 
 
-def _param(rngs: nnx.Rngs, init, shape, axes, dtype) -> nnx.Param:
-    # Logical axis names for the rules table; the sharding is applied by the parallel layer, not at
-    # creation, so the model also builds without a mesh.
-    return nnx.Param(nnx.with_partitioning(init, axes, eager_sharding=False)(rngs.params(), shape, dtype))
-
-
 def _conv(x, kernel, bias, strides, padding, dtype):
     nd = kernel.ndim - 2
     spec = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}[nd]
@@ -251,9 +246,9 @@ class CausalConv3d(nnx.Module):
     def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32):
         kernel = tuple(kernel)
-        self.kernel = _param(rngs, fan_in_normal, (*kernel, cin, cout),
-                             (None, None, None, "conv", "conv"), param_dtype)
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
+        self.kernel = param(rngs, fan_in_normal, (*kernel, cin, cout),
+                            (None, None, None, "conv", "conv"), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.dtype = dtype
         self.history = kernel[0] - 1
 
@@ -274,9 +269,9 @@ class TimeConv(nnx.Module):
 
     def __init__(self, cin: int, cout: int, kt: int = 3, *, stride: int = 1, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = _param(rngs, fan_in_normal, (kt, 1, 1, cin, cout),
-                             (None, None, None, "conv", "conv"), param_dtype)
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
+        self.kernel = param(rngs, fan_in_normal, (kt, 1, 1, cin, cout),
+                            (None, None, None, "conv", "conv"), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.stride = stride
         self.dtype = dtype
 
@@ -289,9 +284,9 @@ class FrameConv2d(nnx.Module):
 
     def __init__(self, cin: int, cout: int, *, stride: int = 1, padding=((1, 1), (1, 1)), rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = _param(rngs, fan_in_normal, (3, 3, cin, cout),
-                             (None, None, "conv", "conv"), param_dtype)
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
+        self.kernel = param(rngs, fan_in_normal, (3, 3, cin, cout),
+                            (None, None, "conv", "conv"), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.stride = stride
         self.padding = tuple(tuple(p) for p in padding)
         self.dtype = dtype
@@ -307,9 +302,8 @@ class RMSNorm(nnx.Module):
     """x / ||x||_2 * sqrt(C) * gamma over the channel axis (the reference's `RMS_norm`), in fp32."""
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        del rngs
-        self.gamma = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",), eager_sharding=False)(
-            None, (dim,), param_dtype))
+        del rngs  # ones need no key; drawing none keeps the key stream of the later parameters
+        self.gamma = param(None, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
         self.scale = float(dim) ** 0.5
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -323,8 +317,8 @@ class Linear(nnx.Module):
     """y = x @ kernel + bias; kernel (Cin, Cout). Stands for the reference's 1x1 Conv2d."""
 
     def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = _param(rngs, fan_in_normal, (cin, cout), ("conv", "conv"), param_dtype)
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
+        self.kernel = param(rngs, fan_in_normal, (cin, cout), ("conv", "conv"), param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
