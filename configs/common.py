@@ -3,7 +3,7 @@
 Every preset fills the same fields, so `--config.<key>=<value>` overrides work uniformly. Fields:
 
 model.wan          WanConfig fields (dim, num_heads, num_layers, ffn_dim, ..., param_dtype, dtype,
-                   remat_policy, attention_impl)
+                   remat_policy, attention_impl); its text_len is text.text_len (set there only)
 model.conditioner  ConditionerConfig fields (dim, heads, temporal_layers, num_freqs, track_dims,
                    sampling, z_embedding, gaussian_sigma)
 model.rope_mode    "sequential": target RoPE frames follow the source frames (f..2f-1);
@@ -11,7 +11,8 @@ model.rope_mode    "sequential": target RoPE frames follow the source frames (f.
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
 vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
                    spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
-text               text_len, dropout (classifier-free guidance), guidance-free null = zeros
+text               text_len (the one prompt length: text embeddings, WanConfig.text_len), dropout
+                   (classifier-free guidance), guidance-free null = zeros
 diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift, prediction
                    ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py)
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
@@ -38,7 +39,7 @@ def base_config() -> ConfigDict:
     c.model.wan = ConfigDict(
         dict(
             dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, freq_dim=256, in_dim=16, out_dim=16,
-            text_dim=4096, text_len=512, patch_size=(1, 2, 2), eps=1e-6, param_dtype="float32",
+            text_dim=4096, patch_size=(1, 2, 2), eps=1e-6, param_dtype="float32",
             dtype="bfloat16", remat_policy="full", attention_impl="auto",
         )
     )

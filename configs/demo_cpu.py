@@ -24,7 +24,7 @@ def get_config():
     z = 3 * 4 * 4 * 4
     c.model.wan.update(
         dim=192, num_heads=3, num_layers=5, ffn_dim=768, freq_dim=64, in_dim=z, out_dim=z,
-        text_dim=32, text_len=8, dtype="float32", remat_policy="none",
+        text_dim=32, dtype="float32", remat_policy="none",
     )
     c.model.conditioner.update(dim=128, heads=4, temporal_layers=1, num_freqs=6)
     c.lora.update(mode="full")  # no pretrained base at this size: everything trains

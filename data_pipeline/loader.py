@@ -17,7 +17,7 @@ Per record (deterministic per (seed, position in the stream); independent of thr
      padded to max_tracks: `point_mask` False, visibility False, xyz = copies of the first drawn point
      (a real point, so projection and disparity ranges stay finite and unchanged).
 
-Batch keys, exactly (B = batch_size, F = num_frames, N = max_tracks):
+Batch keys, exactly (B = batch_size, F = num_frames, N = max_tracks; `batch_spec` gives them as data):
   source_video, target_video            (B, F, H, W, 3) uint8
   source_xyz, target_xyz                (B, F, N, 3) float32 world
   source_visibility, target_visibility  (B, F, N) bool
@@ -368,10 +368,46 @@ def _absl_flags_workaround() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-BATCH_KEYS = (
-    "source_video", "target_video", "source_xyz", "target_xyz", "source_visibility", "target_visibility",
-    "point_mask", "source_intrinsics", "target_intrinsics", "source_extrinsics", "target_extrinsics",
-    "edit_family",
-)
+def batch_spec(config: LoaderConfig, *, text_dim: Optional[int] = None,
+               latent_shape: Optional[tuple] = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The one description of a batch: key -> (shape, numpy dtype), as `make_dataset` yields it.
+
+    Args:
+      config: B = batch_size, F = num_frames, (H, W) = image_size, N = max_tracks, L = text_len.
+      text_dim: D of `text_embedding` (the records carry it); required when text_len > 0.
+      latent_shape: (f, h, w, C) of one clip's latents: describe the precomputed-latents batch the train
+        step also accepts, `source_latents`/`target_latents` (B, f, h, w, C) float32 in place of the videos.
+    Returns:
+      {key: (shape, dtype)} in the module docstring's order (record_index only with return_record_index).
+    """
+    B, F, (H, W), N = config.batch_size, config.num_frames, config.image_size, config.max_tracks
+    if latent_shape is None:
+        clips = {"source_video": ((B, F, H, W, 3), np.uint8), "target_video": ((B, F, H, W, 3), np.uint8)}
+    else:
+        if len(latent_shape) != 4:
+            raise ValueError(f"latent_shape must be (f, h, w, C); got {tuple(latent_shape)}")
+        lat = (B, *(int(v) for v in latent_shape))
+        clips = {"source_latents": (lat, np.float32), "target_latents": (lat, np.float32)}
+    spec = {
+        **clips,
+        "source_xyz": ((B, F, N, 3), np.float32), "target_xyz": ((B, F, N, 3), np.float32),
+        "source_visibility": ((B, F, N), np.bool_), "target_visibility": ((B, F, N), np.bool_),
+        "point_mask": ((B, N), np.bool_),
+        "source_intrinsics": ((B, F, 3, 3), np.float32), "target_intrinsics": ((B, F, 3, 3), np.float32),
+        "source_extrinsics": ((B, F, 4, 4), np.float32), "target_extrinsics": ((B, F, 4, 4), np.float32),
+        "edit_family": ((B,), np.int32),
+    }
+    if config.text_len > 0:
+        if text_dim is None:
+            raise ValueError(f"text_dim is needed to describe text_embedding (text_len={config.text_len})")
+        L = config.text_len
+        spec.update(text_embedding=((B, L, int(text_dim)), np.float32), text_mask=((B, L), np.bool_))
+    if config.return_record_index:
+        spec["record_index"] = ((B,), np.int64)
+    return {k: (shape, np.dtype(dtype)) for k, (shape, dtype) in spec.items()}
+
+
+# The keys of every batch (no text, no debug index): the default config's `batch_spec`.
+BATCH_KEYS = tuple(batch_spec(LoaderConfig()))
 __all__ = ["LoaderConfig", "make_dataset", "make_iterator", "make_map_dataset", "crop_intrinsics",
-           "skipped_records", "BATCH_KEYS", "EDIT_FAMILIES"]
+           "skipped_records", "batch_spec", "BATCH_KEYS", "EDIT_FAMILIES"]

@@ -3,7 +3,9 @@ crop/resize intrinsics against an independent image measurement, skip-and-count 
 import numpy as np
 import pytest
 
-from data_pipeline.loader import BATCH_KEYS, LoaderConfig, crop_intrinsics, make_iterator, skipped_records
+from data_pipeline.loader import (
+    BATCH_KEYS, LoaderConfig, batch_spec, crop_intrinsics, make_iterator, skipped_records,
+)
 from data_pipeline.schema import EDIT_FAMILIES, PairRecord
 from data_pipeline.shards import ShardError, write_shard
 
@@ -213,3 +215,18 @@ def test_config_from_a_training_preset_section():
     assert cfg.image_size == (64, 48) and cfg.worker_count == 0 and cfg.batch_size == 2 and cfg.seed == 7
     with pytest.raises(ValueError, match="4k\\+1"):
         LoaderConfig(num_frames=16)
+
+
+def test_batch_spec_describes_the_batches_the_loader_makes(tiny_dataset):
+    """`batch_spec` (what the AOT planner compiles for) is exactly the keys, shapes and dtypes of a real batch."""
+    b = next(make_iterator(tiny_dataset, CFG))
+    spec = batch_spec(CFG)
+    assert list(spec) == list(BATCH_KEYS) and set(spec) == set(b)
+    for k, (shape, dtype) in spec.items():
+        assert b[k].shape == shape and b[k].dtype == dtype, (k, b[k].shape, b[k].dtype, shape, dtype)
+    lat = batch_spec(CFG, latent_shape=(2, 4, 6, 16))
+    assert "source_video" not in lat and lat["target_latents"] == ((2, 2, 4, 6, 16), np.float32)
+    text = batch_spec(LoaderConfig(**{**CFG.__dict__, "text_len": 5}), text_dim=4)
+    assert text["text_embedding"] == ((2, 5, 4), np.float32) and text["text_mask"] == ((2, 5), np.bool_)
+    with pytest.raises(ValueError, match="text_dim"):
+        batch_spec(LoaderConfig(**{**CFG.__dict__, "text_len": 5}))

@@ -130,3 +130,23 @@ def test_sample_prediction_implies_the_exact_velocity_and_a_bounded_one_near_zer
     assert velocity_from_output(x0, x_t, sigma, "velocity") is x0
     with pytest.raises(ValueError, match="prediction"):
         velocity_from_output(x0, x_t, sigma, "epsilon")
+
+
+def test_per_example_loss_against_numpy():
+    """reduction="per_example": each example's own weighted masked mean; unmasked it is a plain mean."""
+    rng = np.random.default_rng(1)
+    pred, target = rng.standard_normal((2, 3, 6, 4)).astype(np.float32)
+    mask = rng.random((3, 6)) < 0.5
+    mask[1] = False  # an example with nothing selected counts as 0, not NaN
+    sigma = np.array([0.2, 0.5, 0.7], np.float32)
+    w = 2 / (np.pi * (1 - 2 * sigma + 2 * sigma**2))
+    sq = (pred - target) ** 2
+    want = (sq * mask[..., None]).sum((1, 2)) * w / np.maximum(mask.sum(1) * 4, 1)
+    got = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma),
+                                  mask=jnp.asarray(mask), weighting="cosmap", reduction="per_example")
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    plain = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), reduction="per_example")
+    np.testing.assert_array_equal(plain, jnp.mean(jnp.square(jnp.asarray(pred) - jnp.asarray(target)), axis=(1, 2)))
+    with pytest.raises(ValueError, match="reduction"):
+        flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), reduction="sum")

@@ -13,6 +13,7 @@ from trackedit_jax.models.lora import (
     count_params,
     count_trainable,
     lora_layers,
+    merge_kernel,
     merge_lora,
     trainable_filter,
 )
@@ -117,3 +118,19 @@ def test_optimizer_updates_only_the_selected_parameters(base_and_lora):
     assert ("blocks", "self_attn", "q", "kernel") in full and ("patch_embedding", "kernel") in full
     with pytest.raises(ValueError, match="mode must be one of"):
         trainable_filter("some")
+
+
+def test_merge_kernel_is_pure_and_works_on_stacked_kernels_and_one_layer():
+    """The one merge (used by `merge_lora` and the export): kernel + scale A @ B in float32, kernel dtype kept."""
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((LAYERS, D, F)).astype(np.float32)
+    a = rng.standard_normal((LAYERS, D, 4)).astype(np.float32)
+    b = rng.standard_normal((LAYERS, 4, F)).astype(np.float32)
+    kernel = jnp.asarray(k)
+    got = merge_kernel(kernel, jnp.asarray(a), jnp.asarray(b), 0.5)
+    want = k.astype(np.float64) + 0.5 * np.einsum("lir,lro->lio", a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(kernel), k)  # nothing written
+    one_layer = merge_kernel(k[1], a[1], b[1], 0.5)  # numpy in, as the export streams it
+    np.testing.assert_allclose(np.asarray(one_layer), np.asarray(got[1]), rtol=1e-6, atol=1e-6)
+    assert merge_kernel(kernel.astype(jnp.bfloat16), a, b, 0.5).dtype == jnp.bfloat16

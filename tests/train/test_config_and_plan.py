@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from train_runs import REPO, env_for
 
@@ -61,3 +62,26 @@ def test_paper_setting_compiles_ahead_of_time_on_16_devices(tmp_path):
     assert lines["tokens per example (paired)"].strip() == "42,336"
     peak_gib = float(lines["peak estimate per device"].split()[0])
     assert 0 < peak_gib < 80, proc.stdout  # fits an 80 GB accelerator with full remat
+
+
+def test_one_text_len_and_the_planned_batch_is_the_loaders():
+    """`text.text_len` is the one prompt length (an older config's `model.wan.text_len` is not read), and the
+    batch the planner compiles for is the loader's `batch_spec` with latents of the VAE's grid and text."""
+    import jax
+
+    from data_pipeline.loader import BATCH_KEYS
+    from trackedit_jax.parallel.mesh import make_mesh
+    from trackedit_jax.train import build
+    from trackedit_jax.train.setup import TrainingSetup
+
+    c = _tiny("--config.text.text_len=12")
+    assert "text_len" not in c.model.wan and build.wan_config(c).text_len == 12
+    old = _tiny()
+    old.model.wan.text_len = 99  # what configs saved before this change carry
+    assert build.wan_config(old).text_len == 16
+    batch = TrainingSetup.create(c, make_mesh({"data": 1}, devices=jax.devices()[:1])).abstract_batch()
+    want = set(BATCH_KEYS) - {"source_video", "target_video"}
+    assert set(batch) == want | {"source_latents", "target_latents", "text_embedding", "text_mask"}
+    # tiny_cpu: batch 2, 17 frames at 64x64 through the tiny Wan VAE (frames 1 + 4k -> 1 + k, pixels / 8)
+    assert batch["source_latents"].shape == (2, 5, 8, 8, 16) and batch["target_latents"].dtype == np.float32
+    assert batch["text_embedding"].shape == (2, 12, 32) and batch["source_xyz"].shape == (2, 17, 256, 3)

@@ -34,7 +34,7 @@ import os
 import pathlib
 import re
 import zlib
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from trackedit_jax.convert.checkpoint_files import CheckpointReader, open_checkpoint, write_safetensors
+from trackedit_jax.models.lora import lora_layers, merge_kernel
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.models.wan.dit import WanDiT
 from trackedit_jax.parallel.rules import logical_axes_of
@@ -344,22 +345,18 @@ def _init_lora(path: tuple, shape, dtype, sharding, seed: int) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 
 
-def _merged_stacked_kernel(flat: dict, path: tuple, scale: float) -> Callable[[int | None], np.ndarray]:
-    """Per-layer getter of a kernel with its LoRA adapter folded in (if it has one)."""
-    kernel = flat[path][...]
-    a_path, b_path = path[:-1] + ("lora_a",), path[:-1] + ("lora_b",)
-
-    def get(layer):
-        k = kernel if layer is None else kernel[layer]
-        k = np.asarray(jax.device_get(k))
-        if path[-1] == "kernel" and a_path in flat:
-            a = flat[a_path][...] if layer is None else flat[a_path][...][layer]
-            b = flat[b_path][...] if layer is None else flat[b_path][...][layer]
-            delta = np.asarray(jax.device_get(a), np.float32) @ np.asarray(jax.device_get(b), np.float32)
-            k = (k.astype(np.float32) + scale * delta).astype(k.dtype)
-        return k
-
-    return get
+def _layer_tensor(flat: dict, path: tuple, adapters: dict, layer: int | None) -> np.ndarray:
+    """One layer's slice (layer=None: the whole unstacked parameter) of parameter `path` as numpy,
+    with its LoRA adapter folded in by `merge_kernel` when `adapters` holds one for this kernel."""
+    value = flat[path][...]
+    value = value if layer is None else value[layer]
+    lora = adapters.get(path)
+    if lora is not None:
+        a, b = lora.lora_a[...], lora.lora_b[...]
+        if layer is not None:
+            a, b = a[layer], b[layer]
+        value = merge_kernel(value, a, b, lora.scale)
+    return np.asarray(jax.device_get(value))
 
 
 def wan_state_dict(model: WanDiT, layout: str = "diffusers", dtype=None) -> Iterator[tuple[str, np.ndarray]]:
@@ -369,10 +366,11 @@ def wan_state_dict(model: WanDiT, layout: str = "diffusers", dtype=None) -> Iter
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
     config = model.config
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    # kernel path -> its LoRALinear; merged one layer at a time so no merged copy of the model is held
+    adapters = {tuple(path) + ("kernel",): layer for path, layer in lora_layers(model)}
     for e in _entries(config):
-        getter = _merged_stacked_kernel(flat, e.path, config.lora_scale)
         for layer in range(config.num_layers) if e.stacked else [None]:
-            w = _to_torch(e.kind, getter(layer), config)
+            w = _to_torch(e.kind, _layer_tensor(flat, e.path, adapters, layer), config)
             if dtype is not None:
                 w = w.astype(jnp.dtype(dtype))
             yield e.key(layout, layer), np.ascontiguousarray(w)

@@ -129,6 +129,9 @@ def loss_weights(sigma: jax.Array, weighting: str | Callable[[jax.Array], jax.Ar
     raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable; got {weighting!r}")
 
 
+REDUCTIONS = ("mean", "per_example")
+
+
 def flow_matching_loss(
     prediction: jax.Array,
     target: jax.Array,
@@ -136,8 +139,9 @@ def flow_matching_loss(
     *,
     mask: jax.Array | None = None,
     weighting: str | Callable[[jax.Array], jax.Array] = "none",
+    reduction: str = "mean",
 ) -> jax.Array:
-    """Weighted mean squared error over the selected elements, float32 scalar.
+    """Weighted mean squared error over the selected elements, float32.
 
     Args:
       prediction, target: (B, ...) model velocity and `velocity_target`.
@@ -145,22 +149,37 @@ def flow_matching_loss(
       mask: optional bool/0-1 array of shape (B, ...) that is a prefix of prediction's shape, e.g. (B, L)
         for (B, L, D) tokens; the loss averages only over selected elements (the target tokens).
       weighting: see `loss_weights`.
+      reduction: "mean": one scalar over the whole batch; "per_example": a (B,) loss per example (the
+        training step averages these, so every example weighs the same whatever its mask).
     Returns:
-      sum(w_b * m * (prediction - target)^2) / sum(m), with m broadcast over the trailing axes.
+      "mean": () sum(w_b * m * (prediction - target)^2) / sum(m), with m broadcast over the trailing axes;
+      "per_example": (B,) the same sums and counts taken over each example's own elements.
     """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction and target must have one shape; got {prediction.shape} and {target.shape}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
     err = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
-    if mask is None:
-        selected = jnp.ones(err.shape, jnp.float32)
-    else:
-        if tuple(mask.shape) != tuple(err.shape[: mask.ndim]):
-            raise ValueError(f"mask shape must be a prefix of {err.shape}; got {tuple(mask.shape)}")
-        trailing = (1,) * (err.ndim - mask.ndim)
-        selected = jnp.broadcast_to(mask.astype(jnp.float32).reshape(mask.shape + trailing), err.shape)
-    weighted = err * selected
+    selected = _selection(mask, err)
+    weighted = err if selected is None else err * selected
     if weighting != "none":
         if sigma is None:
             raise ValueError("sigma is required for a loss weighting other than 'none'")
         weighted = weighted * _per_sample(loss_weights(sigma, weighting), err)
-    return jnp.sum(weighted) / jnp.maximum(jnp.sum(selected), 1.0)
+    if reduction == "per_example":
+        axes = tuple(range(1, err.ndim))
+        if selected is None:  # every element counts: a plain mean (the training step's exact numerics)
+            return jnp.mean(weighted, axis=axes)
+        return jnp.sum(weighted, axis=axes) / jnp.maximum(jnp.sum(selected, axis=axes), 1.0)
+    count = max(err.size, 1) if selected is None else jnp.maximum(jnp.sum(selected), 1.0)
+    return jnp.sum(weighted) / count
+
+
+def _selection(mask: jax.Array | None, err: jax.Array) -> jax.Array | None:
+    """A (B, ...) prefix mask broadcast to float32 of `err`'s shape; None (select everything) for no mask."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(err.shape[: mask.ndim]):
+        raise ValueError(f"mask shape must be a prefix of {err.shape}; got {tuple(mask.shape)}")
+    trailing = (1,) * (err.ndim - mask.ndim)
+    return jnp.broadcast_to(mask.astype(jnp.float32).reshape(mask.shape + trailing), err.shape)

@@ -65,7 +65,8 @@ class PretrainedConfig:
       conditioner: `ConditionerConfig`.
       rope_mode: "sequential" or "shared".
       vae: `WanVAEConfig` or `SpaceToDepthConfig`.
-      text_len: prompt length in tokens the model was trained with (text embeddings are (text_len, text_dim)).
+      text_len: prompt length in tokens the model was trained with (text embeddings are (text_len, text_dim));
+        the one value: `wan.text_len` is set from it.
       num_frames, height, width: the training clip grid; the pipeline resizes videos to (height, width)
         and uses at most num_frames frames by default.
       max_tracks: at most this many tracks are given to the model (the training maximum).
@@ -86,6 +87,11 @@ class PretrainedConfig:
     sample_shift: float = 5.0
     prediction: str = "velocity"
     source: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # one prompt length: the backbone's copy (written into the diffusers config.json) follows text_len
+        if int(self.wan.text_len) != int(self.text_len):
+            object.__setattr__(self, "wan", self.wan.replace(text_len=int(self.text_len)))
 
     # -------------------------------------------------------------------------------- conversions
     @classmethod

@@ -90,11 +90,27 @@ class LoRALinear(nnx.Module):
 
     def merged_kernel(self) -> jax.Array:
         """kernel + scale * A @ B (shape of `kernel`, including any leading stacked-layer axis)."""
-        kernel = self.kernel[...]
         if not self.rank:
-            return kernel
-        delta = jnp.einsum("...ir,...ro->...io", self.lora_a[...].astype(jnp.float32), self.lora_b[...].astype(jnp.float32))
-        return (kernel.astype(jnp.float32) + self.scale * delta).astype(kernel.dtype)
+            return self.kernel[...]
+        return merge_kernel(self.kernel[...], self.lora_a[...], self.lora_b[...], self.scale)
+
+
+def merge_kernel(kernel: jax.Array, lora_a: jax.Array, lora_b: jax.Array, scale: float) -> jax.Array:
+    """The one LoRA merge: kernel + scale * A @ B, computed in float32 and cast back to kernel's dtype.
+
+    Args:
+      kernel: (..., in, out); lora_a: (..., in, r); lora_b: (..., r, out), the same leading axes (a
+        stacked-layer axis, or none for one layer's slice).
+      scale: alpha / r.
+    Returns:
+      (..., in, out) array of kernel's dtype. Pure: nothing is written (`merge_lora` writes it back,
+      `convert.wan_transformer.wan_state_dict` streams it layer by layer into an export).
+    """
+    a, b = jnp.asarray(lora_a, jnp.float32), jnp.asarray(lora_b, jnp.float32)
+    # highest precision: a merged checkpoint must not carry a TF32/bf16-pass matmul error on GPU/TPU
+    delta = jnp.einsum("...ir,...ro->...io", a, b, precision=jax.lax.Precision.HIGHEST)
+    kernel = jnp.asarray(kernel)
+    return (kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,8 +152,9 @@ def lora_layers(model: nnx.Module) -> list[tuple[tuple, LoRALinear]]:
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
-    """Fold every adapter into its kernel in place (kernel += scale * A @ B, then B = 0) and return
-    `model`. The function computed is unchanged; `export_wan_transformer` then writes plain kernels."""
+    """Fold every adapter into its kernel in place (kernel = `merge_kernel(...)`, then B = 0) and return
+    `model`. The function computed is unchanged. (`export_wan_transformer` applies the same
+    `merge_kernel` to the tensors it writes and leaves the model as it is.)"""
     for _, layer in lora_layers(model):
         layer.kernel[...] = layer.merged_kernel()
         layer.lora_b[...] = jnp.zeros_like(layer.lora_b[...])

@@ -2,24 +2,21 @@
 data, and report per-device memory and FLOPs.
 
 On this CPU machine a pod is simulated with `jax_num_cpu_devices` host devices; the same code on a
-real TPU/GPU host compiles for the real devices. The step is compiled with precomputed latents in
-the batch (the frozen VAE encode is planned separately), which is how the paper-size run is fed.
+real TPU/GPU host compiles for the real devices. What is compiled is `TrainingSetup.jit_step`, the step
+`train` runs, on `TrainingSetup.abstract_arguments`: the batch holds precomputed latents and text
+embeddings (the frozen VAE encode is planned separately), which is how the paper-size run is fed.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
 from trackedit_jax.parallel.mesh import make_mesh
-from trackedit_jax.parallel.sharding import batch_sharding
 from trackedit_jax.train import build
-from trackedit_jax.train.checkpointing import abstract_like
-from trackedit_jax.train.loop import TrainingSetup
-from trackedit_jax.train.step import make_train_step
+from trackedit_jax.train.setup import TrainingSetup
 
 
 @dataclasses.dataclass
@@ -59,26 +56,6 @@ class StepPlan:
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def abstract_batch(config: ConfigDict, mesh) -> dict:
-    """`jax.ShapeDtypeStruct`s of one global batch with precomputed latents, sharded over (data, fsdp)."""
-    d, t, wan = config.data, config.train, config.model.wan
-    B, F, N = int(t.batch_size), int(d.num_frames), int(d.max_tracks)
-    f, h, w = build.latent_grid(config)
-    shapes = {
-        "source_latents": ((B, f, h, w, int(wan.in_dim)), jnp.float32),
-        "target_latents": ((B, f, h, w, int(wan.in_dim)), jnp.float32),
-        "source_xyz": ((B, F, N, 3), jnp.float32),
-        "target_xyz": ((B, F, N, 3), jnp.float32),
-        "point_mask": ((B, N), jnp.bool_),
-        "source_intrinsics": ((B, F, 3, 3), jnp.float32),
-        "target_intrinsics": ((B, F, 3, 3), jnp.float32),
-        "source_extrinsics": ((B, F, 4, 4), jnp.float32),
-        "target_extrinsics": ((B, F, 4, 4), jnp.float32),
-        "text_embedding": ((B, int(config.text.text_len), int(wan.text_dim)), jnp.float32),
-    }
-    return {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sharding(mesh, len(s))) for k, (s, dt) in shapes.items()}
-
-
 def plan_training_step(config: ConfigDict) -> StepPlan:
     """Lower and compile the training step of `config` for all visible devices; nothing is allocated."""
     import time
@@ -86,21 +63,9 @@ def plan_training_step(config: ConfigDict) -> StepPlan:
     build.validate_config(config, planning=True)
     mesh = make_mesh(dict(config.mesh))
     setup = TrainingSetup.create(config, mesh)
-    image_size = (int(config.data.height), int(config.data.width))
     vae_graphdef, abs_vae = nnx.split(build.abstract_vae(config))
-    step = make_train_step(setup.graphdef, vae_graphdef, setup.tx, setup.schedule, config, image_size, setup.trainable)
-    args = (
-        abstract_like(setup.abs_state, setup.state_sh),
-        abstract_like(setup.abs_frozen, setup.frozen_sh),
-        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=setup.replicated), abs_vae),
-        abstract_batch(config, mesh),
-    )
-    jitted = jax.jit(
-        step,
-        in_shardings=(setup.state_sh, setup.frozen_sh, setup.replicated, None),
-        out_shardings=(setup.state_sh, setup.replicated),
-        donate_argnums=(0,),
-    )
+    jitted = setup.jit_step(vae_graphdef)  # the very step `train` runs
+    args = setup.abstract_arguments(abs_vae)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = jitted.lower(*args).compile()

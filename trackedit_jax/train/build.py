@@ -26,9 +26,14 @@ class ConfigError(ValueError):
 
 
 def wan_config(config: ConfigDict) -> WanConfig:
-    """The backbone's `WanConfig`; LoRA adapters are built when `lora.mode == "lora"`."""
+    """The backbone's `WanConfig`; LoRA adapters are built when `lora.mode == "lora"`.
+
+    Its `text_len` is `text.text_len`, the one prompt length of a config; a `model.wan.text_len` that
+    configs saved by older versions carry (always equal to it in the presets) is not read.
+    """
     kw = dict(config.model.wan)
     kw["patch_size"] = tuple(kw["patch_size"])
+    kw["text_len"] = int(config.text.text_len)
     if config.lora.mode == "lora":
         kw.update(lora_rank=int(config.lora.rank), lora_alpha=float(config.lora.alpha))
     return WanConfig(**kw)

@@ -1,9 +1,9 @@
 """The training loop: `train(config, workdir)`.
 
 Start-up (before anything compiles): validate the config, build the mesh, (generate synthetic data
-for presets that allow it), build the model abstractly and derive every sharding from the logical
-axis names. Then: initialise or restore (exact resume from `WORKDIR/checkpoints`, or stage 2 from
-`init_from`), jit the step once with explicit in/out shardings and donation, and run with a
+for presets that allow it), build the `TrainingSetup` (the model abstractly, every sharding from the
+logical axis names). Then: initialise or restore (exact resume from `WORKDIR/checkpoints`, or stage 2
+from `init_from`), take the setup's jitted step (explicit in/out shardings, donation), and run with a
 progress bar, metrics (TensorBoard + JSONL), periodic validation, periodic checkpoints and a final
 checkpoint on SIGTERM or at the end, plus a loss-curve PNG.
 """
@@ -22,18 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from trackedit_jax.parallel.mesh import make_mesh
-from trackedit_jax.parallel.sharding import batch_sharding, state_shardings
+from trackedit_jax.parallel.sharding import batch_sharding
 from trackedit_jax.train import build
 from trackedit_jax.train.checkpointing import Checkpointer, abstract_like
 from trackedit_jax.train.flops import train_step_flops
 from trackedit_jax.train.metrics import MetricsWriter, plot_loss_curve
-from trackedit_jax.train.optimizer import make_optimizer
+from trackedit_jax.train.setup import TrainingSetup
+from trackedit_jax.train.step import TrainState, init_train_state
 from trackedit_jax.train.throughput import StepWindow, measure_peak_flops
-from trackedit_jax.train.step import TrainState, init_train_state, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass
@@ -140,64 +139,6 @@ def _load_base(model, config: ConfigDict, mesh) -> None:
     nnx.update(model.dit, placed)
 
 
-@dataclasses.dataclass
-class TrainingSetup:
-    """Everything derived from a config and a mesh before any data or weights exist: the model's
-    graph, abstract trainable/frozen states and their shardings, the optimiser, and the abstract
-    `TrainState` with its shardings. Shared by the training loop and the AOT planner."""
-
-    config: ConfigDict
-    mesh: Any
-    trainable: Any
-    graphdef: Any
-    abs_params: Any
-    abs_frozen: Any
-    params_sh: Any
-    frozen_sh: Any
-    tx: Any
-    schedule: Any
-    abs_state: TrainState
-    state_sh: TrainState
-    replicated: NamedSharding
-    use_ema: bool
-
-    @classmethod
-    def create(cls, config: ConfigDict, mesh) -> "TrainingSetup":
-        seed = int(config.train.seed)
-        trainable = build.trainable(config)
-        abstract = nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed))
-        graphdef, abs_params, abs_frozen = nnx.split(abstract, trainable, ...)
-        params_sh = state_shardings(abs_params, mesh)
-        frozen_sh = state_shardings(abs_frozen, mesh)
-        tx, schedule = make_optimizer(
-            peak_lr=config.train.lr, warmup_steps=config.train.warmup_steps, total_steps=config.train.num_steps,
-            weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
-        )
-        use_ema = config.train.ema_decay > 0
-        abs_state = jax.eval_shape(lambda p: init_train_state(p, tx, seed, use_ema), abs_params)
-        replicated = NamedSharding(mesh, P())
-        state_sh = TrainState(
-            step=replicated,
-            params=params_sh,
-            opt_state=_opt_state_shardings(tx, abs_state.opt_state, params_sh, replicated),
-            rng=replicated,
-            ema=params_sh if use_ema else None,
-        )
-        return cls(config, mesh, trainable, graphdef, abs_params, abs_frozen, params_sh, frozen_sh, tx,
-                   schedule, abs_state, state_sh, replicated, use_ema)
-
-    def init_params(self):
-        """Freshly initialised (trainable, frozen) states, created directly on their shardings."""
-        config, seed, trainable = self.config, int(self.config.train.seed), self.trainable
-
-        def _init():
-            _, p, f = nnx.split(build.build_edit_model(config, seed=seed), trainable, ...)
-            return p, f
-
-        with jax.set_mesh(self.mesh):
-            return jax.jit(_init, out_shardings=(self.params_sh, self.frozen_sh))()
-
-
 def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | None = None) -> TrainResult:
     """Run (or resume) training as configured; returns when `train.num_steps` (or `max_steps` more
     steps in this call, a testing aid) are done or on SIGTERM."""
@@ -208,7 +149,6 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     train_path, val_path = prepare_data(config, workdir)
-    image_size = (int(config.data.height), int(config.data.width))
     seed = int(config.train.seed)
 
     setup = TrainingSetup.create(config, mesh)
@@ -220,10 +160,8 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
         del model
     vae = build.build_vae(config)
     vae_graphdef, vae_state = nnx.split(vae)
-    vae_state = jax.device_put(vae_state, NamedSharding(mesh, P()))
-    tx, schedule, abs_state, state_sh = setup.tx, setup.schedule, setup.abs_state, setup.state_sh
-    graphdef, frozen_sh, replicated = setup.graphdef, setup.frozen_sh, setup.replicated
-    use_ema = setup.use_ema
+    vae_state = jax.device_put(vae_state, setup.replicated)
+    tx, abs_state, state_sh, use_ema = setup.tx, setup.abs_state, setup.state_sh, setup.use_ema
 
     # --- data and checkpoints ----------------------------------------------------------------------
     train_iter = make_iterator(config, train_path, seed=seed)
@@ -241,15 +179,8 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
             resumed_from = f"initialised from {config.init_from}"
     del params
 
-    step_fn = make_train_step(graphdef, vae_graphdef, tx, schedule, config, image_size, setup.trainable)
-    frozen_arg_sh = frozen_sh
-    jit_step = jax.jit(
-        step_fn,
-        in_shardings=(state_sh, frozen_arg_sh, replicated, None),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,),
-    )
-    eval_fn = jax.jit(make_eval_step(graphdef, vae_graphdef, config, image_size))
+    jit_step = setup.jit_step(vae_graphdef)
+    eval_fn = setup.jit_eval(vae_graphdef)
 
     flops_per_step = train_step_flops(
         build.wan_config(config), latent_shape=build.latent_grid(config),
@@ -334,17 +265,6 @@ def _validate(eval_fn, state, frozen, vae_state, config, val_path, mesh) -> floa
         losses.append(float(eval_fn(state.params, frozen, vae_state, batch, jax.random.PRNGKey(i))))
     del it
     return float(np.mean(losses))
-
-
-def _opt_state_shardings(tx, abs_opt_state, params_sh, replicated):
-    """Optimiser-state leaves shaped like parameters take the parameter's sharding; others replicate."""
-    import optax
-
-    return optax.tree_map_params(
-        tx, lambda _, s: s, abs_opt_state, params_sh,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
 
 
 def _params_from_run(run_dir: str, abs_state: TrainState, state_sh: TrainState) -> Any:

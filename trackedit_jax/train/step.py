@@ -23,7 +23,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from trackedit_jax.diffusion.flow import (
-    noisy_sample, sample_sigmas, sigmas_to_timesteps, velocity_from_output, velocity_target,
+    flow_matching_loss, noisy_sample, sample_sigmas, sigmas_to_timesteps, velocity_from_output, velocity_target,
 )
 from trackedit_jax.geometry.conditioning import prepare_track_condition_batch
 
@@ -82,7 +82,8 @@ def batch_text(batch: dict, batch_size: int, text_len: int, text_dim: int) -> ja
 
 
 def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, image_size: tuple[int, int]):
-    """Mean squared velocity error on the target latents of one (micro)batch; returns (loss, aux).
+    """Mean squared velocity error (`flow_matching_loss`) on the target latents of one (micro)batch;
+    returns (loss () float32, aux {"sigma_mean": () float32}).
 
     keys: (B, 2) uint32, one PRNG key per example: the noise level, the noise and the text dropout of an
     example depend only on its own key, so splitting a batch into micro-batches changes nothing.
@@ -106,7 +107,8 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
         x_t, sigmas_to_timesteps(sigma), text, z_src, cond.source, cond.target, cond.source_valid, cond.target_valid
     )
     v = velocity_from_output(out, x_t, sigma, d.get("prediction", "velocity"))
-    per_example = jnp.mean(jnp.square(v.astype(jnp.float32) - target), axis=(1, 2, 3, 4))
+    # per-example means, then their mean: every example weighs the same in any micro-batch split
+    per_example = flow_matching_loss(v, target, reduction="per_example")
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
 
 
