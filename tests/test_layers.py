@@ -30,6 +30,7 @@ SIDEWAYS_LAYERS = {"pipelines"}  # loops may reuse each other's steps (infer bui
 SIDEWAYS = {
     ("convert", "models"): "conversion fills the NNX modules' state, so it builds the models",
     ("parallel", "kernels"): "the mesh-aware attention runs the local kernels per shard; kernels know no meshes",
+    ("viz", "media"): "pictures are written like videos: atomically, with ordinary file permissions",
 }
 
 LAYER_OF = {unit: (rank, name) for rank, (name, units) in enumerate(LAYERS) for unit in units}
