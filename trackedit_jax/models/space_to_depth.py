@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trackedit_jax.models.wan.vae import check_latents
+
 KIND = "space_to_depth"
 
 
@@ -69,13 +71,6 @@ class SpaceToDepthVAE(nnx.Module):
         if H % s or W % s or H == 0 or W == 0:
             raise ValueError(f"video height and width must be positive multiples of {s}; got (H, W) = ({H}, {W})")
 
-    def _check_latents(self, latents) -> None:
-        z = self.config.z_dim
-        if getattr(latents, "ndim", None) != 5 or latents.shape[-1] != z or latents.shape[1] < 1:
-            raise ValueError(
-                f"latents must be (B, f, h, w, {z}) with f >= 1; got shape {getattr(latents, 'shape', None)}"
-            )
-
     def encode_frames(self, video: jax.Array, *, chunked: bool = True) -> jax.Array:
         """(B, F, H, W, 3) float -> (B, f, H/s, W/s, z_dim) float32 (un-normalised: the pixels)."""
         del chunked  # every latent frame depends on its own frames only
@@ -106,7 +101,7 @@ class SpaceToDepthVAE(nnx.Module):
 
     def decode(self, latents, *, chunked: bool = True, tiling=None) -> jax.Array:
         """Validated `decode_frames`."""
-        self._check_latents(latents)
+        check_latents(latents, self.config.z_dim)
         return self.decode_frames(latents)
 
     def normalize_latents(self, latents):

@@ -554,6 +554,14 @@ class TileSpec:
     stride_width: int = 192
 
 
+def check_latents(latents, z_dim: int) -> None:
+    """Raise ValueError unless `latents` is (B, f, h, w, z_dim) with f >= 1 (any autoencoder's latents)."""
+    if getattr(latents, "ndim", None) != 5 or latents.shape[-1] != z_dim or latents.shape[1] < 1:
+        raise ValueError(
+            f"latents must be (B, f, h, w, {z_dim}) with f >= 1; got shape {getattr(latents, 'shape', None)}"
+        )
+
+
 class WanVAE(nnx.Module):
     """The Wan 2.1 VAE. Channels-last; see the module docstring for the chunked causal inference.
 
@@ -593,11 +601,7 @@ class WanVAE(nnx.Module):
             raise ValueError(f"video height and width must be positive multiples of {f}; got (H, W) = ({H}, {W})")
 
     def _check_latents(self, latents) -> None:
-        z = self.config.z_dim
-        if getattr(latents, "ndim", None) != 5 or latents.shape[-1] != z or latents.shape[1] < 1:
-            raise ValueError(
-                f"latents must be (B, f, h, w, {z}) with f >= 1; got shape {getattr(latents, 'shape', None)}"
-            )
+        check_latents(latents, self.config.z_dim)
 
     # -- un-jitted maths (called inside jit) ---------------------------------------------------
     def encode_frames(self, video: jax.Array, *, chunked: bool = True) -> jax.Array:
