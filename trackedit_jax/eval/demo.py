@@ -55,7 +55,7 @@ def run_demo(pipe, out_dir, *, steps: int = 20, seed: int = 0) -> dict:
     out = pipe.edit(pair.source_video, pair.source_tracks, pair.source_camera, pair.target_tracks,
                     pair.target_camera, num_steps=steps, seed=seed, progress=True)
     videos = {"model": out.video, "copy": pair.source_video, "warp": harness.warp_baseline(pair)}
-    scores = {m: harness.score(v, pair) for m, v in videos.items()}
+    scores = harness.score(videos, pair)
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,17 +33,27 @@ METRICS = ("psnr", "ssim", "masked_psnr", "edit_psnr", "epe")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "masked_psnr": True, "edit_psnr": True, "epe": False}
 
 
-def score(video: np.ndarray, pair: EvalPair) -> dict:
-    """Every metric of `video` (F, H, W, 3) uint8 against `pair`'s ground truth (NaN where undefined)."""
+def target_projections(pair: EvalPair) -> tuple[np.ndarray, np.ndarray]:
+    """(uv (F, N, 2) pixels, visible (F, N) bool) of the target tracks in the target camera."""
+    uv, _ = project(np.asarray(pair.target_tracks.xyz, np.float64), pair.target_camera)
+    return uv, np.asarray(pair.target_tracks.visibility, bool)
+
+
+def score(videos: dict, pair: EvalPair) -> dict:
+    """{method: {metric: value}} for videos {method: (F, H, W, 3) uint8} against `pair`'s ground truth
+    (NaN where undefined). The edit region and the target projections are computed once per pair."""
     gt = pair.target_video
     region = M.edit_region(pair.source_video, gt)
-    uv, _ = project(np.asarray(pair.target_tracks.xyz, np.float64), pair.target_camera)
+    uv, visible = target_projections(pair)
     return {
-        "psnr": M.psnr(video, gt),
-        "ssim": M.ssim(video, gt),
-        "masked_psnr": float("nan") if pair.covisible is None else M.masked_psnr(video, gt, pair.covisible),
-        "edit_psnr": M.masked_psnr(video, gt, region),
-        "epe": M.track_epe(video, uv, np.asarray(pair.target_tracks.visibility, bool)),
+        method: {
+            "psnr": M.psnr(video, gt),
+            "ssim": M.ssim(video, gt),
+            "masked_psnr": float("nan") if pair.covisible is None else M.masked_psnr(video, gt, pair.covisible),
+            "edit_psnr": M.masked_psnr(video, gt, region),
+            "epe": M.track_epe(video, uv, visible),
+        }
+        for method, video in videos.items()
     }
 
 
@@ -196,9 +206,8 @@ def evaluate(
                             pair.target_camera, num_steps=steps, seed=seed, solver=solver)
             videos = {"model": out.video, "copy": pair.source_video, "warp": warp_baseline(pair)}
             row = {"key": pair.key, "family": pair.family, "occlusion_change": pair.occlusion_change,
-                   "scores": {m: score(v, pair) for m, v in videos.items()}}
-            uv, _ = project(np.asarray(pair.target_tracks.xyz, np.float64), pair.target_camera)
-            lk_floor.append(M.track_epe(pair.target_video, uv, np.asarray(pair.target_tracks.visibility, bool)))
+                   "scores": score(videos, pair)}
+            lk_floor.append(M.track_epe(pair.target_video, *target_projections(pair)))
             rows.append(row)
             log.write(json.dumps(_json_safe(row)) + "\n")
             if i < num_videos:
