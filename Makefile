@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,13 @@ install: $(STAMP)
 demo: $(RUNTIME_STAMP)
 	$(BIN)/trackedit demo --out demo_out
 
-# The whole suite; 8 simulated CPU devices are set up by tests/conftest.py.
-test: $(STAMP)
+# Style and static checks (config in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Lint, then the whole suite; 8 simulated CPU devices are set up by tests/conftest.py.
+test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 clean:

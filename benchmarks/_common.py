@@ -1,4 +1,5 @@
 """Pieces the benchmark scripts share (imported as `_common`: a script's own folder is on sys.path)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,12 @@ import os
 def add_cpu_arguments(ap: argparse.ArgumentParser) -> None:
     """--threads (both libraries) and --xla-dot (which library XLA:CPU uses for its matmuls)."""
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--xla-dot", choices=("default", "eigen"), default="default",
-                    help="eigen: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (XLA's Eigen dots instead of YNNPACK)")
+    ap.add_argument(
+        "--xla-dot",
+        choices=("default", "eigen"),
+        default="default",
+        help="eigen: XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (XLA's Eigen dots instead of YNNPACK)",
+    )
 
 
 def configure_cpu(args) -> None:

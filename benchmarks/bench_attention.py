@@ -9,6 +9,7 @@ Part 2 prints the temporary-buffer size XLA assigns (`compiled.memory_analysis()
 memory besides inputs and outputs) for forward+backward at 2K/4K/8K/16K tokens: chunked should grow
 linearly, XLA quadratically. Nothing is executed in part 2, so 16K XLA (8 GB of scores) is fine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def main() -> None:
 
     def jax_pair(impl):
         fwd = jax.jit(lambda q, k, v: attention(q, k, v, impl=impl))
-        grad = jax.jit(jax.grad(lambda q, k, v: attention(q, k, v, impl=impl).sum(), argnums=(0, 1, 2)))
+        grad = jax.jit(jax.grad(lambda q, k, v, impl=impl: attention(q, k, v, impl=impl).sum(), argnums=(0, 1, 2)))
         return (lambda: jax.block_until_ready(fwd(q, k, v))), (lambda: jax.block_until_ready(grad(q, k, v)))
 
     def torch_fwd():
@@ -60,8 +61,12 @@ def main() -> None:
     cf, cb = jax_pair("chunked")
     xf, xb = jax_pair("xla")
     cases = {
-        "chunked fwd": cf, "torch fwd": torch_fwd, "xla fwd": xf,
-        "chunked fwd+bwd": cb, "torch fwd+bwd": torch_fwd_bwd, "xla fwd+bwd": xb,
+        "chunked fwd": cf,
+        "torch fwd": torch_fwd,
+        "xla fwd": xf,
+        "chunked fwd+bwd": cb,
+        "torch fwd+bwd": torch_fwd_bwd,
+        "xla fwd+bwd": xb,
     }
     for fn in cases.values():  # compile / warm up
         fn()
@@ -74,13 +79,17 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     best = {name: min(ts) * 1e3 for name, ts in times.items()}
     load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "n/a"
-    print(f"attention B={B} L={L} H={H} D={D} float32, {args.threads} threads, xla dots={args.xla_dot}, "
-          f"best of {args.repeats} (ms); load average after: {load}")
+    print(
+        f"attention B={B} L={L} H={H} D={D} float32, {args.threads} threads, xla dots={args.xla_dot}, "
+        f"best of {args.repeats} (ms); load average after: {load}"
+    )
     for name, ms in best.items():
         print(f"  {name:16s} {ms:8.1f}  (median {np.median(times[name]) * 1e3:.1f})")
     for kind in ("fwd", "fwd+bwd"):
-        print(f"  torch/chunked {kind}: {best[f'torch {kind}'] / best[f'chunked {kind}']:.2f}x"
-              f"   xla/chunked {kind}: {best[f'xla {kind}'] / best[f'chunked {kind}']:.2f}x")
+        print(
+            f"  torch/chunked {kind}: {best[f'torch {kind}'] / best[f'chunked {kind}']:.2f}x"
+            f"   xla/chunked {kind}: {best[f'xla {kind}'] / best[f'chunked {kind}']:.2f}x"
+        )
 
     if args.skip_memory:
         return
@@ -90,7 +99,7 @@ def main() -> None:
         spec = jax.ShapeDtypeStruct((B, n, H, D), jnp.float32)
         row = []
         for impl in ("chunked", "xla"):
-            g = jax.jit(jax.grad(lambda q, k, v: attention(q, k, v, impl=impl).sum(), argnums=(0, 1, 2)))
+            g = jax.jit(jax.grad(lambda q, k, v, impl=impl: attention(q, k, v, impl=impl).sum(), argnums=(0, 1, 2)))
             mem = g.lower(spec, spec, spec).compile().memory_analysis()
             row.append(mem.temp_size_in_bytes / 2**20)
         print(f"  {n:6d} {row[0]:10.1f} {row[1]:10.1f}")

@@ -16,6 +16,7 @@ falls back to the ring; with --heads 16 it runs), and context 4 x fsdp 2 (ulysse
 "xla" is dense: its logits are quadratic in L, so those rows show the 1/C split of a quadratic term; a
 flash kernel (splash/cuDNN/pallas on TPU/GPU, "chunked" on CPU) makes them linear.
 """
+
 from __future__ import annotations
 
 import argparse

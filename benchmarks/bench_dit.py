@@ -20,6 +20,7 @@ the ~0.9 GB block XLA allocates per step is reused instead of page-faulted in af
 does not call it gets). The torch worker runs with glibc's defaults either way; its activations are
 small blocks that glibc already reuses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,11 @@ def _torch_step_fn(weights: str, threads: int):
     torch.set_num_threads(threads)
     ref = WanTransformer3DModel.from_pretrained(weights).train()
     x, t, ctx = _inputs()
-    tx, tt, tc = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))), torch.from_numpy(t), torch.from_numpy(ctx)
+    tx, tt, tc = (
+        torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))),
+        torch.from_numpy(t),
+        torch.from_numpy(ctx),
+    )
 
     def step():
         ref.zero_grad(set_to_none=True)
@@ -127,8 +132,15 @@ def _save_reference_weights(out_dir: str, layers: int) -> None:
 
     torch.manual_seed(0)
     WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=64, in_channels=16, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=2048, num_layers=layers,
+        patch_size=(1, 2, 2),
+        num_attention_heads=8,
+        attention_head_dim=64,
+        in_channels=16,
+        out_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        ffn_dim=2048,
+        num_layers=layers,
     ).save_pretrained(out_dir)
 
 
@@ -140,9 +152,13 @@ def main() -> None:
     ap.add_argument("--attention", default="auto", help="WanConfig.attention_impl of our model")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--same-process", action="store_true", help="run both libraries in this process")
-    ap.add_argument("--host-memory", choices=("keep", "default"), default="keep",
-                    help="keep: our worker calls trackedit_jax.host_memory.keep_freed_host_memory() first, as "
-                         "the trackedit command does; default: glibc's defaults")
+    ap.add_argument(
+        "--host-memory",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: our worker calls trackedit_jax.host_memory.keep_freed_host_memory() first, as "
+        "the trackedit command does; default: glibc's defaults",
+    )
     args = ap.parse_args()
     configure_cpu(args)  # environment first: the workers inherit it
     import numpy as np
@@ -190,17 +206,23 @@ def main() -> None:
     times = {k: [m[0] for m in v] for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     med = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"Wan DiT fwd+bwd: dim 512, 8x64 heads, {args.layers} layers, ffn 2048, 2048 video + 64 text tokens, "
-          f"float32, {args.threads} threads, remat={args.remat}, attention={args.attention}, xla dots={args.xla_dot}, "
-          f"{'one process' if args.same_process else 'one process per library'}, host memory={args.host_memory}; "
-          f"best of {args.repeats}; "
-          f"load average before: {load_before}")
+    print(
+        f"Wan DiT fwd+bwd: dim 512, 8x64 heads, {args.layers} layers, ffn 2048, 2048 video + 64 text tokens, "
+        f"float32, {args.threads} threads, remat={args.remat}, attention={args.attention}, xla dots={args.xla_dot}, "
+        f"{'one process' if args.same_process else 'one process per library'}, host memory={args.host_memory}; "
+        f"best of {args.repeats}; "
+        f"load average before: {load_before}"
+    )
     print(f"  (jax first call incl. compile: {compile_s:.1f} s)")
     for lib, name in names.items():
-        print(f"  {name:18s} {best[lib]:7.2f} s   (all: {', '.join(f'{s:.2f}' for s in times[lib])}; per step: "
-              f"kernel time {sys_s[lib]:.2f} s, {faults[lib]} page faults)")
-    print(f"  speed-up ours vs diffusers: {best['torch'] / best['jax']:.2f}x (best), "
-          f"{med['torch'] / med['jax']:.2f}x (median)")
+        print(
+            f"  {name:18s} {best[lib]:7.2f} s   (all: {', '.join(f'{s:.2f}' for s in times[lib])}; per step: "
+            f"kernel time {sys_s[lib]:.2f} s, {faults[lib]} page faults)"
+        )
+    print(
+        f"  speed-up ours vs diffusers: {best['torch'] / best['jax']:.2f}x (best), "
+        f"{med['torch'] / med['jax']:.2f}x (median)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ also what the sampler makes each step. Both sides run interleaved; the best of `
   PYTHONPATH=$PWD python benchmarks/bench_edit_sampling.py [--steps 50] [--solver unipc] [--guidance 5]
       [--frames 17 --height 64 --width 64] [--tracks 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from _common import print_loop_overhead
+from flax import nnx
 
 from trackedit_jax.configuration import load_config
 from trackedit_jax.diffusion.samplers import initial_noise, make_schedule, sample
@@ -50,8 +51,13 @@ def main():
     f, h, w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     latents = jax.random.normal(keys[0], (1, f, h, w, wan.in_dim))
-    src = jnp.concatenate([jax.random.uniform(keys[1], (1, f, args.tracks, 2), minval=-1, maxval=1),
-                           jax.random.uniform(keys[2], (1, f, args.tracks, 1))], -1)
+    src = jnp.concatenate(
+        [
+            jax.random.uniform(keys[1], (1, f, args.tracks, 2), minval=-1, maxval=1),
+            jax.random.uniform(keys[2], (1, f, args.tracks, 1)),
+        ],
+        -1,
+    )
     valid = jnp.ones((1, f, args.tracks), bool)
     cache = jax.block_until_ready(_encode_source(graphdef, state, latents, src, src + 0.05, valid, valid))
     vf = jax.tree_util.Partial(EditVelocity(graphdef), state, cache)
@@ -69,8 +75,15 @@ def main():
     model_call = jax.jit(lambda vf, x, t, c: vf(x, t, c))
 
     def run_loop():
-        return sample(vf, noise, cond, uncond=uncond if cfg else None, guidance=args.guidance,
-                      solver=args.solver, schedule=schedule)
+        return sample(
+            vf,
+            noise,
+            cond,
+            uncond=uncond if cfg else None,
+            guidance=args.guidance,
+            solver=args.solver,
+            schedule=schedule,
+        )
 
     def steps_of_calls():  # `steps` back-to-back model calls, as a Python-loop sampler would make
         out = None
@@ -86,9 +99,11 @@ def main():
         loop_s = min(loop_s, timed(run_loop))
     call_s = calls_s / args.steps
 
-    print(f"backend={jax.default_backend()} solver={args.solver} steps={args.steps} guidance={args.guidance} "
-          f"config={args.config} (dim {wan.dim}, {wan.num_layers} layers), latents {tuple(latents.shape)}, "
-          f"2 x {f * (h // 2) * (w // 2)} tokens, {args.tracks} tracks, model batch {call_x.shape[0]}")
+    print(
+        f"backend={jax.default_backend()} solver={args.solver} steps={args.steps} guidance={args.guidance} "
+        f"config={args.config} (dim {wan.dim}, {wan.num_layers} layers), latents {tuple(latents.shape)}, "
+        f"2 x {f * (h // 2) * (w // 2)} tokens, {args.tracks} tracks, model batch {call_x.shape[0]}"
+    )
     print_loop_overhead(call_s, calls_s, loop_s)
 
 

@@ -4,6 +4,7 @@
 
 Prints the CPU model and GFLOP/s per dtype, measured interleaved in one process.
 """
+
 from __future__ import annotations
 
 import argparse

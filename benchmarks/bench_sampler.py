@@ -7,6 +7,7 @@ call (batch 2B), which is also what the sampler makes each step.
 
   PYTHONPATH=$PWD python benchmarks/bench_sampler.py [--steps 20] [--solver unipc] [--guidance 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,11 +75,19 @@ def main():
     call_cond = {"text": jnp.concatenate([cond["text"], uncond["text"]])} if cfg else cond
     call_t = jnp.full((call_x.shape[0],), 500.0)
     model_call = jax.jit(lambda vf, x, t, c: vf(x, t, c))
-    run_loop = lambda: sample(vf, noise, cond, uncond=uncond, guidance=args.guidance,  # noqa: E731
-                              solver=args.solver, schedule=schedule)
+    run_loop = lambda: sample(
+        vf,
+        noise,
+        cond,
+        uncond=uncond,
+        guidance=args.guidance,  # noqa: E731
+        solver=args.solver,
+        schedule=schedule,
+    )
 
     jax.block_until_ready(model_call(vf, call_x, call_t, call_cond))  # compile both
     jax.block_until_ready(run_loop())
+
     def steps_of_calls():  # `steps` back-to-back model calls, as a Python-loop sampler would make
         out = None
         for _ in range(args.steps):
@@ -92,8 +101,10 @@ def main():
     call_s = calls_s / args.steps
 
     batch = call_x.shape[0]
-    print(f"backend={jax.default_backend()} solver={args.solver} steps={args.steps} guidance={args.guidance} "
-          f"model: (B={batch}, L={args.length}, D={args.dim}), {args.layers} MLP layers x {args.hidden}")
+    print(
+        f"backend={jax.default_backend()} solver={args.solver} steps={args.steps} guidance={args.guidance} "
+        f"model: (B={batch}, L={args.length}, D={args.dim}), {args.layers} MLP layers x {args.hidden}"
+    )
     print_loop_overhead(call_s, calls_s, loop_s)
 
 

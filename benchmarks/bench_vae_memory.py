@@ -11,6 +11,7 @@ activations (not the weights) dominate memory while a run stays CPU-affordable.
 
     PYTHONPATH=. python benchmarks/bench_vae_memory.py [--base-dim 32] [--size 256] [--with-unchunked]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ def child(args) -> None:
     graphdef, state = nnx.split(vae)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     chunked = not args.unchunked
-    video = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, args.frames, args.size, args.size, 3)),
-                        jnp.float32)
+    video = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, args.frames, args.size, args.size, 3)), jnp.float32)
 
     # The same maths as WanVAE.encode / decode (one jitted function each), compiled ahead of time so
     # the compiler's own memory can be told apart from the memory of running the model.
@@ -79,19 +79,37 @@ def child(args) -> None:
     decoded = dec(state, latents).block_until_ready()
     t2 = time.perf_counter()
     assert decoded.shape == video.shape, (decoded.shape, video.shape)
-    print(json.dumps({
-        "frames": args.frames, "chunked": chunked, "params": n_params,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # whole process, incl. compile
-        "peak_after_compile_mb": peak_after_compile,
-        "rss_before_run_mb": before,
-        "run_peak_mb": _status_mb("VmHWM") if reset else float("nan"),  # peak while encoding + decoding
-        "compile_s": t_compile, "encode_s": t1 - t0, "decode_s": t2 - t1, "latents": list(latents.shape),
-    }))
+    print(
+        json.dumps(
+            {
+                "frames": args.frames,
+                "chunked": chunked,
+                "params": n_params,
+                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # whole process, incl. compile
+                "peak_after_compile_mb": peak_after_compile,
+                "rss_before_run_mb": before,
+                "run_peak_mb": _status_mb("VmHWM") if reset else float("nan"),  # peak while encoding + decoding
+                "compile_s": t_compile,
+                "encode_s": t1 - t0,
+                "decode_s": t2 - t1,
+                "latents": list(latents.shape),
+            }
+        )
+    )
 
 
 def run_case(args, frames: int, unchunked: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--frames", str(frames), "--size", str(args.size),
-           "--base-dim", str(args.base_dim)] + (["--unchunked"] if unchunked else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--frames",
+        str(frames),
+        "--size",
+        str(args.size),
+        "--base-dim",
+        str(args.base_dim),
+    ] + (["--unchunked"] if unchunked else [])
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", os.getcwd())
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -118,19 +136,25 @@ def main() -> None:
         for frames in (9, 33):
             r = run_case(args, frames, unchunked)
             results[(frames, unchunked)] = r
-            print(f"{'whole-sequence' if unchunked else 'chunked':>14} F={frames:2d} {args.size}x{args.size}: "
-                  f"process peak RSS {r['peak_mb']:6.0f} MB | running: RSS before {r['rss_before_run_mb']:5.0f} MB, "
-                  f"peak {r['run_peak_mb']:6.0f} MB (+{r['run_peak_mb'] - r['rss_before_run_mb']:5.0f}) | "
-                  f"compile {r['compile_s']:4.1f} s, encode {r['encode_s']:5.1f} s, decode {r['decode_s']:5.1f} s",
-                  flush=True)
-    print(f"VAE base_dim={args.base_dim}: {results[(9, False)]['params'] / 1e6:.1f}M parameters "
-          f"({results[(9, False)]['params'] * 4 / 2**20:.0f} MB fp32)")
+            print(
+                f"{'whole-sequence' if unchunked else 'chunked':>14} F={frames:2d} {args.size}x{args.size}: "
+                f"process peak RSS {r['peak_mb']:6.0f} MB | running: RSS before {r['rss_before_run_mb']:5.0f} MB, "
+                f"peak {r['run_peak_mb']:6.0f} MB (+{r['run_peak_mb'] - r['rss_before_run_mb']:5.0f}) | "
+                f"compile {r['compile_s']:4.1f} s, encode {r['encode_s']:5.1f} s, decode {r['decode_s']:5.1f} s",
+                flush=True,
+            )
+    print(
+        f"VAE base_dim={args.base_dim}: {results[(9, False)]['params'] / 1e6:.1f}M parameters "
+        f"({results[(9, False)]['params'] * 4 / 2**20:.0f} MB fp32)"
+    )
     for unchunked in modes:
         a, b = results[(9, unchunked)], results[(33, unchunked)]
         name = "whole-sequence" if unchunked else "chunked"
-        print(f"{name}: 33 / 9 frames: process peak RSS ratio {b['peak_mb'] / a['peak_mb']:.3f}, "
-              f"run peak RSS ratio {b['run_peak_mb'] / a['run_peak_mb']:.3f}, run increase ratio "
-              f"{(b['run_peak_mb'] - b['rss_before_run_mb']) / (a['run_peak_mb'] - a['rss_before_run_mb']):.3f}")
+        print(
+            f"{name}: 33 / 9 frames: process peak RSS ratio {b['peak_mb'] / a['peak_mb']:.3f}, "
+            f"run peak RSS ratio {b['run_peak_mb'] / a['run_peak_mb']:.3f}, run increase ratio "
+            f"{(b['run_peak_mb'] - b['rss_before_run_mb']) / (a['run_peak_mb'] - a['rss_before_run_mb']):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ init_from          a stage-1 workdir or checkpoint directory to start from (stag
 hardware           peak_flops_per_device (for MFU; 0 = measure it at start with a matmul probe in the
                    model's compute dtype)
 """
+
 from __future__ import annotations
 
 from ml_collections import ConfigDict
@@ -38,31 +39,73 @@ def base_config() -> ConfigDict:
     c.model = ConfigDict()
     c.model.wan = ConfigDict(
         dict(
-            dim=1536, num_heads=12, num_layers=30, ffn_dim=8960, freq_dim=256, in_dim=16, out_dim=16,
-            text_dim=4096, patch_size=(1, 2, 2), eps=1e-6, param_dtype="float32",
-            dtype="bfloat16", remat_policy="full", attention_impl="auto",
+            dim=1536,
+            num_heads=12,
+            num_layers=30,
+            ffn_dim=8960,
+            freq_dim=256,
+            in_dim=16,
+            out_dim=16,
+            text_dim=4096,
+            patch_size=(1, 2, 2),
+            eps=1e-6,
+            param_dtype="float32",
+            dtype="bfloat16",
+            remat_policy="full",
+            attention_impl="auto",
         )
     )
     c.model.conditioner = ConfigDict(
-        dict(dim=512, heads=8, temporal_layers=2, num_freqs=8, track_dims=3, sampling="cross_attn",
-             z_embedding=True, gaussian_sigma=1.0)
+        dict(
+            dim=512,
+            heads=8,
+            temporal_layers=2,
+            num_freqs=8,
+            track_dims=3,
+            sampling="cross_attn",
+            z_embedding=True,
+            gaussian_sigma=1.0,
+        )
     )
     c.model.rope_mode = "sequential"
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))
-    c.diffusion = ConfigDict(dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0,
-                                  prediction="velocity"))
+    c.diffusion = ConfigDict(
+        dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0, prediction="velocity")
+    )
     c.train = ConfigDict(
-        dict(num_steps=4000, seed=0, batch_size=16, grad_accum=1, lr=1e-4, warmup_steps=200,
-             weight_decay=0.01, clip_norm=1.0, ema_decay=0.0, log_every=10, val_every=500, val_batches=4,
-             fingerprint_data=False)
+        dict(
+            num_steps=4000,
+            seed=0,
+            batch_size=16,
+            grad_accum=1,
+            lr=1e-4,
+            warmup_steps=200,
+            weight_decay=0.01,
+            clip_norm=1.0,
+            ema_decay=0.0,
+            log_every=10,
+            val_every=500,
+            val_batches=4,
+            fingerprint_data=False,
+        )
     )
     c.checkpoint = ConfigDict(dict(every_steps=250, max_to_keep=3, async_save=True))
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     c.data = ConfigDict(
-        dict(train_path="", val_path="", num_frames=81, height=384, width=672, max_tracks=1000,
-             min_tracks=500, workers=0, synthetic_pairs=0, synthetic_workers=1)
+        dict(
+            train_path="",
+            val_path="",
+            num_frames=81,
+            height=384,
+            width=672,
+            max_tracks=1000,
+            min_tracks=500,
+            workers=0,
+            synthetic_pairs=0,
+            synthetic_workers=1,
+        )
     )
     c.init = ConfigDict(dict(wan_path="", vae_path="", allow_random_base=False, require_init_from=False))
     c.init_from = ""

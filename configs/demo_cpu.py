@@ -15,6 +15,7 @@ Same `EditByTrack` code path as the paper presets; what is scaled down:
     3 heads of 64, 5 blocks, FFN 768; track conditioner width 128. fp32 (this size gains nothing
     from bf16 on CPUs without AMX). About 3.6M parameters: 15 MB of safetensors.
 """
+
 from configs.common import base_config
 
 
@@ -23,20 +24,40 @@ def get_config():
     c.vae.update(preset="space_to_depth", spatial_factor=4, temporal_factor=4, scale=0.5)
     z = 3 * 4 * 4 * 4
     c.model.wan.update(
-        dim=192, num_heads=3, num_layers=5, ffn_dim=768, freq_dim=64, in_dim=z, out_dim=z,
-        text_dim=32, dtype="float32", remat_policy="none",
+        dim=192,
+        num_heads=3,
+        num_layers=5,
+        ffn_dim=768,
+        freq_dim=64,
+        in_dim=z,
+        out_dim=z,
+        text_dim=32,
+        dtype="float32",
+        remat_policy="none",
     )
     c.model.conditioner.update(dim=128, heads=4, temporal_layers=1, num_freqs=6)
     c.lora.update(mode="full")  # no pretrained base at this size: everything trains
     c.text.update(text_len=8, dropout=0.0)  # no text encoder in the demo: prompts are the null text
     # x0-prediction: a velocity holds per-pixel noise that a 768 -> 192 patch embedding cannot carry
-    c.diffusion.update(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0, sample_shift=1.0,
-                       prediction="sample")
-    c.train.update(num_steps=2000, batch_size=8, lr=5e-4, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
-                   ema_decay=0.995, log_every=25, val_every=500, val_batches=4)
+    c.diffusion.update(
+        distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0, sample_shift=1.0, prediction="sample"
+    )
+    c.train.update(
+        num_steps=2000,
+        batch_size=8,
+        lr=5e-4,
+        warmup_steps=100,
+        weight_decay=0.01,
+        clip_norm=1.0,
+        ema_decay=0.995,
+        log_every=25,
+        val_every=500,
+        val_batches=4,
+    )
     c.checkpoint.update(every_steps=250, max_to_keep=2, async_save=True)
     c.mesh.update(data=-1, fsdp=1)
-    c.data.update(num_frames=17, height=64, width=64, max_tracks=256, min_tracks=128,
-                  synthetic_pairs=6000, synthetic_workers=2)
+    c.data.update(
+        num_frames=17, height=64, width=64, max_tracks=256, min_tracks=128, synthetic_pairs=6000, synthetic_workers=2
+    )
     c.init.update(allow_random_base=True)
     return c

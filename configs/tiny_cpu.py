@@ -3,14 +3,21 @@
 
     trackedit train --config configs/tiny_cpu.py --workdir /tmp/tiny
 """
+
 from configs.common import base_config
 
 
 def get_config():
     c = base_config()
     c.model.wan.update(
-        dim=64, num_heads=2, num_layers=2, ffn_dim=128, freq_dim=32, text_dim=32,
-        dtype="float32", remat_policy="none",
+        dim=64,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=128,
+        freq_dim=32,
+        text_dim=32,
+        dtype="float32",
+        remat_policy="none",
     )
     c.model.conditioner.update(dim=32, heads=2, temporal_layers=1, num_freqs=6)
     c.lora.update(rank=8, alpha=8.0, mode="full")  # no pretrained base here: everything trains

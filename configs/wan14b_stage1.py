@@ -1,4 +1,5 @@
 """Stage 1 with the Wan2.1-T2V-14B backbone (dim 5120, 40 layers, 40 heads, ffn 13824)."""
+
 from configs.wan1_3b_stage1 import get_config as _stage
 
 

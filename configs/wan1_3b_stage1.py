@@ -4,6 +4,7 @@
     trackedit train --config configs/wan1_3b_stage1.py --workdir W \
         --config.init.wan_path=Wan2.1-T2V-1.3B --config.data.train_path=synthetic_shards/
 """
+
 from configs.common import base_config
 
 

@@ -3,6 +3,7 @@
     trackedit train --config configs/wan1_3b_stage2.py --workdir W2 --config.init_from=W1 \
         --config.init.wan_path=Wan2.1-T2V-1.3B --config.data.train_path=real_shards/
 """
+
 from configs.common import base_config
 
 

@@ -32,16 +32,18 @@ Sharding: the example stream is defined GLOBALLY (shuffled with `seed`, a new pe
 repeated, each element transformed with randomness keyed by its global position), cut into global
 batches of `batch_size * P` examples, and process p of P takes the p-th contiguous slice of every
 global batch. So the global batch, and therefore training, is the same whatever the process count
-(1 process, 2 processes x 4 devices, ...), and processes read disjoint examples. Worker processes (`worker_count` > 0) use grain's
+(1 process, 2 processes x 4 devices, ...), and processes read disjoint examples.
+Worker processes (`worker_count` > 0) use grain's
 mp_prefetch; we mark absl flags parsed first (google/grain#1355, fixed after grain 0.2.18).
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -71,26 +73,26 @@ def _count_skip(kind: str, msg: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
     batch_size: int = 2
-    num_frames: int = 17                    # 4k + 1
-    image_size: tuple = (64, 64)            # (H, W) of the output
-    max_tracks: int = 256                   # N_max (padding target)
-    min_tracks: int = 500                   # paper: N ~ U[500, 1000]; clamped to max_tracks
+    num_frames: int = 17  # 4k + 1
+    image_size: tuple = (64, 64)  # (H, W) of the output
+    max_tracks: int = 256  # N_max (padding target)
+    min_tracks: int = 500  # paper: N ~ U[500, 1000]; clamped to max_tracks
     max_drawn_tracks: int = 1000
     seed: int = 0
     shuffle: bool = True
-    repeat: bool = True                     # False: one pass (num_epochs=1)
-    num_epochs: Optional[int] = None        # with repeat=True: None = forever
-    worker_count: int = 0                   # grain worker processes (0 = threads only)
+    repeat: bool = True  # False: one pass (num_epochs=1)
+    num_epochs: int | None = None  # with repeat=True: None = forever
+    worker_count: int = 0  # grain worker processes (0 = threads only)
     worker_buffer_size: int = 2
     read_threads: int = 4
     prefetch_buffer_size: int = 8
-    process_index: Optional[int] = None     # default jax.process_index()
-    process_count: Optional[int] = None     # default jax.process_count()
-    on_error: str = "raise"                 # or "skip" (skip and count bad shards/records)
+    process_index: int | None = None  # default jax.process_index()
+    process_count: int | None = None  # default jax.process_count()
+    on_error: str = "raise"  # or "skip" (skip and count bad shards/records)
     crop_scale: tuple = (0.85, 1.0)
     frame_strides: tuple = (1,)
     require_visible: bool = True
-    text_len: int = 0                       # > 0: emit text_embedding/text_mask padded to this length
+    text_len: int = 0  # > 0: emit text_embedding/text_mask padded to this length
     drop_remainder: bool = True
     return_record_index: bool = False
 
@@ -114,7 +116,7 @@ class LoaderConfig:
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
 
     @classmethod
-    def from_config(cls, cfg: Any, **overrides) -> "LoaderConfig":
+    def from_config(cls, cfg: Any, **overrides) -> LoaderConfig:
         """Build from a ConfigDict/dict (e.g. `config.data`) holding any subset of the field names, plus
         the aliases height/width (-> image_size) and workers (-> worker_count); other keys are ignored.
         `overrides` win (e.g. batch_size=config.train.batch_size, seed=config.train.seed)."""
@@ -130,7 +132,9 @@ class LoaderConfig:
 
 
 # ----------------------------------------------------------------------------- per-record transform
-def crop_intrinsics(K: np.ndarray, x0: float, y0: float, crop_w: float, crop_h: float, out_w: int, out_h: int) -> np.ndarray:
+def crop_intrinsics(
+    K: np.ndarray, x0: float, y0: float, crop_w: float, crop_h: float, out_w: int, out_h: int
+) -> np.ndarray:
     """Intrinsics (..., 3, 3) after cropping pixel columns [x0, x0 + crop_w) and rows [y0, y0 + crop_h)
     and resizing that crop to (out_h, out_w) (OpenCV's half-pixel convention).
 
@@ -215,7 +219,7 @@ class PairTransform:
         y0 = int(rng.integers(0, H0 - ch_i + 1))
         videos = {}
         for which in ("source", "target"):
-            v = rec.video(which, fidx)[:, y0:y0 + ch_i, x0:x0 + cw_i]
+            v = rec.video(which, fidx)[:, y0 : y0 + ch_i, x0 : x0 + cw_i]
             videos[which] = _resize(np.ascontiguousarray(v), Ho, Wo)
         out: dict = {"source_video": videos["source"], "target_video": videos["target"]}
         Ks = crop_intrinsics(rec.source_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)
@@ -345,13 +349,17 @@ def make_dataset(paths, config: LoaderConfig):
     import grain
 
     ds = make_map_dataset(paths, config)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                              prefetch_buffer_size=config.prefetch_buffer_size))
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.prefetch_buffer_size)
+    )
     it = it.batch(config.batch_size, drop_remainder=config.drop_remainder)
     if config.worker_count > 0:
         _absl_flags_workaround()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
-                                                         per_worker_buffer_size=config.worker_buffer_size))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
+            )
+        )
     return it
 
 
@@ -368,8 +376,9 @@ def _absl_flags_workaround() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def batch_spec(config: LoaderConfig, *, text_dim: Optional[int] = None,
-               latent_shape: Optional[tuple] = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def batch_spec(
+    config: LoaderConfig, *, text_dim: int | None = None, latent_shape: tuple | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """The one description of a batch: key -> (shape, numpy dtype), as `make_dataset` yields it.
 
     Args:
@@ -390,11 +399,15 @@ def batch_spec(config: LoaderConfig, *, text_dim: Optional[int] = None,
         clips = {"source_latents": (lat, np.float32), "target_latents": (lat, np.float32)}
     spec = {
         **clips,
-        "source_xyz": ((B, F, N, 3), np.float32), "target_xyz": ((B, F, N, 3), np.float32),
-        "source_visibility": ((B, F, N), np.bool_), "target_visibility": ((B, F, N), np.bool_),
+        "source_xyz": ((B, F, N, 3), np.float32),
+        "target_xyz": ((B, F, N, 3), np.float32),
+        "source_visibility": ((B, F, N), np.bool_),
+        "target_visibility": ((B, F, N), np.bool_),
         "point_mask": ((B, N), np.bool_),
-        "source_intrinsics": ((B, F, 3, 3), np.float32), "target_intrinsics": ((B, F, 3, 3), np.float32),
-        "source_extrinsics": ((B, F, 4, 4), np.float32), "target_extrinsics": ((B, F, 4, 4), np.float32),
+        "source_intrinsics": ((B, F, 3, 3), np.float32),
+        "target_intrinsics": ((B, F, 3, 3), np.float32),
+        "source_extrinsics": ((B, F, 4, 4), np.float32),
+        "target_extrinsics": ((B, F, 4, 4), np.float32),
         "edit_family": ((B,), np.int32),
     }
     if config.text_len > 0:
@@ -409,5 +422,14 @@ def batch_spec(config: LoaderConfig, *, text_dim: Optional[int] = None,
 
 # The keys of every batch (no text, no debug index): the default config's `batch_spec`.
 BATCH_KEYS = tuple(batch_spec(LoaderConfig()))
-__all__ = ["LoaderConfig", "make_dataset", "make_iterator", "make_map_dataset", "crop_intrinsics",
-           "skipped_records", "batch_spec", "BATCH_KEYS", "EDIT_FAMILIES"]
+__all__ = [
+    "LoaderConfig",
+    "make_dataset",
+    "make_iterator",
+    "make_map_dataset",
+    "crop_intrinsics",
+    "skipped_records",
+    "batch_spec",
+    "BATCH_KEYS",
+    "EDIT_FAMILIES",
+]

@@ -28,13 +28,15 @@ Serialisation (`encode_record` / `decode_record`), no pickle anywhere:
 Arrays travel as {"__nd__": 1, "dtype": str, "shape": [...], "data": bytes} with a whitelist of
 dtypes; object arrays cannot be expressed. A bad magic, version, checksum or field raises `RecordError`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import struct
 import zlib
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -45,15 +47,15 @@ _HEADER = struct.Struct("<4sHI")
 
 # The integer in a batch's `edit_family` is the index in this tuple (never reorder; append only).
 EDIT_FAMILIES = (
-    "camera",         # target camera path differs
-    "object_path",    # one object's translation path differs
-    "rotation",       # one object gets an extra 3D rotation
-    "deformation",    # part-wise transforms of an articulated object (joint angles, part scale)
-    "removal",        # an object's tracks leave the target frame (object moved out of view)
-    "duplication",    # one source point -> two target points (the target shows a copy)
-    "retiming",       # object motion replayed with a time warp
-    "combination",    # several of the above (see edit_components)
-    "real",           # two windows of one real video (stage 2)
+    "camera",  # target camera path differs
+    "object_path",  # one object's translation path differs
+    "rotation",  # one object gets an extra 3D rotation
+    "deformation",  # part-wise transforms of an articulated object (joint angles, part scale)
+    "removal",  # an object's tracks leave the target frame (object moved out of view)
+    "duplication",  # one source point -> two target points (the target shows a copy)
+    "retiming",  # object motion replayed with a time warp
+    "combination",  # several of the above (see edit_components)
+    "real",  # two windows of one real video (stage 2)
 )
 VIDEO_CODECS = ("jpeg", "png", "raw")
 _ALLOWED_DTYPES = {"uint8", "bool", "int32", "int64", "float16", "float32", "float64"}
@@ -137,13 +139,13 @@ class PairRecord:
     edit_components: tuple = ()
     prompt: str = ""
     fps: float = 16.0
-    source_ids: Optional[np.ndarray] = None
-    source_depth: Optional[np.ndarray] = None
-    target_depth: Optional[np.ndarray] = None
-    source_latents: Optional[np.ndarray] = None
-    target_latents: Optional[np.ndarray] = None
-    text_embedding: Optional[np.ndarray] = None
-    text_mask: Optional[np.ndarray] = None
+    source_ids: np.ndarray | None = None
+    source_depth: np.ndarray | None = None
+    target_depth: np.ndarray | None = None
+    source_latents: np.ndarray | None = None
+    target_latents: np.ndarray | None = None
+    text_embedding: np.ndarray | None = None
+    text_mask: np.ndarray | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------------------
@@ -157,7 +159,7 @@ class PairRecord:
         codec: str = "jpeg",
         quality: int = 95,
         **fields: Any,
-    ) -> "PairRecord":
+    ) -> PairRecord:
         """Build a record from (F, H, W, 3) uint8 videos (encoded with `codec`) and the other fields."""
         source_video, target_video = np.asarray(source_video), np.asarray(target_video)
         if source_video.shape != target_video.shape:
@@ -184,7 +186,7 @@ class PairRecord:
     def num_tracks(self) -> int:
         return int(self.source_xyz.shape[1])
 
-    def video(self, which: str, frame_indices: Optional[Sequence[int]] = None) -> np.ndarray:
+    def video(self, which: str, frame_indices: Sequence[int] | None = None) -> np.ndarray:
         """Decode the 'source' or 'target' clip (optionally only some frames) -> (F', H, W, 3) uint8."""
         if which not in ("source", "target"):
             raise ValueError(f"which must be 'source' or 'target'; got {which!r}")
@@ -194,8 +196,9 @@ class PairRecord:
         return decode_frames(frames, self.codec, self.image_size)
 
     # -- validation ---------------------------------------------------------------------------
-    def validate(self) -> "PairRecord":
+    def validate(self) -> PairRecord:
         """Check every field against the schema; raises RecordError naming the field."""
+
         def fail(msg):
             raise RecordError(f"record {self.key!r}: {msg}")
 
@@ -217,10 +220,14 @@ class PairRecord:
         if F < 1 or N < 1:
             fail(f"need F >= 1 frames and N >= 1 tracks; got F={F}, N={N}")
         expect = {
-            "source_xyz": (F, N, 3), "target_xyz": (F, N, 3),
-            "source_visibility": (F, N), "target_visibility": (F, N),
-            "source_intrinsics": (F, 3, 3), "target_intrinsics": (F, 3, 3),
-            "source_extrinsics": (F, 4, 4), "target_extrinsics": (F, 4, 4),
+            "source_xyz": (F, N, 3),
+            "target_xyz": (F, N, 3),
+            "source_visibility": (F, N),
+            "target_visibility": (F, N),
+            "source_intrinsics": (F, 3, 3),
+            "target_intrinsics": (F, 3, 3),
+            "source_extrinsics": (F, 4, 4),
+            "target_extrinsics": (F, 4, 4),
         }
         for name, shape in expect.items():
             a = getattr(self, name)
@@ -266,9 +273,21 @@ class PairRecord:
 
 # ----------------------------------------------------------------------------- serialisation
 _ARRAY_FIELDS = (
-    "source_xyz", "target_xyz", "source_visibility", "target_visibility", "source_intrinsics",
-    "target_intrinsics", "source_extrinsics", "target_extrinsics", "source_ids", "source_depth",
-    "target_depth", "source_latents", "target_latents", "text_embedding", "text_mask",
+    "source_xyz",
+    "target_xyz",
+    "source_visibility",
+    "target_visibility",
+    "source_intrinsics",
+    "target_intrinsics",
+    "source_extrinsics",
+    "target_extrinsics",
+    "source_ids",
+    "source_depth",
+    "target_depth",
+    "source_latents",
+    "target_latents",
+    "text_embedding",
+    "text_mask",
 )
 
 
@@ -325,7 +344,7 @@ def decode_record(data: bytes) -> PairRecord:
         raise RecordError(f"bad magic {magic!r} (expected {MAGIC!r}); not a trackedit pair record")
     if version != SCHEMA_VERSION:
         raise RecordError(f"schema version {version} is not supported (this code reads {SCHEMA_VERSION})")
-    body = memoryview(data)[_HEADER.size:]
+    body = memoryview(data)[_HEADER.size :]
     if zlib.crc32(body) & 0xFFFFFFFF != crc:
         raise RecordError("checksum mismatch: the record is corrupt")
     try:

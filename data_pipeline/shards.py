@@ -11,10 +11,11 @@ crash or an error never leaves a partial shard. `write_dataset` (random-access r
 parallel over worker processes and over tasks/machines, resumable) is used by the synthetic
 generator; `write_records` (a stream, all-or-nothing) by ingest.
 """
+
 from __future__ import annotations
 
-import concurrent.futures as cf
 import collections
+import concurrent.futures as cf
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from data_pipeline.schema import SCHEMA_VERSION, PairRecord, RecordError, decode_record, encode_record
 
@@ -88,33 +89,50 @@ def write_shard(path: str | os.PathLike, records: Iterable[bytes | PairRecord]) 
                 pass
         tmp.unlink(missing_ok=True)
         raise
-    return {"file": path.name, "num_records": n, "bytes": path.stat().st_size, "sha256": _sha256(path),
-            "edit_family_counts": dict(families)}
+    return {
+        "file": path.name,
+        "num_records": n,
+        "bytes": path.stat().st_size,
+        "sha256": _sha256(path),
+        "edit_family_counts": dict(families),
+    }
 
 
-def _manifest(shards: list, generator: dict, extra: Optional[dict] = None) -> dict:
+def _manifest(shards: list, generator: dict, extra: dict | None = None) -> dict:
     counts: collections.Counter = collections.Counter()
     for s in shards:
         counts.update(s.get("edit_family_counts", {}))
     m = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION,
-        "num_records": sum(s["num_records"] for s in shards), "num_shards": len(shards),
-        "shards": shards, "edit_family_counts": dict(sorted(counts.items())),
-        "generator": generator, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "num_records": sum(s["num_records"] for s in shards),
+        "num_shards": len(shards),
+        "shards": shards,
+        "edit_family_counts": dict(sorted(counts.items())),
+        "generator": generator,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     m.update(extra or {})
     return m
 
 
 # ----------------------------------------------------------------------------- random-access writing
-def _write_shard_job(out_dir: str, index: int, count: int, start: int, stop: int,
-                     make_record: Callable[[int], PairRecord], progress_queue=None) -> dict:
+def _write_shard_job(
+    out_dir: str,
+    index: int,
+    count: int,
+    start: int,
+    stop: int,
+    make_record: Callable[[int], PairRecord],
+    progress_queue=None,
+) -> dict:
     def gen():
         for i in range(start, stop):
             rec = make_record(i)
             yield rec
             if progress_queue is not None:
                 progress_queue.put(1)
+
     info = write_shard(pathlib.Path(out_dir) / shard_name(index, count), gen())
     info["first_index"] = start
     return info
@@ -136,7 +154,7 @@ def write_dataset(
     num_tasks: int = 1,
     progress: bool = True,
     desc: str = "records",
-) -> Optional[dict]:
+) -> dict | None:
     """Generate records 0..num_records-1 with `make_record(i)` into shards under out_dir.
 
     Shard k holds records [k * records_per_shard, (k + 1) * records_per_shard). Shards are spread over
@@ -170,7 +188,8 @@ def write_dataset(
         if json.loads(cfg_path.read_text()) != json.loads(cfg_text):
             raise ValueError(
                 f"{out} holds an unfinished data set made with a different configuration ({cfg_path}); "
-                "re-run with the same arguments to resume, or choose another --out")
+                "re-run with the same arguments to resume, or choose another --out"
+            )
     else:
         _atomic_write_text(cfg_path, cfg_text)
 
@@ -195,6 +214,7 @@ def write_dataset(
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=total, desc=desc, unit="rec", dynamic_ncols=True)
 
     def finish(k, info):
@@ -202,10 +222,12 @@ def write_dataset(
 
     try:
         if workers <= 1 or len(todo) <= 1:
+
             class _Q:
                 def put(self, n):
                     if bar is not None:
                         bar.update(n)
+
             for k in todo:
                 finish(k, _write_shard_job(str(out), k, count, *ranges[k], make_record, _Q()))
         else:
@@ -222,12 +244,14 @@ def write_dataset(
                             continue
                         if bar is not None:
                             bar.update(n)
+
                 t = threading.Thread(target=pump, daemon=True)
                 t.start()
                 ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_spawn_init)
                 try:
-                    futs = {ex.submit(_write_shard_job, str(out), k, count, *ranges[k], make_record, q): k
-                            for k in todo}
+                    futs = {
+                        ex.submit(_write_shard_job, str(out), k, count, *ranges[k], make_record, q): k for k in todo
+                    }
                     for fut in cf.as_completed(futs):
                         finish(futs[fut], fut.result())
                 except BaseException:
@@ -258,7 +282,7 @@ def write_records(
     *,
     generator: dict,
     records_per_shard: int = 64,
-    extra: Optional[dict] = None,
+    extra: dict | None = None,
 ) -> dict:
     """Write a stream of records as a new data set, all or nothing.
 
@@ -307,7 +331,8 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{data_dir}: no {MANIFEST} (not a finished data set; an interrupted generation resumes "
-            "when re-run with the same arguments)")
+            "when re-run with the same arguments)"
+        )
     try:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -319,7 +344,7 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
     return m
 
 
-def resolve_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[pathlib.Path, Optional[dict]]]:
+def resolve_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[pathlib.Path, dict | None]]:
     """Data set directories (with manifest) and/or shard files -> [(file, manifest entry or None)]."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -374,14 +399,16 @@ class PairRecordSource:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _check(path: pathlib.Path, entry: Optional[dict]) -> int:
+    def _check(path: pathlib.Path, entry: dict | None) -> int:
         from array_record.python.array_record_module import ArrayRecordReader
 
         if not path.is_file():
             raise ShardError(f"{path}: shard file is missing")
         size = path.stat().st_size
         if entry is not None and size != entry["bytes"]:
-            raise ShardError(f"{path}: shard is {size} bytes but the manifest says {entry['bytes']} (truncated or altered)")
+            raise ShardError(
+                f"{path}: shard is {size} bytes but the manifest says {entry['bytes']} (truncated or altered)"
+            )
         try:
             r = ArrayRecordReader(str(path), "readahead_buffer_size:0")
             n = r.num_records()
@@ -410,6 +437,7 @@ class PairRecordSource:
         if not 0 <= index < len(self):
             raise IndexError(f"record index {index} out of range [0, {len(self)})")
         import bisect
+
         k = bisect.bisect_right(self.offsets, index) - 1
         return self.files[k], index - self.offsets[k]
 
@@ -425,10 +453,11 @@ class PairRecordSource:
                     r = self._readers[path] = ArrayRecordReader(path, "readahead_buffer_size:0,max_parallelism:0")
                 return r.read([local])[0]
         except Exception as e:
-            raise ShardError(f"{path}: record {local} (data set index {index}) cannot be read "
-                             f"({type(e).__name__}: {e})") from e
+            raise ShardError(
+                f"{path}: record {local} (data set index {index}) cannot be read ({type(e).__name__}: {e})"
+            ) from e
 
-    def decode(self, index: int, data: Optional[bytes] = None) -> PairRecord:
+    def decode(self, index: int, data: bytes | None = None) -> PairRecord:
         """Record `index` decoded; errors name the shard file and record index."""
         data = self[index] if data is None else data
         try:

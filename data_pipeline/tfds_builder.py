@@ -10,6 +10,7 @@ TensorFlow installed).
 Features are plain (zlib-encoded) tensors: TFDS image/video features need TensorFlow to encode.
 Examples are `data_pipeline.synthetic.generate_pair(seed, i, ...)`, identical to `make-data synthetic`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,12 +37,33 @@ class TrackeditSynthetic(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release (generator version 1)."}
     BUILDER_CONFIGS = [
-        TrackeditSyntheticConfig(name="smoke", description="3 pairs, 5 frames of 16x24 (tests)",
-                                 num_pairs=3, num_frames=5, height=16, width=24, num_tracks=64),
-        TrackeditSyntheticConfig(name="tiny_cpu", description="256 pairs, 17 frames of 64x64",
-                                 num_pairs=256, num_frames=17, height=64, width=64, num_tracks=1024),
-        TrackeditSyntheticConfig(name="paper", description="2000 pairs, 81 frames of 384x672",
-                                 num_pairs=2000, num_frames=81, height=384, width=672, num_tracks=1024),
+        TrackeditSyntheticConfig(
+            name="smoke",
+            description="3 pairs, 5 frames of 16x24 (tests)",
+            num_pairs=3,
+            num_frames=5,
+            height=16,
+            width=24,
+            num_tracks=64,
+        ),
+        TrackeditSyntheticConfig(
+            name="tiny_cpu",
+            description="256 pairs, 17 frames of 64x64",
+            num_pairs=256,
+            num_frames=17,
+            height=64,
+            width=64,
+            num_tracks=1024,
+        ),
+        TrackeditSyntheticConfig(
+            name="paper",
+            description="2000 pairs, 81 frames of 384x672",
+            num_pairs=2000,
+            num_frames=81,
+            height=384,
+            width=672,
+            num_tracks=1024,
+        ),
     ]
     DEFAULT_CONFIG_NAME = "smoke"
 
@@ -66,17 +88,20 @@ class TrackeditSynthetic(tfds.core.GeneratorBasedBuilder):
                 "intrinsics": T(shape=(F, 3, 3), dtype=np.float32),
                 "extrinsics": T(shape=(F, 4, 4), dtype=np.float32),
             }
+
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "key": tfds.features.Text(),
-                "source": clip(),
-                "target": clip(),
-                "source_ids": T(shape=(None,), dtype=np.int32),
-                "edit_family": tfds.features.ClassLabel(names=list(EDIT_FAMILIES)),
-                "prompt": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "key": tfds.features.Text(),
+                    "source": clip(),
+                    "target": clip(),
+                    "source_ids": T(shape=(None,), dtype=np.int32),
+                    "edit_family": tfds.features.ClassLabel(names=list(EDIT_FAMILIES)),
+                    "prompt": tfds.features.Text(),
+                }
+            ),
             homepage="https://arxiv.org/abs/2512.02015",
         )
 
@@ -91,15 +116,26 @@ class TrackeditSynthetic(tfds.core.GeneratorBasedBuilder):
         for i in range(c.num_pairs):
             p = generate_pair(c.seed, i, cfg)
             key = f"synthetic-s{c.seed}-{i:08d}"
-            yield key, {
-                "key": key,
-                "source": {"video": p.source_render["rgb"], "xyz": p.source_xyz.astype(np.float32),
-                           "visibility": p.source_visibility, "intrinsics": p.source.intrinsics.astype(np.float32),
-                           "extrinsics": p.source.extrinsics().astype(np.float32)},
-                "target": {"video": p.target_render["rgb"], "xyz": p.target_xyz.astype(np.float32),
-                           "visibility": p.target_visibility, "intrinsics": p.target.intrinsics.astype(np.float32),
-                           "extrinsics": p.target.extrinsics().astype(np.float32)},
-                "source_ids": p.source_ids.astype(np.int32),
-                "edit_family": EDIT_FAMILIES.index(p.family),
-                "prompt": p.prompt,
-            }
+            yield (
+                key,
+                {
+                    "key": key,
+                    "source": {
+                        "video": p.source_render["rgb"],
+                        "xyz": p.source_xyz.astype(np.float32),
+                        "visibility": p.source_visibility,
+                        "intrinsics": p.source.intrinsics.astype(np.float32),
+                        "extrinsics": p.source.extrinsics().astype(np.float32),
+                    },
+                    "target": {
+                        "video": p.target_render["rgb"],
+                        "xyz": p.target_xyz.astype(np.float32),
+                        "visibility": p.target_visibility,
+                        "intrinsics": p.target.intrinsics.astype(np.float32),
+                        "extrinsics": p.target.extrinsics().astype(np.float32),
+                    },
+                    "source_ids": p.source_ids.astype(np.int32),
+                    "edit_family": EDIT_FAMILIES.index(p.family),
+                    "prompt": p.prompt,
+                },
+            )

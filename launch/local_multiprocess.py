@@ -6,6 +6,7 @@
 Each process gets `--coordinator-address/--num-processes/--process-id` appended and simulated CPU
 devices via XLA_FLAGS. Exit code: the first non-zero child exit code, else 0.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,12 +3,11 @@
 XLA_FLAGS must be set before jax initialises its backend, so this runs at import time,
 before any test module imports jax.
 """
+
 import os
 import pathlib
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Parity tests compare against PyTorch in fp32; keep torch on the same two cores as XLA.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,5 +1,6 @@
 """keep_freed_host_memory: a second large allocation reuses the pages of the first instead of
 page-faulting them in again (counted by the kernel: getrusage minor faults)."""
+
 from __future__ import annotations
 
 import platform

@@ -5,6 +5,7 @@ Every .py file of `trackedit_jax/` and `data_pipeline/` is parsed with `ast` and
 functions (those hide circles from the interpreter, not from this test). A "unit" is a subpackage or a
 top-level module of trackedit_jax (`kernels`, `viz`, ...) or `data_pipeline` as a whole.
 """
+
 from __future__ import annotations
 
 import ast
@@ -173,8 +174,10 @@ def test_no_import_circle_between_units():
     for group in unit_cycles(imports):
         members = set(group)
         edges = [
-            _describe(imp) for imp in imports
-            if unit_of(imp.importer) in members and unit_of(imp.imported) in members
+            _describe(imp)
+            for imp in imports
+            if unit_of(imp.importer) in members
+            and unit_of(imp.imported) in members
             and unit_of(imp.importer) != unit_of(imp.imported)
         ]
         problems.append(f"import circle between {group}:\n  " + "\n  ".join(edges))

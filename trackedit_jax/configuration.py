@@ -6,6 +6,7 @@
 Override values are parsed as Python literals (`3`, `1e-4`, `true`, `(1, 2, 2)`, `'text'`) and must
 keep the type of the field they replace (ints may become floats); unknown keys are errors naming them.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,7 +14,7 @@ import importlib
 import importlib.util
 import json
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
@@ -70,7 +71,7 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
     for item in overrides:
         if not item.startswith(OVERRIDE_PREFIX) or "=" not in item:
             raise ValueError(f"bad override {item!r}: use --config.<key>=<value>")
-        key, text = item[len(OVERRIDE_PREFIX):].split("=", 1)
+        key, text = item[len(OVERRIDE_PREFIX) :].split("=", 1)
         node = config
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):

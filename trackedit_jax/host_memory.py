@@ -13,6 +13,7 @@ arena (fine for XLA, which allocates a few large blocks per step rather than man
 at the start of a process, before jax runs anything: the arena limit only affects threads that have
 not allocated yet. The `trackedit` command does this; library users opt in by calling it themselves.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -45,8 +46,13 @@ def keep_freed_host_memory() -> bool:
     mallopt.restype = ctypes.c_int
     # One arena: only the main arena's heap can grow past 64 MB, so in any other arena a large block
     # would still be mmapped. No mmap: large blocks come from that heap. No trim: freed heap stays mapped.
-    ok = all(mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM),
-    ))
+    ok = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_ARENA_MAX, 1),
+            (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, _NEVER_TRIM),
+        )
+    )
     _applied = ok
     return ok

@@ -2,6 +2,7 @@
 
 Videos in memory are (F, H, W, 3) uint8 here; models take float in [-1, 1] (`to_model_range`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,7 +41,9 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     try:
         video = media.read_video(str(path))
     except Exception as e:
-        raise ValueError(f"{path}: cannot decode video ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise ValueError(
+            f"{path}: cannot decode video ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     fps = float(getattr(video, "metadata", None).fps) if getattr(video, "metadata", None) else 0.0
     frames = np.asarray(video)
     if frames.ndim != 4 or frames.shape[0] == 0:

@@ -1,12 +1,13 @@
 """Pictures of tracks and cameras: tracks drawn over videos coloured by depth, side-by-side panels,
 and a 3D plot of camera paths. Host-side numpy + OpenCV + matplotlib; frames are (F, H, W, 3) uint8 RGB.
 """
+
 from __future__ import annotations
 
 import os
 import pathlib
 import tempfile
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -16,8 +17,9 @@ from trackedit_jax.geometry.types import Camera, Tracks
 _SUBPIXEL_BITS = 4  # cv2 drawing with 1/16-pixel centres
 
 
-def disparity_limits(depths: Sequence[np.ndarray], valids: Sequence[np.ndarray],
-                     percentiles=(2.0, 98.0)) -> tuple[float, float]:
+def disparity_limits(
+    depths: Sequence[np.ndarray], valids: Sequence[np.ndarray], percentiles=(2.0, 98.0)
+) -> tuple[float, float]:
     """(lo, hi) percentiles of the disparity 1/depth over the valid entries of several arrays (numpy
     twin of `geometry.disparity_range`, so colours match what the model sees)."""
     d = np.concatenate([1.0 / np.asarray(z, np.float64)[np.asarray(v, bool)] for z, v in zip(depths, valids)])
@@ -27,7 +29,7 @@ def disparity_limits(depths: Sequence[np.ndarray], valids: Sequence[np.ndarray],
     return float(lo), float(hi)
 
 
-def depth_colors(depth, valid, *, limits: Optional[tuple[float, float]] = None, cmap: str = "turbo") -> np.ndarray:
+def depth_colors(depth, valid, *, limits: tuple[float, float] | None = None, cmap: str = "turbo") -> np.ndarray:
     """(F, N) camera depths -> (F, N, 3) uint8 RGB colours: near red ... far blue (turbo over [0.1, 0.9]
     of the normalised disparity). limits: shared (lo, hi) disparity range (default from these depths)."""
     import matplotlib
@@ -51,13 +53,13 @@ def _scaled_uv(uv: np.ndarray, image_size: tuple[int, int], frame_size: tuple[in
 
 
 def draw_tracks(
-    frames: Optional[np.ndarray],
+    frames: np.ndarray | None,
     tracks: Tracks,
     camera: Camera,
     *,
-    colors: Optional[np.ndarray] = None,
-    limits: Optional[tuple[float, float]] = None,
-    radius: Optional[float] = None,
+    colors: np.ndarray | None = None,
+    limits: tuple[float, float] | None = None,
+    radius: float | None = None,
     trail: int = 0,
     near: float = 1e-3,
 ) -> np.ndarray:
@@ -87,7 +89,9 @@ def draw_tracks(
         raise ValueError(f"the video has F={frames.shape[0]} frames but the tracks have F={F}")
     import cv2
 
-    cam = Camera(np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size)
+    cam = Camera(
+        np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size
+    )
     uv, depth = project(xyz, cam)
     h, w = frames.shape[1:3]
     uv = _scaled_uv(uv, camera.image_size, (h, w))
@@ -108,12 +112,21 @@ def draw_tracks(
                 seg = [k for k in range(f0, f + 1) if show[k, n]]
                 if len(seg) > 1:
                     pts = fixed[seg, n].reshape(-1, 1, 2).astype(np.int32)
-                    cv2.polylines(img, [pts], False, tuple(int(c) for c in colors[f, n]), 1, cv2.LINE_AA, _SUBPIXEL_BITS)
+                    cv2.polylines(
+                        img, [pts], False, tuple(int(c) for c in colors[f, n]), 1, cv2.LINE_AA, _SUBPIXEL_BITS
+                    )
         for n in np.flatnonzero(show[f]):
             c = tuple(int(v) for v in colors[f, n])
             thick = -1 if vis[f, n] else max(1, int(round(r / 3)))
-            cv2.circle(img, (int(fixed[f, n, 0]), int(fixed[f, n, 1])), int(round(r * s)), c, thick, cv2.LINE_AA,
-                       _SUBPIXEL_BITS)
+            cv2.circle(
+                img,
+                (int(fixed[f, n, 0]), int(fixed[f, n, 1])),
+                int(round(r * s)),
+                c,
+                thick,
+                cv2.LINE_AA,
+                _SUBPIXEL_BITS,
+            )
     return out
 
 
@@ -130,7 +143,7 @@ def _put_label(img: np.ndarray, text: str) -> None:
 def side_by_side(
     panels: Sequence[np.ndarray],
     *,
-    labels: Optional[Sequence[str]] = None,
+    labels: Sequence[str] | None = None,
     gap: int = 4,
 ) -> np.ndarray:
     """Join videos (each (F, H_i, W_i, 3) uint8, same F) left to right, with a black `gap` and optional
@@ -168,7 +181,7 @@ _PATH_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange")
 def plot_camera_paths(
     cameras: Mapping[str, Camera],
     *,
-    points: Optional[np.ndarray] = None,
+    points: np.ndarray | None = None,
     size: tuple[float, float] = (6.4, 5.6),
     dpi: int = 100,
     arrows: int = 8,

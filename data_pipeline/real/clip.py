@@ -1,8 +1,8 @@
 """The canonical clip every real-data reader produces: video + Camera + Tracks (OpenCV, world-to-camera)."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -27,13 +27,13 @@ class Clip:
     fps: float
     name: str
     source: str = ""
-    depths: Optional[np.ndarray] = None
+    depths: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
         return int(self.video.shape[0])
 
-    def validate(self) -> "Clip":
+    def validate(self) -> Clip:
         """Raise IngestError (naming the source file) unless every part agrees and is finite."""
         where = self.source or self.name
 

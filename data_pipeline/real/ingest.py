@@ -1,9 +1,10 @@
 """Convert real tracker outputs / data sets into pair-record shards (the library behind `trackedit ingest`)."""
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,17 +17,26 @@ DEFAULT_FPS = {"tapip3d": 10.0, "tapvid3d": 10.0, "kubric": 12.0, "dycheck": Non
 _log = logging.getLogger(__name__)
 
 
-def read_clip(fmt: str, path: str | os.PathLike, *, fps: Optional[float] = None, **kwargs):
+def read_clip(fmt: str, path: str | os.PathLike, *, fps: float | None = None, **kwargs):
     """One input -> canonical Clip with the reader of `fmt` (one of FORMATS)."""
     if fmt not in READERS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    fps = fps if fps is not None else DEFAULT_FPS[fmt]   # dycheck: None = read extra.json
+    fps = fps if fps is not None else DEFAULT_FPS[fmt]  # dycheck: None = read extra.json
     return READERS[fmt](path, fps=fps, **kwargs)
 
 
-def ingest(fmt: str, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-           options: PairOptions = PairOptions(), fps: Optional[float] = None, on_error: str = "raise",
-           records_per_shard: int = 64, reader_kwargs: Optional[dict] = None, progress: bool = True) -> dict:
+def ingest(
+    fmt: str,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    options: PairOptions = PairOptions(),
+    fps: float | None = None,
+    on_error: str = "raise",
+    records_per_shard: int = 64,
+    reader_kwargs: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Read every input, cut stage-2 pairs, write them as a new data set in out_dir (all or nothing).
 
     on_error="raise": the first bad input aborts with an error naming it and nothing is written.
@@ -48,6 +58,7 @@ def ingest(fmt: str, inputs: Sequence[str | os.PathLike], out_dir: str | os.Path
         it = inputs
         if progress:
             from tqdm import tqdm
+
             it = tqdm(inputs, desc=f"ingest {fmt}", unit="clip", dynamic_ncols=True)
         for path in it:
             try:
@@ -61,8 +72,13 @@ def ingest(fmt: str, inputs: Sequence[str | os.PathLike], out_dir: str | os.Path
                 continue
             yield from recs
 
-    generator = {"name": "trackedit-ingest", "format": fmt, "inputs": [str(p) for p in inputs],
-                 "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()},
-                 "fps": fps, "reader_kwargs": reader_kwargs or {}}
+    generator = {
+        "name": "trackedit-ingest",
+        "format": fmt,
+        "inputs": [str(p) for p in inputs],
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()},
+        "fps": fps,
+        "reader_kwargs": reader_kwargs or {},
+    }
     extra = {"skipped_inputs": skipped}
     return write_records(out_dir, records(), generator=generator, records_per_shard=records_per_shard, extra=extra)

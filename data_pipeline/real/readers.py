@@ -16,6 +16,7 @@ it is the data set's own format. We read that one member with a restricted unpic
 rebuild a numpy array of bytes (any other global raises), and every other member with
 allow_pickle=False. No other reader ever unpickles.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,6 @@ import os
 import pathlib
 import pickle
 import zipfile
-from typing import Optional
 
 import numpy as np
 
@@ -49,8 +49,11 @@ class _BytesArrayUnpickler(pickle.Unpickler):
     """Rebuilds only numpy arrays (of bytes); refuses every other global."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):
@@ -141,7 +144,9 @@ def read_tapvid3d(path: str | os.PathLike, fps: float = 10.0) -> Clip:
         E = np.broadcast_to(np.eye(4), (T, 4, 4)).copy()
     c2w = invert_extrinsics(E)
     xyz = np.einsum("fij,fnj->fni", c2w[:, :3, :3], xyz_cam) + c2w[:, None, :3, 3]
-    camera = checked(path, lambda: Camera(np.broadcast_to(K, (T, 3, 3)).astype(np.float32), E.astype(np.float32), (H, W)))
+    camera = checked(
+        path, lambda: Camera(np.broadcast_to(K, (T, 3, 3)).astype(np.float32), E.astype(np.float32), (H, W))
+    )
     tracks = checked(path, lambda: Tracks(xyz.astype(np.float32), vis))
     return Clip(video, camera, tracks, float(fps), path.stem, str(path)).validate()
 
@@ -152,11 +157,14 @@ def quaternion_to_matrix(q_wxyz: np.ndarray) -> np.ndarray:
     q = np.asarray(q_wxyz, np.float64)
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
 
 
 def kubric_camera(positions, quaternions_wxyz, focal_length, sensor_width, image_size) -> Camera:
@@ -167,7 +175,7 @@ def kubric_camera(positions, quaternions_wxyz, focal_length, sensor_width, image
     H, W = image_size
     R_gl = quaternion_to_matrix(quaternions_wxyz)
     c2w = np.zeros((len(R_gl), 4, 4))
-    c2w[:, :3, :3] = R_gl @ np.diag([1.0, -1.0, -1.0])   # flip y and z: OpenGL -> OpenCV camera axes
+    c2w[:, :3, :3] = R_gl @ np.diag([1.0, -1.0, -1.0])  # flip y and z: OpenGL -> OpenCV camera axes
     c2w[:, :3, 3] = positions
     c2w[:, 3, 3] = 1
     E = invert_extrinsics(c2w)
@@ -176,8 +184,9 @@ def kubric_camera(positions, quaternions_wxyz, focal_length, sensor_width, image
     return Camera(np.broadcast_to(K, (len(E), 3, 3)).astype(np.float32), E.astype(np.float32), (H, W))
 
 
-def read_kubric(path: str | os.PathLike, fps: float = 12.0, num_tracks: int = 2048, seed: int = 0,
-                depth_tolerance: float = 0.03) -> Clip:
+def read_kubric(
+    path: str | os.PathLike, fps: float = 12.0, num_tracks: int = 2048, seed: int = 0, depth_tolerance: float = 0.03
+) -> Clip:
     """A Kubric MOVi example saved as .npz with flattened keys:
     video (T,H,W,3) uint8; depth (T,H,W[,1]) ray length (float, or uint16 with metadata/depth_range);
     segmentations (T,H,W[,1]) (0 = background, k = instance k-1); camera/positions (T,3),
@@ -192,8 +201,17 @@ def read_kubric(path: str | os.PathLike, fps: float = 12.0, num_tracks: int = 20
     if not path.is_file():
         raise FileNotFoundError(f"Kubric file not found: {path}")
     d = _load_npz_members(path)
-    need = ["video", "depth", "segmentations", "camera/positions", "camera/quaternions", "camera/focal_length",
-            "camera/sensor_width", "instances/positions", "instances/quaternions"]
+    need = [
+        "video",
+        "depth",
+        "segmentations",
+        "camera/positions",
+        "camera/quaternions",
+        "camera/focal_length",
+        "camera/sensor_width",
+        "instances/positions",
+        "instances/quaternions",
+    ]
     missing = [k for k in need if k not in d]
     if missing:
         raise IngestError(f"{path}: missing key(s) {missing} (Kubric MOVi example keys, '/'-flattened)")
@@ -221,14 +239,18 @@ def read_kubric(path: str | os.PathLike, fps: float = 12.0, num_tracks: int = 20
             raise IngestError(f"{path}: {name} has shape {arr.shape}; expected {shape}")
     K_inst = ipos.shape[0]
     if ipos.shape != (K_inst, T, 3) or iq.shape != (K_inst, T, 4):
-        raise IngestError(f"{path}: instances/positions and quaternions must be (K, T, 3) and (K, T, 4); "
-                          f"got {ipos.shape} and {iq.shape}")
+        raise IngestError(
+            f"{path}: instances/positions and quaternions must be (K, T, 3) and (K, T, 4); "
+            f"got {ipos.shape} and {iq.shape}"
+        )
     if seg.max(initial=0) > K_inst:
         raise IngestError(f"{path}: segmentation ids go up to {seg.max()} but there are {K_inst} instances")
     for name, arr in (("depth", depth), ("camera", cam_pos), ("instances", ipos)):
         if not np.isfinite(arr).all():
             raise IngestError(f"{path}: {name} contains NaN/inf")
-    camera = checked(path, lambda: kubric_camera(cam_pos, cam_q, d["camera/focal_length"], d["camera/sensor_width"], (H, W)))
+    camera = checked(
+        path, lambda: kubric_camera(cam_pos, cam_q, d["camera/focal_length"], d["camera/sensor_width"], (H, W))
+    )
     K = camera.intrinsics.astype(np.float64)
     E = camera.extrinsics.astype(np.float64)
     c2w = invert_extrinsics(E)
@@ -240,12 +262,12 @@ def read_kubric(path: str | os.PathLike, fps: float = 12.0, num_tracks: int = 20
     cam_pts = ray / np.linalg.norm(ray, axis=-1, keepdims=True) * depth[qf, qy, qx][:, None]
     world0 = np.einsum("nij,nj->ni", c2w[qf, :3, :3], cam_pts) + c2w[qf, :3, 3]
     sid = seg[qf, qy, qx]
-    R_inst = quaternion_to_matrix(iq)   # (K, T, 3, 3) object-to-world
+    R_inst = quaternion_to_matrix(iq)  # (K, T, 3, 3) object-to-world
     xyz = np.broadcast_to(world0, (T, num_tracks, 3)).copy()
     for k in np.unique(sid[sid > 0]):
         m = sid == k
         R, t = R_inst[k - 1], ipos[k - 1]
-        local = np.einsum("nji,nj->ni", R[qf[m]], world0[m] - t[qf[m]])      # R^T (x - t) at the query frame
+        local = np.einsum("nji,nj->ni", R[qf[m]], world0[m] - t[qf[m]])  # R^T (x - t) at the query frame
         xyz[:, m] = np.einsum("fij,nj->fni", R, local) + t[:, None, :]
     # visibility: own segment and consistent depth at the nearest pixel
     cam = np.einsum("fij,fnj->fni", E[:, :3, :3], xyz) + E[:, None, :3, 3]
@@ -264,8 +286,13 @@ def read_kubric(path: str | os.PathLike, fps: float = 12.0, num_tracks: int = 20
 
 
 # ----------------------------------------------------------------------------- DyCheck iPhone
-def read_dycheck(scene_dir: str | os.PathLike, tracks_path: Optional[str | os.PathLike] = None,
-                 camera_id: int = 0, fps: Optional[float] = None, max_frames: Optional[int] = None) -> Clip:
+def read_dycheck(
+    scene_dir: str | os.PathLike,
+    tracks_path: str | os.PathLike | None = None,
+    camera_id: int = 0,
+    fps: float | None = None,
+    max_frames: int | None = None,
+) -> Clip:
     """A DyCheck iPhone scene: cameras from camera/<id>.json, frames from rgb/<k>x/<id>.png (the first
     scale folder present; intrinsics are rescaled to it), tracks from a canonical track file
     (`tracks_path`, default <scene>/tracks.npz) whose world frame is the scene's and whose frames are
@@ -297,10 +324,14 @@ def read_dycheck(scene_dir: str | os.PathLike, tracks_path: Optional[str | os.Pa
     video = np.stack(frames)
     camera = checked(scene, lambda: load_dycheck_cameras(scene, ids, image_scale=1.0 / factor))
     if tuple(camera.image_size) != video.shape[1:3]:
-        raise IngestError(f"{scene}: frames are {video.shape[1:3]} but cameras scaled by 1/{factor:g} give {camera.image_size}")
+        raise IngestError(
+            f"{scene}: frames are {video.shape[1:3]} but cameras scaled by 1/{factor:g} give {camera.image_size}"
+        )
     tp = pathlib.Path(tracks_path) if tracks_path else scene / "tracks.npz"
     if not tp.is_file():
-        raise FileNotFoundError(f"{scene}: DyCheck has no 3D tracks; give a track file for these frames (looked for {tp})")
+        raise FileNotFoundError(
+            f"{scene}: DyCheck has no 3D tracks; give a track file for these frames (looked for {tp})"
+        )
     tf = checked(tp, lambda: load_track_file(tp))
     if tf.tracks.num_frames != len(ids):
         raise IngestError(f"{tp}: the track file has {tf.tracks.num_frames} frames but the scene has {len(ids)}")

@@ -5,13 +5,31 @@ Public API:
   generate_pair(seed, index, SyntheticConfig(...)) -> SyntheticPair (scenes, renders, tracks)
   make_record(index, seed=, config=) -> PairRecord
 """
+
 from data_pipeline.synthetic.edits import ALL_FAMILIES, BASE_FAMILIES, apply_edit
 from data_pipeline.synthetic.generator import (
-    VIS_EPS, SyntheticConfig, SyntheticPair, generate_pair, make_dataset, make_record, pair_to_record,
-    track_positions, track_visibility,
+    VIS_EPS,
+    SyntheticConfig,
+    SyntheticPair,
+    generate_pair,
+    make_dataset,
+    make_record,
+    pair_to_record,
+    track_positions,
+    track_visibility,
 )
 
 __all__ = [
-    "ALL_FAMILIES", "BASE_FAMILIES", "VIS_EPS", "SyntheticConfig", "SyntheticPair", "apply_edit",
-    "generate_pair", "make_dataset", "make_record", "pair_to_record", "track_positions", "track_visibility",
+    "ALL_FAMILIES",
+    "BASE_FAMILIES",
+    "VIS_EPS",
+    "SyntheticConfig",
+    "SyntheticPair",
+    "apply_edit",
+    "generate_pair",
+    "make_dataset",
+    "make_record",
+    "pair_to_record",
+    "track_positions",
+    "track_visibility",
 ]

@@ -13,20 +13,21 @@ Visibility (per clip, frame, track): in front of the camera (z > 1e-3), projecte
 before (1 - VIS_EPS) of the way, i.e. the exact depth buffer at the point's sub-pixel position is not
 nearer than (1 - VIS_EPS) z. VIS_EPS = 1e-6 (relative depth; the hit is computed in float64).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
 import pathlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from data_pipeline.schema import PairRecord
 from data_pipeline.synthetic.edits import ALL_FAMILIES, apply_edit
 from data_pipeline.synthetic.raycast import sample_surface, snap_to_surface
-from data_pipeline.synthetic.render import ClipGeometry, NEAR, cast_rays, evaluate_clip, render_clip
+from data_pipeline.synthetic.render import NEAR, ClipGeometry, cast_rays, evaluate_clip, render_clip
 from data_pipeline.synthetic.scene import NUM_BACKGROUND_PRIMS, Scene, camera_clearance, random_scene
 from trackedit_jax.geometry import Camera, in_front, in_image, project
 
@@ -38,7 +39,7 @@ GENERATOR_VERSION = 1
 class SyntheticConfig:
     num_frames: int = 17
     image_size: tuple = (64, 64)
-    num_tracks: int = 1024          # before duplication twins are added
+    num_tracks: int = 1024  # before duplication twins are added
     families: tuple = ALL_FAMILIES  # pair i uses families[i % len(families)]
     codec: str = "jpeg"
     jpeg_quality: int = 95
@@ -79,11 +80,11 @@ class SyntheticPair:
     target: ClipGeometry
     source_render: dict
     target_render: dict
-    prim_source: np.ndarray      # (N,) primitive id of each track in the source clip
-    prim_target: np.ndarray      # (N,) primitive id in the target clip (a duplicate's for twins)
-    local: np.ndarray            # (N, 3) object-space point
-    source_ids: np.ndarray       # (N,)
-    source_xyz: np.ndarray       # (F, N, 3) float64
+    prim_source: np.ndarray  # (N,) primitive id of each track in the source clip
+    prim_target: np.ndarray  # (N,) primitive id in the target clip (a duplicate's for twins)
+    local: np.ndarray  # (N, 3) object-space point
+    source_ids: np.ndarray  # (N,)
+    source_xyz: np.ndarray  # (F, N, 3) float64
     target_xyz: np.ndarray
     source_visibility: np.ndarray  # (F, N) bool
     target_visibility: np.ndarray
@@ -135,7 +136,7 @@ def sample_tracks(rng, cfg: SyntheticConfig, geom_s, geom_t, render_s, render_t,
     F = geom_s.num_frames
     H, W = geom_s.image_size
     m = 4 * n_query + 16
-    clip = rng.uniform(size=m) < 0.4              # True: query the target clip
+    clip = rng.uniform(size=m) < 0.4  # True: query the target clip
     f = rng.integers(0, F, m)
     y, x = rng.integers(0, H, m), rng.integers(0, W, m)
     pid = np.where(clip, render_t["pid"][f, y, x], render_s["pid"][f, y, x]).astype(np.int64)
@@ -150,8 +151,9 @@ def sample_tracks(rng, cfg: SyntheticConfig, geom_s, geom_t, render_s, render_t,
     take = np.concatenate([obj_idx, rest])
     prims, locals_ = [pid[take]], [loc[take]]
     # uniform surface samples on (original) objects, weighted by bounding-sphere area
-    obj_prims = [i for i, p in enumerate(geom_s.prims)
-                 if p is not None and p.object_index >= 0 and i not in dup_to_orig]
+    obj_prims = [
+        i for i, p in enumerate(geom_s.prims) if p is not None and p.object_index >= 0 and i not in dup_to_orig
+    ]
     if n_surf and obj_prims:
         w = np.array([geom_s.prims[i].local_radius ** 2 for i in obj_prims])
         choice = rng.choice(len(obj_prims), size=n_surf, p=w / w.sum())
@@ -185,7 +187,7 @@ def _a(word: str) -> str:
 
 def _prompt(scene: Scene, geom: ClipGeometry) -> str:
     names: dict = {}
-    for oi, obj in enumerate(scene.objects):
+    for obj in scene.objects:
         if obj.removed:
             continue
         base = scene.objects[obj.duplicate_of] if obj.duplicate_of >= 0 else obj
@@ -197,6 +199,7 @@ def _prompt(scene: Scene, geom: ClipGeometry) -> str:
         if k == 1:
             return _a(d)
         return f"{words.get(k, str(k))} {d}{'es' if d.endswith('x') else 's'}"
+
     items = [count(d, k) for d, k in names.items()]
     if not items:
         return f"an empty scene with {_a(scene.ground_texture.colour_name())} patterned floor"
@@ -204,8 +207,9 @@ def _prompt(scene: Scene, geom: ClipGeometry) -> str:
     return f"{listed} on {_a(scene.ground_texture.colour_name())} patterned floor"
 
 
-def generate_pair(seed: int, index: int, config: SyntheticConfig = SyntheticConfig(),
-                  family: Optional[str] = None) -> SyntheticPair:
+def generate_pair(
+    seed: int, index: int, config: SyntheticConfig = SyntheticConfig(), family: str | None = None
+) -> SyntheticPair:
     """Pair `index` of the data set with `seed` (deterministic; independent of other pairs)."""
     rng = np.random.default_rng([int(seed), int(index), GENERATOR_VERSION])
     family = family or config.families[index % len(config.families)]
@@ -221,8 +225,14 @@ def generate_pair(seed: int, index: int, config: SyntheticConfig = SyntheticConf
     return render_pair(source, target, family, edit, rng, config)
 
 
-def render_pair(source: Scene, target: Scene, family: str, edit: dict, rng: np.random.Generator,
-                config: SyntheticConfig = SyntheticConfig()) -> SyntheticPair:
+def render_pair(
+    source: Scene,
+    target: Scene,
+    family: str,
+    edit: dict,
+    rng: np.random.Generator,
+    config: SyntheticConfig = SyntheticConfig(),
+) -> SyntheticPair:
     """Render a (source, target) scene pair and sample its tracks (the random draws come from `rng`)."""
     F, size = config.num_frames, config.image_size
     n_prims = 2 + sum(len(o.parts) for o in target.objects)
@@ -233,35 +243,64 @@ def render_pair(source: Scene, target: Scene, family: str, edit: dict, rng: np.r
     xyz_s = track_positions(geom_s, prim_s, local)
     xyz_t = track_positions(geom_t, prim_t, local)
     return SyntheticPair(
-        family=family, edit=edit, source_scene=source, target_scene=target, source=geom_s, target=geom_t,
-        source_render=rs, target_render=rt, prim_source=prim_s, prim_target=prim_t, local=local,
-        source_ids=ids, source_xyz=xyz_s, target_xyz=xyz_t,
-        source_visibility=track_visibility(geom_s, xyz_s), target_visibility=track_visibility(geom_t, xyz_t),
+        family=family,
+        edit=edit,
+        source_scene=source,
+        target_scene=target,
+        source=geom_s,
+        target=geom_t,
+        source_render=rs,
+        target_render=rt,
+        prim_source=prim_s,
+        prim_target=prim_t,
+        local=local,
+        source_ids=ids,
+        source_xyz=xyz_s,
+        target_xyz=xyz_t,
+        source_visibility=track_visibility(geom_s, xyz_s),
+        target_visibility=track_visibility(geom_t, xyz_t),
         prompt=_prompt(target, geom_t),
     )
 
 
-def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metadata: Optional[dict] = None) -> PairRecord:
+def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metadata: dict | None = None) -> PairRecord:
     f32 = np.float32
     extra = {}
     if config.with_depth:
-        extra = dict(source_depth=pair.source_render["depth"].astype(np.float16),
-                     target_depth=pair.target_render["depth"].astype(np.float16))
+        extra = dict(
+            source_depth=pair.source_render["depth"].astype(np.float16),
+            target_depth=pair.target_render["depth"].astype(np.float16),
+        )
     comps = tuple(pair.edit.get("components", [pair.family]))
     return PairRecord.from_arrays(
-        key=key, source_video=pair.source_render["rgb"], target_video=pair.target_render["rgb"],
-        codec=config.codec, quality=config.jpeg_quality,
-        source_xyz=pair.source_xyz.astype(f32), target_xyz=pair.target_xyz.astype(f32),
-        source_visibility=pair.source_visibility, target_visibility=pair.target_visibility,
-        source_intrinsics=pair.source.intrinsics.astype(f32), target_intrinsics=pair.target.intrinsics.astype(f32),
-        source_extrinsics=pair.source.extrinsics().astype(f32), target_extrinsics=pair.target.extrinsics().astype(f32),
+        key=key,
+        source_video=pair.source_render["rgb"],
+        target_video=pair.target_render["rgb"],
+        codec=config.codec,
+        quality=config.jpeg_quality,
+        source_xyz=pair.source_xyz.astype(f32),
+        target_xyz=pair.target_xyz.astype(f32),
+        source_visibility=pair.source_visibility,
+        target_visibility=pair.target_visibility,
+        source_intrinsics=pair.source.intrinsics.astype(f32),
+        target_intrinsics=pair.target.intrinsics.astype(f32),
+        source_extrinsics=pair.source.extrinsics().astype(f32),
+        target_extrinsics=pair.target.extrinsics().astype(f32),
         source_ids=pair.source_ids if len(np.unique(pair.source_ids)) != len(pair.source_ids) else None,
-        edit_family=pair.family, edit_components=comps, prompt=pair.prompt, fps=config.fps,
-        metadata={"generator": "trackedit-synthetic", "generator_version": GENERATOR_VERSION,
-                  "edit": pair.edit, "visibility_eps": VIS_EPS,
-                  "objects": [o.name for o in pair.target_scene.objects],
-                  "source_camera": pair.source_scene.camera.kind, "target_camera": pair.target_scene.camera.kind,
-                  **(metadata or {})},
+        edit_family=pair.family,
+        edit_components=comps,
+        prompt=pair.prompt,
+        fps=config.fps,
+        metadata={
+            "generator": "trackedit-synthetic",
+            "generator_version": GENERATOR_VERSION,
+            "edit": pair.edit,
+            "visibility_eps": VIS_EPS,
+            "objects": [o.name for o in pair.target_scene.objects],
+            "source_camera": pair.source_scene.camera.kind,
+            "target_camera": pair.target_scene.camera.kind,
+            **(metadata or {}),
+        },
         **extra,
     )
 
@@ -269,15 +308,29 @@ def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metad
 def make_record(index: int, *, seed: int, config: SyntheticConfig) -> PairRecord:
     """Record `index` of the synthetic data set (a picklable function of the index for workers)."""
     pair = generate_pair(seed, index, config)
-    return pair_to_record(pair, config, key=f"synthetic-s{seed}-{index:08d}",
-                          metadata={"seed": int(seed), "index": int(index)})
+    return pair_to_record(
+        pair, config, key=f"synthetic-s{seed}-{index:08d}", metadata={"seed": int(seed), "index": int(index)}
+    )
 
 
-def make_dataset(out_dir: str | os.PathLike, num_pairs: int, num_frames: int, size: Sequence[int], seed: int,
-                 workers: int = 1, *, records_per_shard: int = 64, num_tracks: int = 1024,
-                 families: Sequence[str] = ALL_FAMILIES, codec: str = "jpeg", jpeg_quality: int = 95,
-                 with_depth: bool = False, task_index: int = 0, num_tasks: int = 1,
-                 progress: bool = True) -> Optional[dict]:
+def make_dataset(
+    out_dir: str | os.PathLike,
+    num_pairs: int,
+    num_frames: int,
+    size: Sequence[int],
+    seed: int,
+    workers: int = 1,
+    *,
+    records_per_shard: int = 64,
+    num_tracks: int = 1024,
+    families: Sequence[str] = ALL_FAMILIES,
+    codec: str = "jpeg",
+    jpeg_quality: int = 95,
+    with_depth: bool = False,
+    task_index: int = 0,
+    num_tasks: int = 1,
+    progress: bool = True,
+) -> dict | None:
     """Generate `num_pairs` synthetic pairs into ArrayRecord shards under out_dir (with a tqdm bar).
 
     Deterministic: pair i depends only on (seed, i, the arguments), not on workers or sharding.
@@ -286,12 +339,30 @@ def make_dataset(out_dir: str | os.PathLike, num_pairs: int, num_frames: int, si
     """
     from data_pipeline.shards import write_dataset
 
-    config = SyntheticConfig(num_frames=int(num_frames), image_size=tuple(size), num_tracks=int(num_tracks),
-                             families=tuple(families), codec=codec, jpeg_quality=int(jpeg_quality),
-                             with_depth=bool(with_depth))
-    generator = {"name": "trackedit-synthetic", "version": GENERATOR_VERSION, "seed": int(seed),
-                 "config": config.to_json()}
+    config = SyntheticConfig(
+        num_frames=int(num_frames),
+        image_size=tuple(size),
+        num_tracks=int(num_tracks),
+        families=tuple(families),
+        codec=codec,
+        jpeg_quality=int(jpeg_quality),
+        with_depth=bool(with_depth),
+    )
+    generator = {
+        "name": "trackedit-synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "config": config.to_json(),
+    }
     return write_dataset(
-        pathlib.Path(out_dir), functools.partial(make_record, seed=int(seed), config=config), int(num_pairs),
-        generator=generator, records_per_shard=records_per_shard, workers=workers,
-        task_index=task_index, num_tasks=num_tasks, progress=progress, desc="synthetic pairs")
+        pathlib.Path(out_dir),
+        functools.partial(make_record, seed=int(seed), config=config),
+        int(num_pairs),
+        generator=generator,
+        records_per_shard=records_per_shard,
+        workers=workers,
+        task_index=task_index,
+        num_tasks=num_tasks,
+        progress=progress,
+        desc="synthetic pairs",
+    )

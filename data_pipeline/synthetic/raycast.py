@@ -9,6 +9,7 @@ Primitive kinds and their local (object-space) geometry:
 Each primitive is placed per frame by a similarity transform x = s R p + t (`Sim`). Rays are
 x(t) = o + t d with d not normalised; the parameter t is the same in world and local space.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,28 +29,28 @@ class Sim:
     s: np.ndarray
 
     @staticmethod
-    def identity(F: int) -> "Sim":
+    def identity(F: int) -> Sim:
         return Sim(np.broadcast_to(np.eye(3), (F, 3, 3)).copy(), np.zeros((F, 3)), np.ones(F))
 
     @staticmethod
-    def translation(t: np.ndarray) -> "Sim":
+    def translation(t: np.ndarray) -> Sim:
         t = np.asarray(t, np.float64)
         F = t.shape[0]
         return Sim(np.broadcast_to(np.eye(3), (F, 3, 3)).copy(), t, np.ones(F))
 
     @staticmethod
-    def rotation(R: np.ndarray) -> "Sim":
+    def rotation(R: np.ndarray) -> Sim:
         R = np.asarray(R, np.float64)
         F = R.shape[0]
         return Sim(R, np.zeros((F, 3)), np.ones(F))
 
     @staticmethod
-    def scale(s: np.ndarray) -> "Sim":
+    def scale(s: np.ndarray) -> Sim:
         s = np.asarray(s, np.float64)
         F = s.shape[0]
         return Sim(np.broadcast_to(np.eye(3), (F, 3, 3)).copy(), np.zeros((F, 3)), s)
 
-    def __matmul__(self, other: "Sim") -> "Sim":
+    def __matmul__(self, other: Sim) -> Sim:
         R = np.einsum("fij,fjk->fik", self.R, other.R)
         t = self.s[:, None] * np.einsum("fij,fj->fi", self.R, other.t) + self.t
         return Sim(R, t, self.s * other.s)
@@ -74,7 +75,7 @@ class Sim:
         M[:, 3, 3] = 1
         return M
 
-    def take(self, idx) -> "Sim":
+    def take(self, idx) -> Sim:
         return Sim(self.R[idx], self.t[idx], self.s[idx])
 
 
@@ -86,11 +87,14 @@ def rotation_matrix(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
     x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
     c, s = np.cos(angle), np.sin(angle)
     C = 1 - c
-    return np.stack([
-        np.stack([c + x * x * C, x * y * C - z * s, x * z * C + y * s], -1),
-        np.stack([y * x * C + z * s, c + y * y * C, y * z * C - x * s], -1),
-        np.stack([z * x * C - y * s, z * y * C + x * s, c + z * z * C], -1),
-    ], -2)
+    return np.stack(
+        [
+            np.stack([c + x * x * C, x * y * C - z * s, x * z * C + y * s], -1),
+            np.stack([y * x * C + z * s, c + y * y * C, y * z * C - x * s], -1),
+            np.stack([z * x * C - y * s, z * y * C + x * s, c + z * z * C], -1),
+        ],
+        -2,
+    )
 
 
 def bounding_radius(kind: int, size: np.ndarray) -> float:

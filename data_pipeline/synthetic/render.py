@@ -10,10 +10,10 @@ Shading: Lambertian, colour = albedo * (ambient + (1 - ambient) * max(0, n . lig
 light, no shadows. Textures are functions of the object-space point (see textures.py), so albedo is
 identical for a surface point in every frame and both clips; only the shading factor changes.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from data_pipeline.synthetic.raycast import DOME, GROUND, Sim, bounding_radius, 
 from data_pipeline.synthetic.scene import Scene, frame_times
 from data_pipeline.synthetic.textures import Texture
 
-NEAR = 1e-3          # rays start this far (camera z) in front of the camera
+NEAR = 1e-3  # rays start this far (camera z) in front of the camera
 MAX_RAYS_PER_CHUNK = 1 << 20
 
 
@@ -30,10 +30,10 @@ class Prim:
     kind: int
     size: np.ndarray
     texture: Texture
-    pose: Sim                 # F frames, local -> world
-    object_index: int         # -1 for ground/dome
+    pose: Sim  # F frames, local -> world
+    object_index: int  # -1 for ground/dome
     part_index: int
-    local_radius: float       # bounding radius in local units (inf for ground/dome)
+    local_radius: float  # bounding radius in local units (inf for ground/dome)
 
 
 @dataclasses.dataclass
@@ -42,9 +42,9 @@ class ClipGeometry:
     (e.g. the duplicate of an object exists only in the target)."""
 
     prims: list
-    intrinsics: np.ndarray    # (F, 3, 3)
-    rotations: np.ndarray     # (F, 3, 3) world-to-camera
-    centers: np.ndarray       # (F, 3) camera centres
+    intrinsics: np.ndarray  # (F, 3, 3)
+    rotations: np.ndarray  # (F, 3, 3) world-to-camera
+    centers: np.ndarray  # (F, 3) camera centres
     image_size: tuple
     light_dir: np.ndarray
     ambient: float
@@ -67,8 +67,8 @@ def _offscreen_translation(obj, s, centers, rotations, K, image_size, radius: fl
     """Root positions (F, 3) that keep a sphere of `radius` around the root entirely outside every
     frame's view frustum: beside the right (or left) frustum plane at the object's usual depth."""
     H, W = image_size
-    tan_a = W / (2.0 * K[:, 0, 0])                       # half-width of the view at z = 1 (pixel edges)
-    cos_a = 1.0 / np.sqrt(1.0 + tan_a ** 2)
+    tan_a = W / (2.0 * K[:, 0, 0])  # half-width of the view at z = 1 (pixel edges)
+    cos_a = 1.0 / np.sqrt(1.0 + tan_a**2)
     usual = obj.replace(removed=False).path(s)
     depth = np.clip(np.einsum("fij,fj->fi", rotations, usual - centers)[:, 2], 2.0, 12.0)
     side = 1.0 if obj.removal_side >= 0 else -1.0
@@ -77,7 +77,7 @@ def _offscreen_translation(obj, s, centers, rotations, K, image_size, radius: fl
     return centers + np.einsum("fji,fj->fi", rotations, cam)
 
 
-def evaluate_clip(scene: Scene, num_frames: int, image_size: tuple, num_prims: Optional[int] = None) -> ClipGeometry:
+def evaluate_clip(scene: Scene, num_frames: int, image_size: tuple, num_prims: int | None = None) -> ClipGeometry:
     """Per-frame poses of every primitive and the camera of `scene` over `num_frames` frames.
 
     num_prims: total primitive count of the pair (the target may have extra duplicate objects);
@@ -100,8 +100,17 @@ def evaluate_clip(scene: Scene, num_frames: int, image_size: tuple, num_prims: O
             t = _offscreen_translation(obj, s, centers, rotations, K, (H, W), obj.bound_radius())
             root = Sim(root.R, t, root.s)
         for pi, (part, pose) in enumerate(zip(obj.parts, obj.part_poses(s, root))):
-            prims.append(Prim(part.kind, np.asarray(part.size, np.float64), part.texture, pose, oi, pi,
-                              bounding_radius(part.kind, part.size)))
+            prims.append(
+                Prim(
+                    part.kind,
+                    np.asarray(part.size, np.float64),
+                    part.texture,
+                    pose,
+                    oi,
+                    pi,
+                    bounding_radius(part.kind, part.size),
+                )
+            )
     if num_prims is not None:
         if num_prims < len(prims):
             raise ValueError(f"num_prims={num_prims} is smaller than the scene's {len(prims)} primitives")
@@ -164,7 +173,7 @@ def shade(geom: ClipGeometry, albedo: np.ndarray, normal: np.ndarray) -> np.ndar
     return albedo * (geom.ambient + (1.0 - geom.ambient) * lam)[..., None]
 
 
-def surface_colour(geom: ClipGeometry, pid: np.ndarray, local: np.ndarray, normal: Optional[np.ndarray] = None):
+def surface_colour(geom: ClipGeometry, pid: np.ndarray, local: np.ndarray, normal: np.ndarray | None = None):
     """Albedo (and shaded colour if normals are given) of object-space points on primitives pid."""
     shape = pid.shape
     pid_f = pid.reshape(-1)
@@ -219,9 +228,12 @@ def render_clip(geom: ClipGeometry, dtype=np.float32) -> dict:
     jj, ii = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
     pix = np.stack([jj, ii, np.ones_like(jj)], -1).reshape(1, H * W, 3)  # pixel centres (x = col, y = row)
     out = {
-        "depth": np.empty((F, H, W), dt), "pid": np.empty((F, H, W), np.int16),
-        "local": np.empty((F, H, W, 3), dt), "normal": np.empty((F, H, W, 3), dt),
-        "albedo": np.empty((F, H, W, 3), dt), "rgb": np.empty((F, H, W, 3), np.uint8),
+        "depth": np.empty((F, H, W), dt),
+        "pid": np.empty((F, H, W), np.int16),
+        "local": np.empty((F, H, W, 3), dt),
+        "normal": np.empty((F, H, W, 3), dt),
+        "albedo": np.empty((F, H, W, 3), dt),
+        "rgb": np.empty((F, H, W, 3), np.uint8),
     }
     chunk = max(1, MAX_RAYS_PER_CHUNK // (H * W))
     for f0 in range(0, F, chunk):

@@ -4,15 +4,20 @@ Everything is a function of the normalised clip time s in [0, 1] (frame f of F i
 so one scene can be rendered at any frame count and resolution. World axes: z up, ground plane z = 0.
 Cameras follow OpenCV (x right, y down, z forward), extrinsics world-to-camera.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
 from data_pipeline.synthetic.raycast import (
-    BOX, CYLINDER, SPHERE, Sim, bounding_radius, rotation_matrix,
+    BOX,
+    CYLINDER,
+    SPHERE,
+    Sim,
+    bounding_radius,
+    rotation_matrix,
 )
 from data_pipeline.synthetic.textures import Texture, random_texture
 
@@ -47,7 +52,7 @@ class TimeWarp:
         if self.kind == "freeze":
             return np.minimum(s, self.a)
         if self.kind == "ease":
-            return s ** self.a
+            return s**self.a
         if self.kind == "shift":
             return s + self.a
         raise ValueError(f"unknown time warp {self.kind!r}")
@@ -116,19 +121,25 @@ class ObjectSpec:
 
     def path(self, s: np.ndarray) -> np.ndarray:
         tau = self.time_warp(s)
-        p = (self.center[None] + self.velocity[None] * (tau[:, None] - 0.5)
-             + self.wobble_amp[None] * np.sin(2 * np.pi * self.wobble_freq * tau + self.wobble_phase)[:, None])
+        p = (
+            self.center[None]
+            + self.velocity[None] * (tau[:, None] - 0.5)
+            + self.wobble_amp[None] * np.sin(2 * np.pi * self.wobble_freq * tau + self.wobble_phase)[:, None]
+        )
         p[:, 2] += self.hop_height * np.abs(np.sin(np.pi * self.hop_freq * tau))
         return p + self.offset[None]
 
     def root_pose(self, s: np.ndarray) -> Sim:
         tau = self.time_warp(s)
         F = len(s)
-        R = (rotation_matrix(self.extra_axis, self.extra_angle0 + self.extra_rate * s)
-             @ rotation_matrix(self.spin_axis, self.spin_rate * tau) @ self.base_rotation[None])
+        R = (
+            rotation_matrix(self.extra_axis, self.extra_angle0 + self.extra_rate * s)
+            @ rotation_matrix(self.spin_axis, self.spin_rate * tau)
+            @ self.base_rotation[None]
+        )
         return Sim(R, self.path(s), np.ones(F))
 
-    def part_poses(self, s: np.ndarray, root: Optional[Sim] = None) -> list:
+    def part_poses(self, s: np.ndarray, root: Sim | None = None) -> list:
         """Per-part world poses (list of Sim with F frames)."""
         tau = self.time_warp(s)
         root = self.root_pose(s) if root is None else root
@@ -136,10 +147,12 @@ class ObjectSpec:
         poses: list = []
         for part in self.parts:
             parent = root if part.parent < 0 else poses[part.parent]
-            local = (Sim.translation(np.broadcast_to(part.joint_offset, (F, 3)))
-                     @ Sim.rotation(rotation_matrix(part.joint_axis, part.angle(tau)))
-                     @ Sim.scale(np.full(F, part.scale))
-                     @ Sim.translation(np.broadcast_to(part.center_offset, (F, 3))))
+            local = (
+                Sim.translation(np.broadcast_to(part.joint_offset, (F, 3)))
+                @ Sim.rotation(rotation_matrix(part.joint_axis, part.angle(tau)))
+                @ Sim.scale(np.full(F, part.scale))
+                @ Sim.translation(np.broadcast_to(part.center_offset, (F, 3)))
+            )
             poses.append(parent @ local)
         return poses
 
@@ -157,7 +170,7 @@ class ObjectSpec:
             reach[i] = base + own * scale_chain
         return float(max(reach))
 
-    def replace(self, **kw) -> "ObjectSpec":
+    def replace(self, **kw) -> ObjectSpec:
         return dataclasses.replace(self, **kw)
 
 
@@ -178,22 +191,29 @@ def random_rigid_object(rng: np.random.Generator, center_xy: np.ndarray) -> Obje
     if kind == CYLINDER:
         size[1] = size[0]
     r_b = bounding_radius(kind, size)
-    part = PartSpec(kind=kind, size=size, texture=random_texture(rng, feature_size=g * rng.uniform(0.6, 1.4)), name=name)
+    part = PartSpec(
+        kind=kind, size=size, texture=random_texture(rng, feature_size=g * rng.uniform(0.6, 1.4)), name=name
+    )
     spin_axis = np.array([0.0, 0.0, 1.0]) if rng.uniform() < 0.6 else rng.normal(size=3)
     speed = rng.uniform(0.0, 1.8)
     heading = rng.uniform(0, 2 * np.pi)
     upright = kind != SPHERE and spin_axis[0] == 0 and spin_axis[1] == 0
     return ObjectSpec(
-        name=name, parts=(part,),
+        name=name,
+        parts=(part,),
         # upright boxes/cylinders stand on the ground; tumbling ones hover at their bounding radius
         center=np.array([center_xy[0], center_xy[1], size[2] if upright else r_b]),
         velocity=speed * np.array([np.cos(heading), np.sin(heading), 0.0]),
         wobble_amp=rng.uniform(0, 0.4) * np.array([*rng.normal(size=2), 0.0]) / np.sqrt(2),
-        wobble_freq=float(rng.uniform(0.3, 1.5)), wobble_phase=float(rng.uniform(0, 2 * np.pi)),
-        hop_height=float(rng.uniform(0, 0.5) if rng.uniform() < 0.3 else 0.0), hop_freq=float(rng.integers(1, 4)),
+        wobble_freq=float(rng.uniform(0.3, 1.5)),
+        wobble_phase=float(rng.uniform(0, 2 * np.pi)),
+        hop_height=float(rng.uniform(0, 0.5) if rng.uniform() < 0.3 else 0.0),
+        hop_freq=float(rng.integers(1, 4)),
         base_rotation=rotation_matrix(rng.normal(size=3), np.array([rng.uniform(0, 2 * np.pi)]))[0]
-        if kind == SPHERE else _yaw(rng.uniform(0, 2 * np.pi)),
-        spin_axis=spin_axis / np.linalg.norm(spin_axis), spin_rate=float(rng.uniform(-2.5, 2.5)),
+        if kind == SPHERE
+        else _yaw(rng.uniform(0, 2 * np.pi)),
+        spin_axis=spin_axis / np.linalg.norm(spin_axis),
+        spin_rate=float(rng.uniform(-2.5, 2.5)),
     )
 
 
@@ -209,30 +229,69 @@ def random_quadruped(rng: np.random.Generator, center_xy: np.ndarray) -> ObjectS
     amp = float(rng.uniform(0.3, 0.7))
     Y = np.array([0.0, 1.0, 0.0])
     parts = [PartSpec(kind=BOX, size=half, texture=tex_body, name="torso")]
-    parts.append(PartSpec(
-        kind=SPHERE, size=np.full(3, 0.14 * g), texture=tex_head, parent=0,
-        joint_offset=np.array([half[0], 0.0, half[2]]), joint_axis=np.array([0.0, 0.0, 1.0]),
-        amp=float(rng.uniform(0.1, 0.6)), freq=float(rng.uniform(0.5, 2.0)), phase=float(rng.uniform(0, 6.3)),
-        center_offset=np.array([0.1 * g, 0.0, 0.08 * g]), name="head"))
+    parts.append(
+        PartSpec(
+            kind=SPHERE,
+            size=np.full(3, 0.14 * g),
+            texture=tex_head,
+            parent=0,
+            joint_offset=np.array([half[0], 0.0, half[2]]),
+            joint_axis=np.array([0.0, 0.0, 1.0]),
+            amp=float(rng.uniform(0.1, 0.6)),
+            freq=float(rng.uniform(0.5, 2.0)),
+            phase=float(rng.uniform(0, 6.3)),
+            center_offset=np.array([0.1 * g, 0.0, 0.08 * g]),
+            name="head",
+        )
+    )
     for k, (sx, sy) in enumerate([(1, 1), (1, -1), (-1, 1), (-1, -1)]):
         phase = 0.0 if (sx * sy) > 0 else np.pi  # diagonal gait
-        parts.append(PartSpec(
-            kind=CYLINDER, size=np.array([leg_r, leg_r, up_len / 2]), texture=tex_limb, parent=0,
-            joint_offset=np.array([sx * (half[0] - leg_r), sy * (half[1] - leg_r), -half[2]]), joint_axis=Y,
-            amp=amp, freq=freq, phase=phase, center_offset=np.array([0.0, 0.0, -up_len / 2]), name=f"upper_leg{k}"))
-        parts.append(PartSpec(
-            kind=CYLINDER, size=np.array([leg_r * 0.85, leg_r * 0.85, lo_len / 2]), texture=tex_limb,
-            parent=len(parts) - 1, joint_offset=np.array([0.0, 0.0, -up_len / 2]), joint_axis=Y,
-            angle0=0.2, amp=amp * 0.6, freq=freq, phase=phase + 0.8,
-            center_offset=np.array([0.0, 0.0, -lo_len / 2]), name=f"lower_leg{k}"))
+        parts.append(
+            PartSpec(
+                kind=CYLINDER,
+                size=np.array([leg_r, leg_r, up_len / 2]),
+                texture=tex_limb,
+                parent=0,
+                joint_offset=np.array([sx * (half[0] - leg_r), sy * (half[1] - leg_r), -half[2]]),
+                joint_axis=Y,
+                amp=amp,
+                freq=freq,
+                phase=phase,
+                center_offset=np.array([0.0, 0.0, -up_len / 2]),
+                name=f"upper_leg{k}",
+            )
+        )
+        parts.append(
+            PartSpec(
+                kind=CYLINDER,
+                size=np.array([leg_r * 0.85, leg_r * 0.85, lo_len / 2]),
+                texture=tex_limb,
+                parent=len(parts) - 1,
+                joint_offset=np.array([0.0, 0.0, -up_len / 2]),
+                joint_axis=Y,
+                angle0=0.2,
+                amp=amp * 0.6,
+                freq=freq,
+                phase=phase + 0.8,
+                center_offset=np.array([0.0, 0.0, -lo_len / 2]),
+                name=f"lower_leg{k}",
+            )
+        )
     heading = rng.uniform(0, 2 * np.pi)
     speed = rng.uniform(0.3, 1.5)
     return ObjectSpec(
-        name="quadruped", parts=tuple(parts),
+        name="quadruped",
+        parts=tuple(parts),
         center=np.array([center_xy[0], center_xy[1], half[2] + up_len + lo_len * 0.95]),
         velocity=speed * np.array([np.cos(heading), np.sin(heading), 0.0]),
-        wobble_amp=np.zeros(3), wobble_freq=0.0, wobble_phase=0.0, hop_height=0.0, hop_freq=1.0,
-        base_rotation=_yaw(heading), spin_axis=np.array([0.0, 0.0, 1.0]), spin_rate=float(rng.uniform(-0.6, 0.6)),
+        wobble_amp=np.zeros(3),
+        wobble_freq=0.0,
+        wobble_phase=0.0,
+        hop_height=0.0,
+        hop_freq=1.0,
+        base_rotation=_yaw(heading),
+        spin_axis=np.array([0.0, 0.0, 1.0]),
+        spin_rate=float(rng.uniform(-0.6, 0.6)),
     )
 
 
@@ -249,21 +308,49 @@ def random_lamp(rng: np.random.Generator, center_xy: np.ndarray) -> ObjectSpec:
         kind = BOX if rng.uniform() < 0.5 else CYLINDER
         size = np.array([0.07 * g, 0.07 * g, L / 2]) if kind == BOX else np.array([0.06 * g, 0.06 * g, L / 2])
         axis = np.array([1.0, 0.0, 0.0]) if k % 2 == 0 else np.array([0.0, 1.0, 0.0])
-        parts.append(PartSpec(
-            kind=kind, size=size, texture=tex_link, parent=parent, joint_offset=off, joint_axis=axis,
-            angle0=float(rng.uniform(-0.4, 0.4)), amp=float(rng.uniform(0.2, 0.8)),
-            freq=float(rng.uniform(0.5, 2.0)), phase=float(rng.uniform(0, 6.3)),
-            center_offset=np.array([0.0, 0.0, L / 2]), name=f"link{k}"))
+        parts.append(
+            PartSpec(
+                kind=kind,
+                size=size,
+                texture=tex_link,
+                parent=parent,
+                joint_offset=off,
+                joint_axis=axis,
+                angle0=float(rng.uniform(-0.4, 0.4)),
+                amp=float(rng.uniform(0.2, 0.8)),
+                freq=float(rng.uniform(0.5, 2.0)),
+                phase=float(rng.uniform(0, 6.3)),
+                center_offset=np.array([0.0, 0.0, L / 2]),
+                name=f"link{k}",
+            )
+        )
         parent, off = len(parts) - 1, np.array([0.0, 0.0, L / 2])
-    parts.append(PartSpec(
-        kind=SPHERE, size=np.full(3, 0.12 * g), texture=random_texture(rng, feature_size=0.12 * g), parent=parent,
-        joint_offset=off, joint_axis=np.array([0.0, 0.0, 1.0]), amp=float(rng.uniform(0.5, 2.0)), freq=1.0,
-        center_offset=np.array([0.0, 0.0, 0.1 * g]), name="tip"))
+    parts.append(
+        PartSpec(
+            kind=SPHERE,
+            size=np.full(3, 0.12 * g),
+            texture=random_texture(rng, feature_size=0.12 * g),
+            parent=parent,
+            joint_offset=off,
+            joint_axis=np.array([0.0, 0.0, 1.0]),
+            amp=float(rng.uniform(0.5, 2.0)),
+            freq=1.0,
+            center_offset=np.array([0.0, 0.0, 0.1 * g]),
+            name="tip",
+        )
+    )
     return ObjectSpec(
-        name="lamp", parts=tuple(parts), center=np.array([center_xy[0], center_xy[1], base_h]),
+        name="lamp",
+        parts=tuple(parts),
+        center=np.array([center_xy[0], center_xy[1], base_h]),
         velocity=rng.uniform(0, 0.6) * np.array([*rng.normal(size=2), 0.0]) / np.sqrt(2),
-        wobble_amp=np.zeros(3), wobble_freq=0.0, wobble_phase=0.0, hop_height=0.0, hop_freq=1.0,
-        base_rotation=_yaw(rng.uniform(0, 2 * np.pi)), spin_axis=np.array([0.0, 0.0, 1.0]),
+        wobble_amp=np.zeros(3),
+        wobble_freq=0.0,
+        wobble_phase=0.0,
+        hop_height=0.0,
+        hop_freq=1.0,
+        base_rotation=_yaw(rng.uniform(0, 2 * np.pi)),
+        spin_axis=np.array([0.0, 0.0, 1.0]),
         spin_rate=float(rng.uniform(-1.5, 1.5)),
     )
 
@@ -328,16 +415,19 @@ class CameraPath:
         R = np.stack([right, down, fwd], axis=1)  # rows: camera axes in world
         if self.jitter_rot > 0:
             a = self.jitter_rot * jit[:, :3]
-            Rj = (rotation_matrix(np.array([1.0, 0, 0]), a[:, 0]) @ rotation_matrix(np.array([0, 1.0, 0]), a[:, 1])
-                  @ rotation_matrix(np.array([0, 0, 1.0]), a[:, 2]))
+            Rj = (
+                rotation_matrix(np.array([1.0, 0, 0]), a[:, 0])
+                @ rotation_matrix(np.array([0, 1.0, 0]), a[:, 1])
+                @ rotation_matrix(np.array([0, 0, 1.0]), a[:, 2])
+            )
             R = Rj @ R
         return c, R
 
-    def replace(self, **kw) -> "CameraPath":
+    def replace(self, **kw) -> CameraPath:
         return dataclasses.replace(self, **kw)
 
 
-def random_camera_path(rng: np.random.Generator, kind: Optional[str] = None, fov_x: Optional[float] = None) -> CameraPath:
+def random_camera_path(rng: np.random.Generator, kind: str | None = None, fov_x: float | None = None) -> CameraPath:
     kind = kind or str(rng.choice(CAMERA_KINDS))
     sweep = {
         "static": 0.0,
@@ -349,12 +439,15 @@ def random_camera_path(rng: np.random.Generator, kind: Optional[str] = None, fov
     return CameraPath(
         kind=kind,
         target=np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(0.3, 0.6)]),
-        radius=float(rng.uniform(4.5, 7.0)), azimuth=float(rng.uniform(0, 2 * np.pi)),
-        height=float(rng.uniform(1.2, 3.0)), sweep=float(sweep),
+        radius=float(rng.uniform(4.5, 7.0)),
+        azimuth=float(rng.uniform(0, 2 * np.pi)),
+        height=float(rng.uniform(1.2, 3.0)),
+        sweep=float(sweep),
         fov_x=float(fov_x if fov_x is not None else np.radians(rng.uniform(45, 65))),
         jitter_rot=float(rng.uniform(0.004, 0.015)) if handheld else 0.0,
         jitter_trans=float(rng.uniform(0.01, 0.05)) if handheld else 0.0,
-        jitter_freqs=rng.uniform(1.0, 4.0, size=(6, 2)), jitter_phases=rng.uniform(0, 2 * np.pi, size=(6, 2)),
+        jitter_freqs=rng.uniform(1.0, 4.0, size=(6, 2)),
+        jitter_phases=rng.uniform(0, 2 * np.pi, size=(6, 2)),
     )
 
 
@@ -369,11 +462,11 @@ class Scene:
     ambient: float
     dome_radius: float = DOME_RADIUS
 
-    def replace(self, **kw) -> "Scene":
+    def replace(self, **kw) -> Scene:
         return dataclasses.replace(self, **kw)
 
 
-def random_scene(rng: np.random.Generator, *, num_rigid: Optional[int] = None) -> Scene:
+def random_scene(rng: np.random.Generator, *, num_rigid: int | None = None) -> Scene:
     """Ground + dome, 1-3 rigid objects and one articulated object (quadruped or lamp), a camera path."""
     n_rigid = int(rng.integers(1, 4)) if num_rigid is None else num_rigid
     centers: list = []
@@ -391,7 +484,9 @@ def random_scene(rng: np.random.Generator, *, num_rigid: Optional[int] = None) -
         objects=tuple(objects),
         ground_texture=random_texture(rng, feature_size=rng.uniform(0.8, 2.0)),
         dome_texture=random_texture(rng, feature_size=rng.uniform(4.0, 9.0), muted=True),
-        camera=random_camera_path(rng), light_dir=light, ambient=float(rng.uniform(0.3, 0.5)),
+        camera=random_camera_path(rng),
+        light_dir=light,
+        ambient=float(rng.uniform(0.3, 0.5)),
     )
     return ensure_camera_clear(scene, rng)
 

@@ -5,6 +5,7 @@ clip, and the object that passed beside the front one in the source is moved to 
 depth order with the front object changes). Everything else (textures, light, the other objects'
 motion) is the source scene's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,15 @@ def showcase_pair(config: SyntheticConfig = SyntheticConfig(), seed: int = SHOWC
     rng = np.random.default_rng([int(seed), 7])
     scene = random_scene(rng, num_rigid=2)
     az0 = float(rng.uniform(0, 2 * np.pi))
-    camera = CameraPath(kind="static", target=np.array([0.0, 0.0, 0.5]), radius=4.2, azimuth=az0, height=1.8,
-                        sweep=0.0, fov_x=float(np.radians(55)))
+    camera = CameraPath(
+        kind="static",
+        target=np.array([0.0, 0.0, 0.5]),
+        radius=4.2,
+        azimuth=az0,
+        height=1.8,
+        sweep=0.0,
+        fov_x=float(np.radians(55)),
+    )
     arc = np.radians(ARC_DEGREES)
     target_camera = camera.replace(kind="orbit", sweep=arc, azimuth=az0 + arc / 2)  # az0 -> az0 + arc
 
@@ -42,8 +50,12 @@ def showcase_pair(config: SyntheticConfig = SyntheticConfig(), seed: int = SHOWC
     away = _horizontal(-c_src)
     side = np.cross(np.array([0.0, 0.0, 1.0]), away)
     src_xy = -0.9 * away + 1.4 * side
-    objects[mover] = objects[mover].replace(center=np.array([src_xy[0], src_xy[1], objects[mover].center[2]]),
-                                            velocity=-0.8 * side, wobble_amp=np.zeros(3), hop_height=0.0)
+    objects[mover] = objects[mover].replace(
+        center=np.array([src_xy[0], src_xy[1], objects[mover].center[2]]),
+        velocity=-0.8 * side,
+        wobble_amp=np.zeros(3),
+        hop_height=0.0,
+    )
     for k in range(2, len(objects)):  # the rest stay out of the way, behind
         xy = 2.6 * away + (k - 2.5) * 1.5 * side
         objects[k] = objects[k].replace(center=np.array([xy[0], xy[1], objects[k].center[2]]), **still)
@@ -53,11 +65,17 @@ def showcase_pair(config: SyntheticConfig = SyntheticConfig(), seed: int = SHOWC
     away_t = _horizontal(-c_mid)
     side_t = np.cross(np.array([0.0, 0.0, 1.0]), away_t)
     tgt_xy = 1.6 * away_t
-    moved = objects[mover].replace(center=np.array([tgt_xy[0], tgt_xy[1], objects[mover].center[2]]),
-                                   velocity=3.4 * side_t)
+    moved = objects[mover].replace(
+        center=np.array([tgt_xy[0], tgt_xy[1], objects[mover].center[2]]), velocity=3.4 * side_t
+    )
     objects_t = list(objects)
     objects_t[mover] = moved
     target = source.replace(objects=tuple(objects_t), camera=target_camera)
-    edit = {"family": "combination", "components": ["camera", "object_path"], "arc_degrees": ARC_DEGREES,
-            "object": mover, "behind": front}
+    edit = {
+        "family": "combination",
+        "components": ["camera", "object_path"],
+        "arc_degrees": ARC_DEGREES,
+        "object": mover,
+        "behind": front,
+    }
     return render_pair(source, target, "combination", edit, rng, config)

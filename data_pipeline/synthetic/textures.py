@@ -6,6 +6,7 @@ albedo(p) = c1 + (c2 - c1) * sigmoid(sharpness * pattern(p)) then * (1 + detail 
 Textures are smooth (band-limited, sigmoid edges), so `lipschitz()` bounds how fast albedo can change
 with the object-space position; tests use it to bound sub-pixel sampling differences.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -18,14 +19,14 @@ COLOUR_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blu
 
 @dataclasses.dataclass(frozen=True)
 class Texture:
-    c1: np.ndarray            # (3,) float in [0, 1]
-    c2: np.ndarray            # (3,)
-    mode: str                 # "waves" | "checker"
-    freqs: np.ndarray         # waves: (K, 3) spatial frequencies; checker: (3,) (0 = axis unused)
-    phases: np.ndarray        # (K,) or (3,)
-    amps: np.ndarray          # (K,) (waves) or (1,) (checker)
+    c1: np.ndarray  # (3,) float in [0, 1]
+    c2: np.ndarray  # (3,)
+    mode: str  # "waves" | "checker"
+    freqs: np.ndarray  # waves: (K, 3) spatial frequencies; checker: (3,) (0 = axis unused)
+    phases: np.ndarray  # (K,) or (3,)
+    amps: np.ndarray  # (K,) (waves) or (1,) (checker)
     sharpness: float
-    detail_freq: np.ndarray   # (3,)
+    detail_freq: np.ndarray  # (3,)
     detail_phase: float
     detail_amp: float
 
@@ -34,7 +35,7 @@ class Texture:
         p = np.asarray(p)
         dt = p.dtype if p.dtype in (np.float32, np.float64) else np.float64
         if self.mode == "waves":
-            arg = p @ self.freqs.T.astype(dt) + self.phases.astype(dt)      # (..., K)
+            arg = p @ self.freqs.T.astype(dt) + self.phases.astype(dt)  # (..., K)
             pat = np.sin(arg) @ self.amps.astype(dt)
         else:
             pat = np.ones(p.shape[:-1], dt)
@@ -79,7 +80,11 @@ def random_texture(rng: np.random.Generator, feature_size: float, *, muted: bool
     sat = (0.1, 0.45) if muted else (0.45, 0.95)
     c1 = _random_colour(rng, sat=sat)
     # the second colour: a contrasting hue or brightness so features are trackable
-    c2 = _random_colour(rng, sat=sat, val=(0.2, 0.6)) if rng.uniform() < 0.5 else np.clip(1.0 - c1 * rng.uniform(0.3, 0.9), 0, 1)
+    c2 = (
+        _random_colour(rng, sat=sat, val=(0.2, 0.6))
+        if rng.uniform() < 0.5
+        else np.clip(1.0 - c1 * rng.uniform(0.3, 0.9), 0, 1)
+    )
     if rng.uniform() < 0.6:
         K = int(rng.integers(2, 5))
         dirs = rng.normal(size=(K, 3))
@@ -94,8 +99,14 @@ def random_texture(rng: np.random.Generator, feature_size: float, *, muted: bool
     ddir = rng.normal(size=3)
     ddir /= np.linalg.norm(ddir)
     return Texture(
-        c1=c1, c2=c2, mode=mode, freqs=freqs, phases=phases, amps=amps,
+        c1=c1,
+        c2=c2,
+        mode=mode,
+        freqs=freqs,
+        phases=phases,
+        amps=amps,
         sharpness=float(rng.uniform(2.0, 6.0)),
-        detail_freq=ddir * base * rng.uniform(2.0, 4.0), detail_phase=float(rng.uniform(0, 2 * np.pi)),
+        detail_freq=ddir * base * rng.uniform(2.0, 4.0),
+        detail_phase=float(rng.uniform(0, 2 * np.pi)),
         detail_amp=float(rng.uniform(0.05, 0.15)),
     )

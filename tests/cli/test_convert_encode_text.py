@@ -1,4 +1,5 @@
 """`trackedit convert` (pickle -> safetensors, only with --trust-pickle) and `trackedit encode-text`."""
+
 import json
 import os
 
@@ -71,8 +72,9 @@ def test_official_vae_pth_converts_and_loads(tmp_path):
     vae = load_wan_vae(out)
     assert vae.config == cfg
     kernel = np.asarray(vae.encoder.down_blocks[0].conv1.kernel[...])
-    np.testing.assert_array_equal(kernel, ref.state_dict()["encoder.down_blocks.0.conv1.weight"].numpy()
-                                  .transpose(2, 3, 4, 1, 0))
+    np.testing.assert_array_equal(
+        kernel, ref.state_dict()["encoder.down_blocks.0.conv1.weight"].numpy().transpose(2, 3, 4, 1, 0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +83,20 @@ def text_assets(tmp_path_factory):
     corpus = ["a sheep walks across the field", "the camera pans to the left", "a windmill turns slowly"] * 30
     (root / "corpus.txt").write_text("\n".join(corpus))
     spm.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"), model_prefix=str(root / "spiece"), vocab_size=28, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        input=str(root / "corpus.txt"),
+        model_prefix=str(root / "spiece"),
+        vocab_size=28,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     torch.manual_seed(0)
-    cfg = transformers.UMT5Config(vocab_size=48, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
-                                  dropout_rate=0.0)
+    cfg = transformers.UMT5Config(
+        vocab_size=48, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, dropout_rate=0.0
+    )
     transformers.UMT5EncoderModel(cfg).eval().save_pretrained(str(root / "text_encoder"))
     return root
 
@@ -95,9 +105,23 @@ def test_encode_text_writes_embeddings_and_lengths(text_assets, tmp_path, capsys
     prompts = ["a sheep walks across the field", "the camera pans"]
     (tmp_path / "more.txt").write_text("a windmill turns slowly\n\n")
     out = tmp_path / "emb.safetensors"
-    argv = ["encode-text", "--encoder", str(text_assets / "text_encoder"), "--tokenizer",
-            str(text_assets / "spiece.model"), "--prompt", prompts[0], "--prompt", prompts[1],
-            "--prompt-file", str(tmp_path / "more.txt"), "--out", str(out), "--text-len", "64"]
+    argv = [
+        "encode-text",
+        "--encoder",
+        str(text_assets / "text_encoder"),
+        "--tokenizer",
+        str(text_assets / "spiece.model"),
+        "--prompt",
+        prompts[0],
+        "--prompt",
+        prompts[1],
+        "--prompt-file",
+        str(tmp_path / "more.txt"),
+        "--out",
+        str(out),
+        "--text-len",
+        "64",
+    ]
     assert main(argv) == 0
     assert "embeddings (3, 64, 16)" in capsys.readouterr().out
     tensors, meta = read_all(out)
@@ -121,11 +145,30 @@ def test_encode_text_writes_embeddings_and_lengths(text_assets, tmp_path, capsys
 
 
 def test_encode_text_user_errors(text_assets, tmp_path, capsys):
-    base = ["encode-text", "--encoder", str(text_assets / "text_encoder"), "--tokenizer",
-            str(text_assets / "spiece.model")]
+    base = [
+        "encode-text",
+        "--encoder",
+        str(text_assets / "text_encoder"),
+        "--tokenizer",
+        str(text_assets / "spiece.model"),
+    ]
     assert main(base + ["--out", str(tmp_path / "x.safetensors")]) == 2
     assert "no prompts" in capsys.readouterr().err
     assert main(base + ["--prompt", "a", "--out", str(tmp_path / "x.npz")]) == 2
-    assert main(["encode-text", "--encoder", str(tmp_path / "nope"), "--tokenizer", str(text_assets / "spiece.model"),
-                 "--prompt", "a", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "encode-text",
+                "--encoder",
+                str(tmp_path / "nope"),
+                "--tokenizer",
+                str(text_assets / "spiece.model"),
+                "--prompt",
+                "a",
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert not list(tmp_path.glob("*.safetensors"))

@@ -1,4 +1,5 @@
 """`trackedit edit-tracks` and `trackedit viz` end to end (in-process through the dispatcher)."""
+
 import textwrap
 
 import numpy as np
@@ -33,7 +34,9 @@ def _spec(tmp_path, text, name="edit.yaml"):
 
 
 def test_edit_tracks_writes_target_in_order_with_source_ids(tmp_path, src_file, capsys):
-    spec = _spec(tmp_path, """\
+    spec = _spec(
+        tmp_path,
+        """\
         camera:
           - {op: pan, degrees: 5}
         objects:
@@ -44,7 +47,8 @@ def test_edit_tracks_writes_target_in_order_with_source_ids(tmp_path, src_file, 
           - select: {ids: [7]}
             ops:
               - {op: remove, mode: drop}
-        """)
+        """,
+    )
     out = tmp_path / "tgt.npz"
     assert main(["edit-tracks", "--tracks", str(src_file), "--edit", str(spec), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -60,12 +64,15 @@ def test_edit_tracks_writes_target_in_order_with_source_ids(tmp_path, src_file, 
     assert tgt.camera.image_size == src.camera.image_size
 
 
-@pytest.mark.parametrize("text,words", [
-    ("camera:\n  - {op: spin, degrees: 3}\n", "edit.yaml:2: camera[0].op: unknown camera op 'spin'"),
-    ("camera:\n  - {op: pan}\n", "edit.yaml:2: camera[0]: the camera op 'pan' needs field 'degrees'"),
-    ("camera:\n  - {op: pan, degrees: [3]}\n", "edit.yaml:2: camera[0].degrees: expected a number"),
-    ("camera:\n  - {op: path, file: missing.npz}\n", "edit.yaml:2: camera[0].file: file not found"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("camera:\n  - {op: spin, degrees: 3}\n", "edit.yaml:2: camera[0].op: unknown camera op 'spin'"),
+        ("camera:\n  - {op: pan}\n", "edit.yaml:2: camera[0]: the camera op 'pan' needs field 'degrees'"),
+        ("camera:\n  - {op: pan, degrees: [3]}\n", "edit.yaml:2: camera[0].degrees: expected a number"),
+        ("camera:\n  - {op: path, file: missing.npz}\n", "edit.yaml:2: camera[0].file: file not found"),
+    ],
+)
 def test_edit_tracks_errors_write_nothing(tmp_path, src_file, capsys, text, words):
     out = tmp_path / "tgt.npz"
     code = main(["edit-tracks", "--tracks", str(src_file), "--edit", str(_spec(tmp_path, text)), "--out", str(out)])
@@ -119,14 +126,16 @@ def test_list_ops(capsys):
 
 def _bright(frame, u, v, r=1):
     iu, iv = int(round(u)), int(round(v))
-    return frame[max(iv - r, 0): iv + r + 1, max(iu - r, 0): iu + r + 1].max()
+    return frame[max(iv - r, 0) : iv + r + 1, max(iu - r, 0) : iu + r + 1].max()
 
 
 def test_viz_video_draws_points_where_tracks_project(tmp_path, src_file):
     from trackedit_jax.media import read_video
 
-    tgt_spec = _spec(tmp_path, "objects:\n  - select: {ids: [0, 1, 2, 3, 4]}\n    ops:\n"
-                               "      - {op: translate, offset: [0.6, 0.0, 0.0]}\n")
+    tgt_spec = _spec(
+        tmp_path,
+        "objects:\n  - select: {ids: [0, 1, 2, 3, 4]}\n    ops:\n      - {op: translate, offset: [0.6, 0.0, 0.0]}\n",
+    )
     tgt = tmp_path / "tgt.npz"
     assert main(["edit-tracks", "--tracks", str(src_file), "--edit", str(tgt_spec), "--out", str(tgt)]) == 0
     out = tmp_path / "viz.mp4"
@@ -137,8 +146,13 @@ def test_viz_video_draws_points_where_tracks_project(tmp_path, src_file):
     assert frames.shape == (9, H, 2 * W + 4, 3)  # two panels and a 4 px gap
     lum = frames.astype(np.int32).max(-1)
     for panel, tf, x0 in ((0, src, 0), (1, dst, W + 4)):
-        uv, z = project(np.asarray(tf.tracks.xyz, np.float64), tf.camera.replace(
-            intrinsics=np.asarray(tf.camera.intrinsics, np.float64), extrinsics=np.asarray(tf.camera.extrinsics, np.float64)))
+        uv, z = project(
+            np.asarray(tf.tracks.xyz, np.float64),
+            tf.camera.replace(
+                intrinsics=np.asarray(tf.camera.intrinsics, np.float64),
+                extrinsics=np.asarray(tf.camera.extrinsics, np.float64),
+            ),
+        )
         on = (z > 0) & in_image(uv, (H, W))
         for f in (0, 4, 8):
             pts = uv[f][on[f]]
@@ -149,7 +163,7 @@ def test_viz_video_draws_points_where_tracks_project(tmp_path, src_file):
             # apart from the panel's label in the top rows
             yy, xx = np.mgrid[0:H, 0:W]
             dist = np.min(np.hypot(xx[..., None] - pts[:, 0], yy[..., None] - pts[:, 1]), axis=-1)
-            assert lum[f][:, x0: x0 + W][(dist > 6) & (yy > 18)].max() < 40
+            assert lum[f][:, x0 : x0 + W][(dist > 6) & (yy > 18)].max() < 40
 
 
 def test_viz_png_camera_paths_and_video_checks(tmp_path, src_file, capsys):

@@ -1,6 +1,7 @@
 """Every command makes its path arguments absolute right after parsing (`trackedit_jax.cli.PATH_ARGS`), so
 relative paths mean the same to every library call (orbax refuses relative ones). The commands run end to
 end with relative paths in tests/cli/test_edit_tracks_viz.py and tests/infer/test_export.py."""
+
 import argparse
 import importlib
 import os
@@ -14,25 +15,74 @@ from trackedit_jax.cli import COMMANDS, build_parser, main
 CASES = {
     "train": (["train", "--config", "tiny_cpu", "--workdir", "runs/tiny"], {"workdir": "runs/tiny"}),
     "plan": (["plan", "--config", "tiny_cpu"], {}),
-    "edit-tracks": (["edit-tracks", "--tracks", "s.npz", "--edit", "e.yaml", "--out", "t.npz"],
-                    {"tracks": "s.npz", "edit": "e.yaml", "out": "t.npz"}),
-    "viz": (["viz", "--tracks", "s.npz", "--target", "t.npz", "--video", "v.mp4", "--out", "o.mp4"],
-            {"tracks": "s.npz", "target": "t.npz", "video": "v.mp4", "out": "o.mp4"}),
+    "edit-tracks": (
+        ["edit-tracks", "--tracks", "s.npz", "--edit", "e.yaml", "--out", "t.npz"],
+        {"tracks": "s.npz", "edit": "e.yaml", "out": "t.npz"},
+    ),
+    "viz": (
+        ["viz", "--tracks", "s.npz", "--target", "t.npz", "--video", "v.mp4", "--out", "o.mp4"],
+        {"tracks": "s.npz", "target": "t.npz", "video": "v.mp4", "out": "o.mp4"},
+    ),
     "make-data": (["make-data", "synthetic", "--out", "data", "--num-pairs", "1"], {"out": "data"}),
-    "ingest": (["ingest", "--format", "tapip3d", "--out", "pairs", "a.npz", "b/c.npz", "--tracks-file", "t.npz"],
-               {"out": "pairs", "inputs": ["a.npz", "b/c.npz"], "tracks_file": "t.npz"}),
+    "ingest": (
+        ["ingest", "--format", "tapip3d", "--out", "pairs", "a.npz", "b/c.npz", "--tracks-file", "t.npz"],
+        {"out": "pairs", "inputs": ["a.npz", "b/c.npz"], "tracks_file": "t.npz"},
+    ),
     "convert": (["convert", "in.pth", "out.safetensors"], {"input": "in.pth", "output": "out.safetensors"}),
-    "encode-text": (["encode-text", "--encoder", "te", "--tokenizer", "tok", "--prompt-file", "p.txt", "--out",
-                     "e.safetensors"],
-                    {"encoder": "te", "tokenizer": "tok", "prompt_file": "p.txt", "out": "e.safetensors"}),
-    "export": (["export", "--workdir", "runs/tiny", "--out", "model", "--text-encoder", "te", "--tokenizer", "tok",
-                "--wan-path", "wan", "--vae-path", "vae"],
-               {"workdir": "runs/tiny", "out": "model", "text_encoder": "te", "tokenizer": "tok",
-                "wan_path": "wan", "vae_path": "vae"}),
-    "edit": (["edit", "--video", "v.mp4", "--tracks", "s.npz", "--edit", "e.yaml", "--checkpoint", "../m",
-              "--out", "o.mp4", "--prompt-embedding", "p.safetensors"],
-             {"video": "v.mp4", "tracks": "s.npz", "edit": "e.yaml", "checkpoint": "../m", "out": "o.mp4",
-              "prompt_embedding": "p.safetensors"}),
+    "encode-text": (
+        ["encode-text", "--encoder", "te", "--tokenizer", "tok", "--prompt-file", "p.txt", "--out", "e.safetensors"],
+        {"encoder": "te", "tokenizer": "tok", "prompt_file": "p.txt", "out": "e.safetensors"},
+    ),
+    "export": (
+        [
+            "export",
+            "--workdir",
+            "runs/tiny",
+            "--out",
+            "model",
+            "--text-encoder",
+            "te",
+            "--tokenizer",
+            "tok",
+            "--wan-path",
+            "wan",
+            "--vae-path",
+            "vae",
+        ],
+        {
+            "workdir": "runs/tiny",
+            "out": "model",
+            "text_encoder": "te",
+            "tokenizer": "tok",
+            "wan_path": "wan",
+            "vae_path": "vae",
+        },
+    ),
+    "edit": (
+        [
+            "edit",
+            "--video",
+            "v.mp4",
+            "--tracks",
+            "s.npz",
+            "--edit",
+            "e.yaml",
+            "--checkpoint",
+            "../m",
+            "--out",
+            "o.mp4",
+            "--prompt-embedding",
+            "p.safetensors",
+        ],
+        {
+            "video": "v.mp4",
+            "tracks": "s.npz",
+            "edit": "e.yaml",
+            "checkpoint": "../m",
+            "out": "o.mp4",
+            "prompt_embedding": "p.safetensors",
+        },
+    ),
     "eval": (["eval", "--checkpoint", "m", "--data", "d", "--out", "r"], {"checkpoint": "m", "data": "d", "out": "r"}),
     "demo": (["demo"], {"out": "demo_out"}),  # the default, relative too
 }

@@ -25,8 +25,9 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 # The Wan 2.1 topology (dim_mult, 2 res blocks, temporal (F, T, T)) at a tiny width.
-WAN_TOPOLOGY = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                    temperal_downsample=[False, True, True])
+WAN_TOPOLOGY = dict(
+    base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+)
 
 
 def flat_params(model) -> dict[str, np.ndarray]:
@@ -50,9 +51,16 @@ def test_official_mapping_agrees_with_diffusers_converter(wan_topology_vae):
     cfg = WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in WAN_TOPOLOGY.items()})
     official = {diffusers_to_official(k, cfg): v for k, v in sd.items()}
     assert len(official) == len(sd)
-    assert {"encoder.conv1.weight", "conv1.weight", "conv2.weight", "decoder.head.2.weight",
-            "decoder.upsamples.3.resample.1.weight", "decoder.upsamples.4.shortcut.weight",
-            "encoder.middle.1.to_qkv.weight", "decoder.middle.2.residual.6.weight"} <= set(official)
+    assert {
+        "encoder.conv1.weight",
+        "conv1.weight",
+        "conv2.weight",
+        "decoder.head.2.weight",
+        "decoder.upsamples.3.resample.1.weight",
+        "decoder.upsamples.4.shortcut.weight",
+        "encoder.middle.1.to_qkv.weight",
+        "decoder.middle.2.residual.6.weight",
+    } <= set(official)
     # diffusers' single-file converter (written for the released Wan 2.1 VAE) maps our official keys back.
     back = convert_wan_vae_to_diffusers(dict(official))
     assert set(back) == set(sd)
@@ -80,10 +88,14 @@ def test_both_layouts_load_the_same_exact_weights(wan_topology_vae, tmp_path):
         np.testing.assert_array_equal(pd[k], po[k])
     # Spot checks of the layout conversions against the torch tensors.
     np.testing.assert_array_equal(pd["encoder.conv_in.kernel"], sd["encoder.conv_in.weight"].transpose(2, 3, 4, 1, 0))
-    np.testing.assert_array_equal(pd["decoder.up_blocks.0.upsamplers.0.resample.kernel"],
-                                  sd["decoder.up_blocks.0.upsamplers.0.resample.1.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(pd["encoder.mid_block.attentions.0.to_qkv.kernel"],
-                                  sd["encoder.mid_block.attentions.0.to_qkv.weight"][:, :, 0, 0].T)
+    np.testing.assert_array_equal(
+        pd["decoder.up_blocks.0.upsamplers.0.resample.kernel"],
+        sd["decoder.up_blocks.0.upsamplers.0.resample.1.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        pd["encoder.mid_block.attentions.0.to_qkv.kernel"],
+        sd["encoder.mid_block.attentions.0.to_qkv.weight"][:, :, 0, 0].T,
+    )
     np.testing.assert_array_equal(pd["decoder.norm_out.gamma"], sd["decoder.norm_out.gamma"].reshape(-1))
 
 
@@ -103,17 +115,21 @@ def test_sharded_bf16_and_errors(wan_topology_vae, tmp_path):
     missing = dict(sd)
     del missing["decoder.mid_block.resnets.1.conv2.bias"]
     save_file(missing, str(tmp_path / "missing.safetensors"))
-    with pytest.raises(CheckpointMismatchError,
-                       match=r"1 missing tensors \['decoder\.mid_block\.resnets\.1\.conv2\.bias'\]"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"1 missing tensors \['decoder\.mid_block\.resnets\.1\.conv2\.bias'\]"
+    ):
         load_wan_vae(tmp_path / "missing.safetensors")
     extra = dict(sd, **{"encoder.extra.weight": np.zeros(3, np.float32)})
     save_file(extra, str(tmp_path / "extra.safetensors"))
     with pytest.raises(CheckpointMismatchError, match="unexpected tensors.*encoder.extra.weight"):
         load_wan_vae(tmp_path / "extra.safetensors")
     with pytest.raises(CheckpointMismatchError, match=r"has shape \(16,\); the model expects \(32,\)"):
-        load_wan_vae(root / "diffusers", config=WanVAEConfig(**{**{k: tuple(v) if isinstance(v, list) else v
-                                                                    for k, v in WAN_TOPOLOGY.items()},
-                                                                 "base_dim": 8}))
+        load_wan_vae(
+            root / "diffusers",
+            config=WanVAEConfig(
+                **{**{k: tuple(v) if isinstance(v, list) else v for k, v in WAN_TOPOLOGY.items()}, "base_dim": 8}
+            ),
+        )
     save_file({"foo.weight": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not a Wan VAE checkpoint"):
         load_wan_vae(tmp_path / "other.safetensors")
@@ -125,8 +141,17 @@ def test_sharded_bf16_and_errors(wan_topology_vae, tmp_path):
 
 
 def _tiny_t5_config(**kw):
-    base = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=3, num_heads=4,
-                relative_attention_num_buckets=16, relative_attention_max_distance=40, dropout_rate=0.0)
+    base = dict(
+        vocab_size=64,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        num_layers=3,
+        num_heads=4,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=40,
+        dropout_rate=0.0,
+    )
     base.update(kw)
     return transformers.UMT5Config(**base)
 
@@ -143,8 +168,10 @@ def test_umt5_loader_exact_weights_and_config(tmp_path):
     p = flat_params(model)
     np.testing.assert_array_equal(p["embed_tokens"], sd["shared.weight"])
     np.testing.assert_array_equal(p["blocks.2.attn.q.kernel"], sd["encoder.block.2.layer.0.SelfAttention.q.weight"].T)
-    np.testing.assert_array_equal(p["blocks.1.attn.relative_attention_bias"],
-                                  sd["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"])
+    np.testing.assert_array_equal(
+        p["blocks.1.attn.relative_attention_bias"],
+        sd["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"],
+    )
     np.testing.assert_array_equal(p["blocks.0.ffn.wo.kernel"], sd["encoder.block.0.layer.1.DenseReluDense.wo.weight"].T)
     np.testing.assert_array_equal(p["final_norm.scale"], sd["encoder.final_layer_norm.weight"])
     bf16 = load_umt5_encoder(tmp_path / "text_encoder" / "model.safetensors", dtype=jnp.bfloat16)
@@ -189,8 +216,9 @@ def test_diffusers_vae_with_other_z_dim_keeps_default_statistics_loads_with_a_wa
     """diffusers saves its 16-entry default latents_mean/latents_std whatever z_dim is: we ignore them
     with a warning (neutral statistics) and encode/decode as diffusers does."""
     torch.manual_seed(0)
-    ref = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                                     temperal_downsample=[False, True, True]).eval()
+    ref = diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
     ref.save_pretrained(tmp_path / "vae")
     saved = json.loads((tmp_path / "vae" / "config.json").read_text())
     assert saved["z_dim"] == 4 and len(saved["latents_mean"]) == len(saved["latents_std"]) == 16

@@ -1,5 +1,6 @@
 """Loading Wan transformers from every layout, against diffusers' WanTransformer3DModel (random weights),
 and exporting back."""
+
 from __future__ import annotations
 
 import json
@@ -11,29 +12,63 @@ import pytest
 import torch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
+from wan_testing import make_reference, random_inputs, reference_forward, rel_l2, write_layouts
 
 from trackedit_jax.convert import PickleCheckpointError, export_wan_transformer, load_wan_transformer
 from trackedit_jax.models.lora import merge_lora
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.parallel.rules import MESH_AXES
-from wan_testing import make_reference, random_inputs, reference_forward, rel_l2, write_layouts
 
 # name -> (diffusers config, input (B, F, H, W), text length); text lengths differ from text_len (512)
 CASES = {
     "odd_frames_batch2": (
-        dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-             text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32),
-        (2, 3, 6, 8), 7,
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=32,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+        ),
+        (2, 3, 6, 8),
+        7,
     ),
     "no_cross_norm_out_ne_in": (
-        dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=16, in_channels=6, out_channels=5,
-             text_dim=24, freq_dim=16, ffn_dim=40, num_layers=3, cross_attn_norm=False, rope_max_seq_len=32),
-        (1, 5, 4, 10), 3,
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=3,
+            attention_head_dim=16,
+            in_channels=6,
+            out_channels=5,
+            text_dim=24,
+            freq_dim=16,
+            ffn_dim=40,
+            num_layers=3,
+            cross_attn_norm=False,
+            rope_max_seq_len=32,
+        ),
+        (1, 5, 4, 10),
+        3,
     ),
     "temporal_patch": (
-        dict(patch_size=(2, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
-             text_dim=8, freq_dim=8, ffn_dim=16, num_layers=2, rope_max_seq_len=32),
-        (2, 4, 4, 6), 12,
+        dict(
+            patch_size=(2, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            text_dim=8,
+            freq_dim=8,
+            ffn_dim=16,
+            num_layers=2,
+            rope_max_seq_len=32,
+        ),
+        (2, 4, 4, 6),
+        12,
     ),
 }
 LAYOUTS = ("diffusers", "official", "comfy", "official_sharded")
@@ -114,7 +149,9 @@ def test_bfloat16_checkpoint_roundtrip(cases, tmp_path):
     b = dict(nnx.to_flat_state(nnx.state(again)))
     for path, var in nnx.to_flat_state(nnx.state(model)):
         assert b[path][...].dtype == jnp.bfloat16
-        np.testing.assert_array_equal(np.asarray(b[path][...]), np.asarray(var[...].astype(jnp.bfloat16)), err_msg=str(path))
+        np.testing.assert_array_equal(
+            np.asarray(b[path][...]), np.asarray(var[...].astype(jnp.bfloat16)), err_msg=str(path)
+        )
 
 
 def test_export_merges_lora(cases, tmp_path):
@@ -122,7 +159,9 @@ def test_export_merges_lora(cases, tmp_path):
 
     _, paths, (x, t, ctx), _ = cases["odd_frames_batch2"]
     cfg = json.loads((paths["diffusers"] / "config.json").read_text())
-    model = load_wan_transformer(paths["diffusers"], config=WanConfig.from_diffusers_json(cfg, lora_rank=3, lora_alpha=6.0))
+    model = load_wan_transformer(
+        paths["diffusers"], config=WanConfig.from_diffusers_json(cfg, lora_rank=3, lora_alpha=6.0)
+    )
     b = model.blocks.ffn.up.lora_b
     b[...] = 0.3 * jax.random.normal(jax.random.key(1), b.shape)
     ours = np.asarray(_forward(model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx)))
@@ -147,8 +186,18 @@ def test_load_onto_mesh(cases):
 
 def test_config_inferred_without_config_json(tmp_path):
     """Width 256 (2 heads of 128, the released head size): every hyper-parameter from the shapes."""
-    cfg = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=4, out_channels=3,
-               text_dim=8, freq_dim=8, ffn_dim=16, num_layers=1, rope_max_seq_len=32)
+    cfg = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=128,
+        in_channels=4,
+        out_channels=3,
+        text_dim=8,
+        freq_dim=8,
+        ffn_dim=16,
+        num_layers=1,
+        rope_max_seq_len=32,
+    )
     ref = make_reference(7, **cfg)
     paths = write_layouts(ref, tmp_path)
     (paths["comfy"].parent / "config.json").unlink()
@@ -176,7 +225,9 @@ def test_bad_checkpoints_name_key_and_shapes(cases, tmp_path):
     with pytest.raises(ValueError, match=r"missing keys: blocks\.1\.ffn\.2\.weight \(expected shape \(24, 32\)\)"):
         load_wan_transformer(missing)
 
-    extra = _copy_with(src, tmp_path / "extra", lambda t: t.update({"blocks.0.img_emb.w": np.zeros((3, 2), np.float32)}))
+    extra = _copy_with(
+        src, tmp_path / "extra", lambda t: t.update({"blocks.0.img_emb.w": np.zeros((3, 2), np.float32)})
+    )
     with pytest.raises(ValueError, match=r"unexpected keys: blocks\.0\.img_emb\.w \(3, 2\)"):
         load_wan_transformer(extra)
 

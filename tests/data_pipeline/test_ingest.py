@@ -2,6 +2,7 @@
 and frames of the real sheep video. Projections after conversion must agree with the 2D positions the
 source file implies (TAPVid-3D: u = x/z fx + cx on its camera-frame points; TAPIP3D: cv2.projectPoints of
 its world points). Bad inputs are refused with the file named and nothing left on disk."""
+
 import json
 import pathlib
 import shutil
@@ -11,13 +12,19 @@ import numpy as np
 import pytest
 
 from data_pipeline.real import (
-    IngestError, PairOptions, ingest, read_dycheck, read_kubric, read_tapip3d, read_tapvid3d,
+    IngestError,
+    PairOptions,
+    ingest,
+    read_dycheck,
+    read_kubric,
+    read_tapip3d,
+    read_tapvid3d,
 )
 from data_pipeline.shards import PairRecordSource
 from trackedit_jax.geometry import Camera, Tracks, dycheck_camera_ids, load_dycheck_cameras, project, save_tracks
 
-T = 40          # frames; at 10 fps two 9-frame windows fit 1-3 s apart
-SCALE = 0.25    # DyCheck 720x960 -> 180 wide, 240 high
+T = 40  # frames; at 10 fps two 9-frame windows fit 1-3 s apart
+SCALE = 0.25  # DyCheck 720x960 -> 180 wide, 240 high
 OPTS = PairOptions(num_frames=9, gap_seconds=(1.0, 3.0), pairs_per_clip=3, min_tracks=40, max_tracks=80)
 
 
@@ -39,9 +46,9 @@ def real(windmill_dir, sheep_video):
     cam_pts = np.stack([(uv[:, 0] - K0[0, 2]) / K0[0, 0] * z, (uv[:, 1] - K0[1, 2]) / K0[1, 1] * z, z], -1)
     E = cam.extrinsics.astype(np.float64)
     R0, t0 = E[0, :3, :3], E[0, :3, 3]
-    world = (cam_pts - t0) @ R0            # R^T (x - t)
+    world = (cam_pts - t0) @ R0  # R^T (x - t)
     xyz = np.broadcast_to(world, (T, n, 3)).copy()
-    xyz[:, ::3] += np.linspace(0, 0.3, T)[:, None, None] * np.array([1.0, 0.5, 0.0])   # a third of them move
+    xyz[:, ::3] += np.linspace(0, 0.3, T)[:, None, None] * np.array([1.0, 0.5, 0.0])  # a third of them move
     return dict(ids=ids, cam=cam, video=video, xyz=xyz, H=H, W=W)
 
 
@@ -67,10 +74,16 @@ def write_tapvid3d(path, real, with_extrinsics=True, frames=None, xyz_override=N
     Ks = np.broadcast_to(K, (T, 3, 3))
     vis = _visible(xyz, Ks, E, real["H"], real["W"])
     video = real["video"] if frames is None else frames
-    np.savez(path, images_jpeg_bytes=_jpegs(video), tracks_XYZ=cam_xyz, visibility=vis,
-             fx_fy_cx_cy=np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]),
-             queries_xyt=np.zeros((xyz.shape[1], 3)), **({"extrinsics_w2c": E} if with_extrinsics else {}))
-    u = cam_xyz[..., 0] / cam_xyz[..., 2] * K[0, 0] + K[0, 2]     # the colab's projection of the file
+    np.savez(
+        path,
+        images_jpeg_bytes=_jpegs(video),
+        tracks_XYZ=cam_xyz,
+        visibility=vis,
+        fx_fy_cx_cy=np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]),
+        queries_xyt=np.zeros((xyz.shape[1], 3)),
+        **({"extrinsics_w2c": E} if with_extrinsics else {}),
+    )
+    u = cam_xyz[..., 0] / cam_xyz[..., 2] * K[0, 0] + K[0, 2]  # the colab's projection of the file
     v = cam_xyz[..., 1] / cam_xyz[..., 2] * K[1, 1] + K[1, 2]
     return np.stack([u, v], -1), vis
 
@@ -80,11 +93,23 @@ def write_tapip3d(path, real, coords=None):
     coords = real["xyz"] if coords is None else coords
     K, E = cam.intrinsics.astype(np.float64), cam.extrinsics.astype(np.float64)
     vis = _visible(coords, K, E, real["H"], real["W"])
-    video = real["video"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0     # the trackers' layout
-    np.savez(path, coords=coords.astype(np.float32), extrinsics=E.astype(np.float32),
-             intrinsics=K.astype(np.float32), visibs=vis, video=video)
-    uv = np.stack([cv2.projectPoints(coords[f].astype(np.float64), cv2.Rodrigues(E[f, :3, :3])[0], E[f, :3, 3],
-                                     K[f], None)[0][:, 0] for f in range(T)])
+    video = real["video"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # the trackers' layout
+    np.savez(
+        path,
+        coords=coords.astype(np.float32),
+        extrinsics=E.astype(np.float32),
+        intrinsics=K.astype(np.float32),
+        visibs=vis,
+        video=video,
+    )
+    uv = np.stack(
+        [
+            cv2.projectPoints(coords[f].astype(np.float64), cv2.Rodrigues(E[f, :3, :3])[0], E[f, :3, 3], K[f], None)[0][
+                :, 0
+            ]
+            for f in range(T)
+        ]
+    )
     return uv, vis
 
 
@@ -109,8 +134,10 @@ def _check_records(out, file_uv, file_vis, file_xyz, fps=10.0):
         np.testing.assert_array_equal(rec.target_visibility, file_vis[fb][:, idx])
         assert (rec.source_visibility.any(0) & rec.target_visibility.any(0)).all(), "tracked in both windows"
         assert 40 <= rec.num_tracks <= 80
-        for xyz, K, E, fr in ((rec.source_xyz, rec.source_intrinsics, rec.source_extrinsics, fa),
-                              (rec.target_xyz, rec.target_intrinsics, rec.target_extrinsics, fb)):
+        for xyz, K, E, fr in (
+            (rec.source_xyz, rec.source_intrinsics, rec.source_extrinsics, fa),
+            (rec.target_xyz, rec.target_intrinsics, rec.target_extrinsics, fb),
+        ):
             uv, _ = project(xyz.astype(np.float64), Camera(K.astype(np.float64), E.astype(np.float64), rec.image_size))
             vis = file_vis[fr][:, idx]
             np.testing.assert_allclose(uv[vis], file_uv[fr][:, idx][vis], atol=2e-2)
@@ -128,8 +155,12 @@ def test_tapvid3d_from_real_data(real, tmp_path):
         uv, _ = project(np.asarray(clip.tracks.xyz, np.float64), clip.camera)
         np.testing.assert_allclose(uv[file_vis], file_uv[file_vis], atol=2e-3)
         np.testing.assert_array_equal(clip.tracks.visibility, file_vis)
-        ref = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                        for b in np.load(path, allow_pickle=True)["images_jpeg_bytes"]])   # test-side only
+        ref = np.stack(
+            [
+                cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                for b in np.load(path, allow_pickle=True)["images_jpeg_bytes"]
+            ]
+        )  # test-side only
         np.testing.assert_array_equal(clip.video, ref)
         out = tmp_path / f"out_{with_extr}"
         m = ingest("tapvid3d", [path], out, options=OPTS, progress=False)
@@ -144,7 +175,7 @@ def test_tapip3d_from_real_data(real, tmp_path):
     clip = read_tapip3d(path, fps=10.0)
     uv, _ = project(np.asarray(clip.tracks.xyz, np.float64), clip.camera)
     np.testing.assert_allclose(uv[file_vis], file_uv[file_vis], atol=2e-3)
-    assert np.abs(clip.video.astype(int) - real["video"]).max() <= 1   # float [0, 1] round trip
+    assert np.abs(clip.video.astype(int) - real["video"]).max() <= 1  # float [0, 1] round trip
     out = tmp_path / "out"
     ingest("tapip3d", [path], out, options=OPTS, progress=False)
     _check_records(out, file_uv, file_vis, real["xyz"])
@@ -158,8 +189,13 @@ def test_dycheck_scene_with_track_file(real, windmill_dir, tmp_path):
         shutil.copy(windmill_dir / "camera" / f"{i}.json", scene / "camera" / f"{i}.json")
         cv2.imwrite(str(scene / "rgb" / "4x" / f"{i}.png"), f[..., ::-1])
     shutil.copy(windmill_dir / "extra.json", scene / "extra.json")
-    vis = _visible(real["xyz"], real["cam"].intrinsics.astype(np.float64), real["cam"].extrinsics.astype(np.float64),
-                   real["H"], real["W"])
+    vis = _visible(
+        real["xyz"],
+        real["cam"].intrinsics.astype(np.float64),
+        real["cam"].extrinsics.astype(np.float64),
+        real["H"],
+        real["W"],
+    )
     save_tracks(scene / "tracks.npz", Tracks(real["xyz"].astype(np.float32), vis), real["cam"])
     clip = read_dycheck(scene)
     assert clip.fps == 30.0 and clip.num_frames == T
@@ -167,8 +203,13 @@ def test_dycheck_scene_with_track_file(real, windmill_dir, tmp_path):
     np.testing.assert_allclose(clip.camera.intrinsics, real["cam"].intrinsics, rtol=1e-6)
     np.testing.assert_allclose(clip.camera.extrinsics, real["cam"].extrinsics, atol=1e-6)
     out = tmp_path / "out"
-    m = ingest("dycheck", [scene], out, options=PairOptions(num_frames=5, gap_seconds=(0.3, 1.0), pairs_per_clip=2,
-                                                            min_tracks=40, max_tracks=80), progress=False)
+    m = ingest(
+        "dycheck",
+        [scene],
+        out,
+        options=PairOptions(num_frames=5, gap_seconds=(0.3, 1.0), pairs_per_clip=2, min_tracks=40, max_tracks=80),
+        progress=False,
+    )
     assert m["num_records"] == 2
 
 
@@ -194,8 +235,8 @@ def test_kubric_conventions_against_exact_synthetic_scene(tmp_path):
     """A Kubric-format example rendered by our ray caster (OpenGL c2w camera, wxyz quaternions, ray-length
     depth): after ingest the cameras equal the renderer's, and lifted tracks lie on the surfaces of their
     objects in every frame (checked with the objects' implicit equations)."""
-    from data_pipeline.synthetic.render import evaluate_clip, render_clip
     from data_pipeline.synthetic.raycast import BOX, SPHERE
+    from data_pipeline.synthetic.render import evaluate_clip, render_clip
     from data_pipeline.synthetic.scene import random_scene
 
     rng = np.random.default_rng(3)
@@ -206,18 +247,27 @@ def test_kubric_conventions_against_exact_synthetic_scene(tmp_path):
     r = render_clip(geom, dtype=np.float64)
     K = geom.intrinsics[0]
     ray = np.stack([*np.meshgrid(np.arange(W), np.arange(H)), np.ones((H, W))], -1) @ np.linalg.inv(K).T
-    depth = r["depth"] * np.linalg.norm(ray, axis=-1)[None]                     # ray length
-    seg = np.where(r["pid"] >= 2, r["pid"] - 1, 0)                              # rigid: prim 2 + k <-> instance k
+    depth = r["depth"] * np.linalg.norm(ray, axis=-1)[None]  # ray length
+    seg = np.where(r["pid"] >= 2, r["pid"] - 1, 0)  # rigid: prim 2 + k <-> instance k
     E = geom.extrinsics()
     c2w_cv = np.linalg.inv(E)
     R_gl = c2w_cv[:, :3, :3] @ np.diag([1.0, -1.0, -1.0])
     prims = geom.prims[2:]
     path = tmp_path / "movi_example.npz"
-    np.savez(path, video=r["rgb"], depth=depth[..., None].astype(np.float32), segmentations=seg[..., None].astype(np.uint8),
-             **{"camera/positions": c2w_cv[:, :3, 3], "camera/quaternions": _quat_wxyz(R_gl),
-                "camera/focal_length": np.float64(K[0, 0] / W * 32.0), "camera/sensor_width": np.float64(32.0),
-                "instances/positions": np.stack([p.pose.t for p in prims]),
-                "instances/quaternions": np.stack([_quat_wxyz(p.pose.R) for p in prims])})
+    np.savez(
+        path,
+        video=r["rgb"],
+        depth=depth[..., None].astype(np.float32),
+        segmentations=seg[..., None].astype(np.uint8),
+        **{
+            "camera/positions": c2w_cv[:, :3, 3],
+            "camera/quaternions": _quat_wxyz(R_gl),
+            "camera/focal_length": np.float64(K[0, 0] / W * 32.0),
+            "camera/sensor_width": np.float64(32.0),
+            "instances/positions": np.stack([p.pose.t for p in prims]),
+            "instances/quaternions": np.stack([_quat_wxyz(p.pose.R) for p in prims]),
+        },
+    )
     clip = read_kubric(path, num_tracks=400, seed=0)
     np.testing.assert_allclose(clip.camera.extrinsics, E, atol=1e-5)
     np.testing.assert_allclose(clip.camera.intrinsics, geom.intrinsics, rtol=1e-6)
@@ -235,7 +285,7 @@ def test_kubric_conventions_against_exact_synthetic_scene(tmp_path):
         if k == 0:
             continue
         p = prims[k - 1]
-        q = np.einsum("fji,fj->fi", p.pose.R, xyz[:, n] - p.pose.t)    # local coords in every frame
+        q = np.einsum("fji,fj->fi", p.pose.R, xyz[:, n] - p.pose.t)  # local coords in every frame
         if p.kind == SPHERE:
             resid = np.abs(np.linalg.norm(q, axis=-1) - p.size[0]) / p.size[0]
         elif p.kind == BOX:
@@ -247,9 +297,14 @@ def test_kubric_conventions_against_exact_synthetic_scene(tmp_path):
         on_surface += resid.max() < 1e-3
     assert total > 30 and on_surface / total > 0.95, (on_surface, total)
     out = tmp_path / "out"
-    m = ingest("kubric", [path], out, fps=4.0, options=PairOptions(num_frames=1, gap_seconds=(0.5, 1.0),
-                                                                    pairs_per_clip=2, min_tracks=10, max_tracks=50),
-               progress=False)
+    m = ingest(
+        "kubric",
+        [path],
+        out,
+        fps=4.0,
+        options=PairOptions(num_frames=1, gap_seconds=(0.5, 1.0), pairs_per_clip=2, min_tracks=10, max_tracks=50),
+        progress=False,
+    )
     assert m["num_records"] == 2
 
 
@@ -301,18 +356,29 @@ def test_unknown_format_and_hostile_pickle_rejected(real, tmp_path):
     class Evil:
         def __reduce__(self):
             return (shutil.rmtree, (str(tmp_path / "victim"),))
+
     (tmp_path / "victim").mkdir()
     path = tmp_path / "evil.npz"
     arr = np.empty(2, dtype=object)
     arr[0], arr[1] = b"x", Evil()
-    np.savez(path, images_jpeg_bytes=arr, tracks_XYZ=np.ones((2, 1, 3)), visibility=np.ones((2, 1), bool),
-             fx_fy_cx_cy=np.ones(4))
+    np.savez(
+        path,
+        images_jpeg_bytes=arr,
+        tracks_XYZ=np.ones((2, 1, 3)),
+        visibility=np.ones((2, 1), bool),
+        fx_fy_cx_cy=np.ones(4),
+    )
     with pytest.raises(IngestError, match=r"evil\.npz.*refusing to unpickle"):
         read_tapvid3d(path)
     assert (tmp_path / "victim").is_dir()
-    path2 = tmp_path / "pickled_tracks.npz"       # object arrays outside images_jpeg_bytes are never unpickled
-    np.savez(path2, images_jpeg_bytes=_jpegs(real["video"][:2]), tracks_XYZ=np.array([None, None], dtype=object),
-             visibility=np.ones((2, 1), bool), fx_fy_cx_cy=np.ones(4))
+    path2 = tmp_path / "pickled_tracks.npz"  # object arrays outside images_jpeg_bytes are never unpickled
+    np.savez(
+        path2,
+        images_jpeg_bytes=_jpegs(real["video"][:2]),
+        tracks_XYZ=np.array([None, None], dtype=object),
+        visibility=np.ones((2, 1), bool),
+        fx_fy_cx_cy=np.ones(4),
+    )
     with pytest.raises(IngestError, match=r"pickled_tracks\.npz.*tracks_XYZ.*refused"):
         read_tapvid3d(path2)
 
@@ -328,12 +394,57 @@ def test_skip_and_count_bad_inputs_and_cli(real, tmp_path):
     m = ingest("tapip3d", [good, bad], out, options=OPTS, on_error="skip", progress=False)
     assert m["num_records"] == 3 and len(m["skipped_inputs"]) == 1 and "bad.npz" in m["skipped_inputs"][0]["file"]
     out2 = tmp_path / "out2"
-    assert main(["ingest", "--format", "tapip3d", "--out", str(out2), "--frames", "9", "--gap-seconds", "1", "3",
-                 "--min-tracks", "40", "--max-tracks", "80", str(good), str(bad)]) == 2
+    assert (
+        main(
+            [
+                "ingest",
+                "--format",
+                "tapip3d",
+                "--out",
+                str(out2),
+                "--frames",
+                "9",
+                "--gap-seconds",
+                "1",
+                "3",
+                "--min-tracks",
+                "40",
+                "--max-tracks",
+                "80",
+                str(good),
+                str(bad),
+            ]
+        )
+        == 2
+    )
     assert _nothing_written(out2)
-    assert main(["ingest", "--format", "tapip3d", "--out", str(out2), "--frames", "9", "--gap-seconds", "1", "3",
-                 "--min-tracks", "40", "--max-tracks", "80", "--pairs-per-clip", "2", "--on-error", "skip",
-                 str(good), str(bad)]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--format",
+                "tapip3d",
+                "--out",
+                str(out2),
+                "--frames",
+                "9",
+                "--gap-seconds",
+                "1",
+                "3",
+                "--min-tracks",
+                "40",
+                "--max-tracks",
+                "80",
+                "--pairs-per-clip",
+                "2",
+                "--on-error",
+                "skip",
+                str(good),
+                str(bad),
+            ]
+        )
+        == 0
+    )
     m2 = json.loads((out2 / "manifest.json").read_text())
     assert m2["num_records"] == 2 and "not an .npz" in m2["skipped_inputs"][0]["reason"]
 
@@ -342,13 +453,13 @@ def test_stabilize_static_background_tracks(real):
     from data_pipeline.real import stabilize_static_tracks
 
     rng = np.random.default_rng(1)
-    xyz = real["xyz"] + rng.normal(scale=2e-3, size=real["xyz"].shape)      # tracker jitter
+    xyz = real["xyz"] + rng.normal(scale=2e-3, size=real["xyz"].shape)  # tracker jitter
     tracks = Tracks(xyz.astype(np.float32), np.ones(xyz.shape[:2], bool))
     out, static = stabilize_static_tracks(tracks, real["cam"], threshold=0.01)
     moving = np.zeros(xyz.shape[1], bool)
     moving[::3] = True
     np.testing.assert_array_equal(static, ~moving)
-    assert np.ptp(np.asarray(out.xyz)[:, static], axis=0).max() == 0          # exactly static now
+    assert np.ptp(np.asarray(out.xyz)[:, static], axis=0).max() == 0  # exactly static now
     np.testing.assert_array_equal(np.asarray(out.xyz)[:, moving], np.asarray(tracks.xyz)[:, moving])
 
 
@@ -356,8 +467,27 @@ def test_make_data_cli(tmp_path):
     from trackedit_jax.cli import main
 
     out = tmp_path / "syn"
-    assert main(["make-data", "synthetic", "--out", str(out), "--num-pairs", "2", "--frames", "5", "--size", "16x20",
-                 "--tracks", "16", "--families", "removal,duplication"]) == 0
+    assert (
+        main(
+            [
+                "make-data",
+                "synthetic",
+                "--out",
+                str(out),
+                "--num-pairs",
+                "2",
+                "--frames",
+                "5",
+                "--size",
+                "16x20",
+                "--tracks",
+                "16",
+                "--families",
+                "removal,duplication",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "manifest.json").read_text())
     assert m["num_records"] == 2 and m["edit_family_counts"] == {"duplication": 1, "removal": 1}
     assert main(["make-data", "verify", str(out)]) == 0

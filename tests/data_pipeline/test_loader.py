@@ -1,16 +1,32 @@
 """The grain loader: exact batch contract, determinism, checkpointed resume, per-process sharding,
 crop/resize intrinsics against an independent image measurement, skip-and-count of bad records."""
+
 import numpy as np
 import pytest
 
 from data_pipeline.loader import (
-    BATCH_KEYS, LoaderConfig, batch_spec, crop_intrinsics, make_iterator, skipped_records,
+    BATCH_KEYS,
+    LoaderConfig,
+    batch_spec,
+    crop_intrinsics,
+    make_iterator,
+    skipped_records,
 )
 from data_pipeline.schema import EDIT_FAMILIES, PairRecord
 from data_pipeline.shards import ShardError, write_shard
 
-CFG = LoaderConfig(batch_size=2, num_frames=5, image_size=(16, 24), max_tracks=32, min_tracks=8,
-                   max_drawn_tracks=24, seed=3, process_index=0, process_count=1, read_threads=2)
+CFG = LoaderConfig(
+    batch_size=2,
+    num_frames=5,
+    image_size=(16, 24),
+    max_tracks=32,
+    min_tracks=8,
+    max_drawn_tracks=24,
+    seed=3,
+    process_index=0,
+    process_count=1,
+    read_threads=2,
+)
 
 
 def _take(it, n):
@@ -27,12 +43,17 @@ def test_batch_contract(tiny_dataset):
     b = next(make_iterator(tiny_dataset, CFG))
     B, F, (H, W), N = 2, 5, (16, 24), 32
     want = {
-        "source_video": ((B, F, H, W, 3), np.uint8), "target_video": ((B, F, H, W, 3), np.uint8),
-        "source_xyz": ((B, F, N, 3), np.float32), "target_xyz": ((B, F, N, 3), np.float32),
-        "source_visibility": ((B, F, N), np.bool_), "target_visibility": ((B, F, N), np.bool_),
+        "source_video": ((B, F, H, W, 3), np.uint8),
+        "target_video": ((B, F, H, W, 3), np.uint8),
+        "source_xyz": ((B, F, N, 3), np.float32),
+        "target_xyz": ((B, F, N, 3), np.float32),
+        "source_visibility": ((B, F, N), np.bool_),
+        "target_visibility": ((B, F, N), np.bool_),
         "point_mask": ((B, N), np.bool_),
-        "source_intrinsics": ((B, F, 3, 3), np.float32), "target_intrinsics": ((B, F, 3, 3), np.float32),
-        "source_extrinsics": ((B, F, 4, 4), np.float32), "target_extrinsics": ((B, F, 4, 4), np.float32),
+        "source_intrinsics": ((B, F, 3, 3), np.float32),
+        "target_intrinsics": ((B, F, 3, 3), np.float32),
+        "source_extrinsics": ((B, F, 4, 4), np.float32),
+        "target_extrinsics": ((B, F, 4, 4), np.float32),
         "edit_family": ((B,), np.int32),
     }
     assert set(b) == set(want) == set(BATCH_KEYS)
@@ -44,7 +65,9 @@ def test_batch_contract(tiny_dataset):
         pad = ~b["point_mask"][i]
         first = np.argmax(b["point_mask"][i])
         # padding: copies of the first drawn point, never visible
-        np.testing.assert_array_equal(b["source_xyz"][i][:, pad], np.repeat(b["source_xyz"][i][:, first:first + 1], pad.sum(), 1))
+        np.testing.assert_array_equal(
+            b["source_xyz"][i][:, pad], np.repeat(b["source_xyz"][i][:, first : first + 1], pad.sum(), 1)
+        )
         assert not b["source_visibility"][i][:, pad].any() and not b["target_visibility"][i][:, pad].any()
         # drawn tracks were visible at least once in the window
         real = b["point_mask"][i]
@@ -57,8 +80,16 @@ def test_visible_tracks_land_on_their_colour_after_crop(tiny_dataset):
     (the synthetic textures are smooth), which fails if the intrinsics ignore the crop."""
     from trackedit_jax.geometry import Camera, project
 
-    cfg = LoaderConfig(**{**CFG.__dict__, "crop_scale": (0.5, 0.7), "image_size": (24, 24), "max_tracks": 64,
-                          "min_tracks": 64, "max_drawn_tracks": 64})
+    cfg = LoaderConfig(
+        **{
+            **CFG.__dict__,
+            "crop_scale": (0.5, 0.7),
+            "image_size": (24, 24),
+            "max_tracks": 64,
+            "min_tracks": 64,
+            "max_drawn_tracks": 64,
+        }
+    )
     it = make_iterator(tiny_dataset, cfg)
     good = total = 0
     for b in _take(it, 4):
@@ -89,17 +120,19 @@ def test_crop_intrinsics_match_a_resampled_dot():
         u, v = rng.uniform(30, 50), rng.uniform(24, 36)
         img = np.zeros((H0, W0), np.float64)
         yy, xx = np.mgrid[:H0, :W0]
-        img = np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * 1.5 ** 2))
+        img = np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * 1.5**2))
         cw = int(rng.integers(40, 70))
         ch = int(round(cw * out[0] / out[1]))
         # a crop that keeps the dot (and its blur) inside
         x0 = int(rng.integers(max(0, int(np.ceil(u + 6 - cw))), min(W0 - cw, int(u - 6)) + 1))
         y0 = int(rng.integers(max(0, int(np.ceil(v + 6 - ch))), min(H0 - ch, int(v - 6)) + 1))
-        crop = cv2.resize(img[y0:y0 + ch, x0:x0 + cw].astype(np.float32), (out[1], out[0]), interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(
+            img[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32), (out[1], out[0]), interpolation=cv2.INTER_AREA
+        )
         K2 = crop_intrinsics(K, x0, y0, cw, ch, out[1], out[0])
-        xn, yn = (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]      # the ray of the dot
+        xn, yn = (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]  # the ray of the dot
         pu, pv = K2[0, 0] * xn + K2[0, 2], K2[1, 1] * yn + K2[1, 2]
-        ys, xs = np.mgrid[:out[0], :out[1]]
+        ys, xs = np.mgrid[: out[0], : out[1]]
         w = crop / crop.sum()
         assert abs((w * xs).sum() - pu) < 0.05 and abs((w * ys).sum() - pv) < 0.05
 
@@ -118,13 +151,21 @@ def test_same_seed_same_batches_and_resume_from_checkpoint(tiny_dataset, tmp_pat
     it = make_iterator(tiny_dataset, CFG)
     _take(it, 3)
     mngr = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("state", "data_iter"))
-    mngr.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"step": np.array(3)}),
-                                         data_iter=grain.checkpoint.CheckpointSave(it)))
+    mngr.save(
+        3,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"step": np.array(3)}), data_iter=grain.checkpoint.CheckpointSave(it)
+        ),
+    )
     mngr.wait_until_finished()
     after = _take(it, 3)
     fresh = make_iterator(tiny_dataset, CFG)
-    mngr.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore({"step": np.array(0)}),
-                                            data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+    mngr.restore(
+        3,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore({"step": np.array(0)}), data_iter=grain.checkpoint.CheckpointRestore(fresh)
+        ),
+    )
     mngr.close()
     for x, y in zip(_take(fresh, 3), after):
         _equal(x, y)
@@ -139,8 +180,16 @@ def test_same_seed_same_batches_and_resume_from_checkpoint(tiny_dataset, tmp_pat
 def test_two_processes_read_disjoint_halves(tiny_dataset):
     seen = []
     for p in (0, 1):
-        cfg = LoaderConfig(**{**CFG.__dict__, "process_index": p, "process_count": 2, "repeat": False,
-                              "batch_size": 1, "return_record_index": True})
+        cfg = LoaderConfig(
+            **{
+                **CFG.__dict__,
+                "process_index": p,
+                "process_count": 2,
+                "repeat": False,
+                "batch_size": 1,
+                "return_record_index": True,
+            }
+        )
         seen.append({int(b["record_index"][0]) for b in make_iterator(tiny_dataset, cfg)})
     assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(8))
     assert len(seen[0]) == len(seen[1]) == 4
@@ -150,8 +199,12 @@ def test_process_slices_reassemble_the_single_process_batches(tiny_dataset):
     """Global batches do not depend on the process count: 2 processes x 1 = 1 process x 2, exactly."""
     one = _take(make_iterator(tiny_dataset, LoaderConfig(**{**CFG.__dict__, "batch_size": 2})), 3)
     halves = [
-        _take(make_iterator(tiny_dataset, LoaderConfig(**{**CFG.__dict__, "batch_size": 1,
-                                                          "process_index": p, "process_count": 2})), 3)
+        _take(
+            make_iterator(
+                tiny_dataset, LoaderConfig(**{**CFG.__dict__, "batch_size": 1, "process_index": p, "process_count": 2})
+            ),
+            3,
+        )
         for p in (0, 1)
     ]
     for i, ref in enumerate(one):
@@ -172,22 +225,43 @@ def test_text_embeddings_are_padded(tmp_path):
     rng = np.random.default_rng(0)
     F, N = 5, 10
     common = dict(
-        source_xyz=np.tile([0, 0, 5.0], (F, N, 1)).astype(np.float32) + rng.normal(scale=0.1, size=(F, N, 3)).astype(np.float32),
-        source_visibility=np.ones((F, N), bool), target_visibility=np.ones((F, N), bool),
+        source_xyz=np.tile([0, 0, 5.0], (F, N, 1)).astype(np.float32)
+        + rng.normal(scale=0.1, size=(F, N, 3)).astype(np.float32),
+        source_visibility=np.ones((F, N), bool),
+        target_visibility=np.ones((F, N), bool),
         source_intrinsics=np.tile(np.array([[20, 0, 8], [0, 20, 8], [0, 0, 1]], np.float32), (F, 1, 1)),
-        source_extrinsics=np.tile(np.eye(4, dtype=np.float32), (F, 1, 1)), edit_family="real")
+        source_extrinsics=np.tile(np.eye(4, dtype=np.float32), (F, 1, 1)),
+        edit_family="real",
+    )
     common["target_xyz"], common["target_intrinsics"] = common["source_xyz"], common["source_intrinsics"]
     common["target_extrinsics"] = common["source_extrinsics"]
     recs = []
     for k, L in enumerate((3, 7)):
-        recs.append(PairRecord.from_arrays(key=f"t{k}", source_video=np.zeros((F, 16, 16, 3), np.uint8),
-                                           target_video=np.zeros((F, 16, 16, 3), np.uint8), codec="raw",
-                                           text_embedding=np.full((L, 4), k + 1, np.float32),
-                                           text_mask=np.ones(L, bool), **common))
+        recs.append(
+            PairRecord.from_arrays(
+                key=f"t{k}",
+                source_video=np.zeros((F, 16, 16, 3), np.uint8),
+                target_video=np.zeros((F, 16, 16, 3), np.uint8),
+                codec="raw",
+                text_embedding=np.full((L, 4), k + 1, np.float32),
+                text_mask=np.ones(L, bool),
+                **common,
+            )
+        )
     path = tmp_path / "s.array_record"
     write_shard(path, recs)
-    cfg = LoaderConfig(batch_size=2, num_frames=5, image_size=(16, 16), max_tracks=16, min_tracks=4,
-                       max_drawn_tracks=8, text_len=5, shuffle=False, process_index=0, process_count=1)
+    cfg = LoaderConfig(
+        batch_size=2,
+        num_frames=5,
+        image_size=(16, 16),
+        max_tracks=16,
+        min_tracks=4,
+        max_drawn_tracks=8,
+        text_len=5,
+        shuffle=False,
+        process_index=0,
+        process_count=1,
+    )
     b = next(make_iterator([path], cfg))
     assert b["text_embedding"].shape == (2, 5, 4) and b["text_mask"].shape == (2, 5)
     np.testing.assert_array_equal(b["text_mask"].sum(1), [3, 5])
@@ -199,9 +273,19 @@ def test_corrupt_record_raises_with_name_or_is_skipped_and_counted(tmp_path):
 
     path = tmp_path / "bad.array_record"
     write_with_corrupt_record(path, bad_index=1, n=4)
-    cfg = LoaderConfig(batch_size=1, num_frames=1, image_size=(8, 10), max_tracks=4, min_tracks=1,
-                       max_drawn_tracks=4, shuffle=False, repeat=False, process_index=0, process_count=1,
-                       read_threads=1)
+    cfg = LoaderConfig(
+        batch_size=1,
+        num_frames=1,
+        image_size=(8, 10),
+        max_tracks=4,
+        min_tracks=1,
+        max_drawn_tracks=4,
+        shuffle=False,
+        repeat=False,
+        process_index=0,
+        process_count=1,
+        read_threads=1,
+    )
     with pytest.raises(ShardError, match=r"bad.array_record: record 1 .*corrupt"):
         list(make_iterator([path], cfg))
     before = skipped_records().get("corrupt", 0)
@@ -210,8 +294,20 @@ def test_corrupt_record_raises_with_name_or_is_skipped_and_counted(tmp_path):
 
 
 def test_config_from_a_training_preset_section():
-    cfg = LoaderConfig.from_config({"height": 64, "width": 48, "num_frames": 17, "max_tracks": 256, "min_tracks": 64,
-                                    "workers": 0, "train_path": "", "synthetic_pairs": 32}, batch_size=2, seed=7)
+    cfg = LoaderConfig.from_config(
+        {
+            "height": 64,
+            "width": 48,
+            "num_frames": 17,
+            "max_tracks": 256,
+            "min_tracks": 64,
+            "workers": 0,
+            "train_path": "",
+            "synthetic_pairs": 32,
+        },
+        batch_size=2,
+        seed=7,
+    )
     assert cfg.image_size == (64, 48) and cfg.worker_count == 0 and cfg.batch_size == 2 and cfg.seed == 7
     with pytest.raises(ValueError, match="4k\\+1"):
         LoaderConfig(num_frames=16)

@@ -1,38 +1,66 @@
 """Record schema round trips (no pickle) and ArrayRecord shards: manifest, resume, parallel, bad files."""
+
 import pathlib
 
 import numpy as np
 import pytest
+from dp_records import make_test_record, write_with_corrupt_record
 
 from data_pipeline.schema import (
-    RecordError, decode_record, encode_frames, decode_frames, encode_record,
+    RecordError,
+    decode_frames,
+    decode_record,
+    encode_frames,
+    encode_record,
 )
 from data_pipeline.shards import (
-    MANIFEST, PairRecordSource, ShardError, load_manifest, verify_dataset, write_dataset, write_records,
+    MANIFEST,
+    PairRecordSource,
+    ShardError,
+    load_manifest,
+    verify_dataset,
+    write_dataset,
+    write_records,
 )
 from data_pipeline.synthetic import ALL_FAMILIES, SyntheticConfig, make_record
-from dp_records import make_test_record, write_with_corrupt_record
 
 
 def test_round_trip_all_fields():
-    rec = make_test_record(source_ids=np.array([0, 1, 2, 0], np.int32), text_embedding=np.ones((5, 6), np.float32),
-                  text_mask=np.array([1, 1, 1, 0, 0], bool), source_latents=np.zeros((1, 2, 2, 4), np.float32),
-                  source_depth=np.ones((3, 8, 10), np.float16), edit_components=("camera", "duplication"))
+    rec = make_test_record(
+        source_ids=np.array([0, 1, 2, 0], np.int32),
+        text_embedding=np.ones((5, 6), np.float32),
+        text_mask=np.array([1, 1, 1, 0, 0], bool),
+        source_latents=np.zeros((1, 2, 2, 4), np.float32),
+        source_depth=np.ones((3, 8, 10), np.float16),
+        edit_components=("camera", "duplication"),
+    )
     back = decode_record(encode_record(rec))
-    for f in ("source_xyz", "target_xyz", "source_visibility", "source_ids", "text_embedding", "text_mask",
-              "source_latents", "source_depth", "target_extrinsics"):
+    for f in (
+        "source_xyz",
+        "target_xyz",
+        "source_visibility",
+        "source_ids",
+        "text_embedding",
+        "text_mask",
+        "source_latents",
+        "source_depth",
+        "target_extrinsics",
+    ):
         np.testing.assert_array_equal(getattr(back, f), getattr(rec, f))
     assert back.target_latents is None and back.metadata == {"a": [1, 2]}
     assert back.edit_components == ("camera", "duplication") and back.prompt == "two boxes"
-    np.testing.assert_array_equal(back.video("source"), rec.video("source"))   # png is lossless
+    np.testing.assert_array_equal(back.video("source"), rec.video("source"))  # png is lossless
     assert back.video("target", [2]).shape == (1, 8, 10, 3)
 
 
 @pytest.mark.parametrize("codec", ["jpeg", "png", "raw"])
 def test_frame_codecs(codec):
     import cv2
+
     rng = np.random.default_rng(1)
-    v = cv2.GaussianBlur(rng.integers(0, 256, (2, 16, 24, 3), dtype=np.uint8).reshape(32, 24, 3), (5, 5), 2).reshape(2, 16, 24, 3)
+    v = cv2.GaussianBlur(rng.integers(0, 256, (2, 16, 24, 3), dtype=np.uint8).reshape(32, 24, 3), (5, 5), 2).reshape(
+        2, 16, 24, 3
+    )
     back = decode_frames(encode_frames(v, codec, quality=95), codec, (16, 24))
     err = np.abs(back.astype(int) - v).mean()
     assert err == 0 if codec != "jpeg" else err < 6, err
@@ -91,8 +119,7 @@ def test_resume_after_a_crash_and_workers_give_identical_shards(tmp_path):
     m = write_dataset(crashed, _FailAt(-1, cfg), 6, generator=gen, records_per_shard=2, progress=False)
     assert m["num_records"] == 6 and len(done_before) <= 2
     # the same data set from scratch in one process: byte-identical shards
-    fresh = write_dataset(tmp_path / "fresh", _FailAt(-1, cfg), 6, generator=gen, records_per_shard=2,
-                          progress=False)
+    fresh = write_dataset(tmp_path / "fresh", _FailAt(-1, cfg), 6, generator=gen, records_per_shard=2, progress=False)
     assert [s["sha256"] for s in fresh["shards"]] == [s["sha256"] for s in m["shards"]]
     assert not (crashed / ".parts").exists()
 
@@ -101,7 +128,10 @@ def test_two_tasks_share_one_output(tmp_path):
     cfg = SyntheticConfig(num_frames=5, image_size=(16, 16), num_tracks=8)
     f = _FailAt(-1, cfg)
     gen = {"name": "tasks"}
-    assert write_dataset(tmp_path, f, 4, generator=gen, records_per_shard=1, task_index=1, num_tasks=2, progress=False) is None
+    assert (
+        write_dataset(tmp_path, f, 4, generator=gen, records_per_shard=1, task_index=1, num_tasks=2, progress=False)
+        is None
+    )
     m = write_dataset(tmp_path, f, 4, generator=gen, records_per_shard=1, task_index=0, num_tasks=2, progress=False)
     assert m is not None and m["num_records"] == 4 and len(PairRecordSource(tmp_path)) == 4
 
@@ -111,10 +141,16 @@ def test_write_records_is_all_or_nothing(tmp_path):
         yield make_test_record("a")
         yield make_test_record("b")
         raise ValueError("bad input file x.npz")
+
     with pytest.raises(ValueError, match="x.npz"):
         write_records(tmp_path, stream(), generator={}, records_per_shard=1)
     assert list(tmp_path.iterdir()) == []
-    m = write_records(tmp_path, iter([make_test_record("a"), make_test_record("b"), make_test_record("c")]), generator={}, records_per_shard=2)
+    m = write_records(
+        tmp_path,
+        iter([make_test_record("a"), make_test_record("b"), make_test_record("c")]),
+        generator={},
+        records_per_shard=2,
+    )
     assert m["num_records"] == 3 and m["num_shards"] == 2
     with pytest.raises(ValueError, match="already holds"):
         write_records(tmp_path, iter([make_test_record("d")]), generator={})
@@ -159,7 +195,7 @@ def test_damaged_shard_bytes_named(tiny_dataset, tmp_path):
     m = load_manifest(d)
     victim = d / m["shards"][0]["file"]
     raw = bytearray(victim.read_bytes())
-    raw[len(raw) // 3] ^= 0xFF      # same size, so the manifest size check passes; the sha256 does not
+    raw[len(raw) // 3] ^= 0xFF  # same size, so the manifest size check passes; the sha256 does not
     victim.write_bytes(bytes(raw))
     src = PairRecordSource(d)
     errors = []

@@ -14,13 +14,14 @@ Tolerances (stated here and in README):
     the camera and it (checked with implicit surface equations and inside-solid sampling that share
     no code with the ray intersection); a visible track has no solid anywhere on its line of sight.
 """
+
 import numpy as np
 import pytest
 
 from data_pipeline.synthetic import SyntheticConfig, generate_pair, track_visibility
+from data_pipeline.synthetic.edits import ALL_FAMILIES
 from data_pipeline.synthetic.raycast import BOX, CYLINDER, DOME, GROUND, SPHERE, inside
 from data_pipeline.synthetic.render import cast_rays, pixel_rays, shade
-from data_pipeline.synthetic.edits import ALL_FAMILIES
 from trackedit_jax.geometry import Camera, in_image, project
 
 CFG = SyntheticConfig(num_frames=5, image_size=(24, 32), num_tracks=160)
@@ -61,15 +62,17 @@ def test_albedo_exact_at_projected_positions_across_frames_and_clips(pairs):
     for pair in pairs:
         per_track = [[] for _ in range(len(pair.local))]
         for geom, prim, xyz, vis, _ in _clips(pair):
-            uv, z = project(xyz, _camera(geom))          # trackedit geometry, not the renderer's maths
+            uv, z = project(xyz, _camera(geom))  # trackedit geometry, not the renderer's maths
             org, dirs = pixel_rays(geom, uv)
             t, pid, local, normal = cast_rays(geom, org, dirs)
             f_idx, n_idx = np.nonzero(vis)
-            assert np.array_equal(pid[f_idx, n_idx], prim[n_idx]), "the ray through a visible track hits another surface"
+            assert np.array_equal(pid[f_idx, n_idx], prim[n_idx]), (
+                "the ray through a visible track hits another surface"
+            )
             for f, n in zip(f_idx, n_idx):
                 tex = geom.prims[prim[n]].texture
                 d = dirs[f, n] / np.linalg.norm(dirs[f, n])
-                grazing = abs(normal[f, n] @ d) < 0.02       # silhouette: the hit is ill-conditioned
+                grazing = abs(normal[f, n] @ d) < 0.02  # silhouette: the hit is ill-conditioned
                 dist = np.linalg.norm(local[f, n] - pair.local[n])
                 assert dist <= (2e-3 if grazing else 1e-6) * max(1.0, np.abs(pair.local[n]).max())
                 alb = tex(local[f, n][None])[0]
@@ -81,9 +84,9 @@ def test_albedo_exact_at_projected_positions_across_frames_and_clips(pairs):
                 col = shade(geom, alb[None], normal[f, n][None])[0]
                 ok = alb > 1e-3
                 factor = col[ok] / alb[ok]
-                assert np.ptp(factor) < 1e-9 if ok.sum() > 1 else True   # one grey shading factor
+                assert np.ptp(factor) < 1e-9 if ok.sum() > 1 else True  # one grey shading factor
                 assert np.all((factor >= geom.ambient - 1e-9) & (factor <= 1 + 1e-9))
-        for n, obs in enumerate(per_track):
+        for obs in per_track:
             if len(obs) > 1:
                 alb = np.stack([a for a, _ in obs])
                 bound = 2 * max(b for _, b in obs) + 1e-9
@@ -109,7 +112,11 @@ def test_raster_albedo_matches_tracks_within_texture_bound(pairs):
                 diff = np.abs(render["albedo"][f, y, x] - tex(pair.local[n][None])[0]).max()
                 assert diff <= tex.lipschitz() * dist * 1.01 + 1e-5
                 rgb = render["rgb"][f, y, x].astype(np.float64) / 255
-                want = shade(geom, render["albedo"][f, y, x][None].astype(np.float64), render["normal"][f, y, x][None].astype(np.float64))[0]
+                want = shade(
+                    geom,
+                    render["albedo"][f, y, x][None].astype(np.float64),
+                    render["normal"][f, y, x][None].astype(np.float64),
+                )[0]
                 assert np.abs(rgb - want).max() <= 0.5 / 255 + 1e-6
     assert total > 2000 and matched / total >= 0.9, (matched, total)
 
@@ -118,7 +125,7 @@ def test_visibility_is_the_depth_test(pairs):
     confirmed_by_sampling = occluded = 0
     raster_vis_ok, raster_inv_ok = [], []
     for pair in pairs:
-        for geom, prim, xyz, vis, render in _clips(pair):
+        for geom, _prim, xyz, vis, render in _clips(pair):
             cam = _camera(geom)
             uv, z = project(xyz, cam)
             onscreen = in_image(uv, geom.image_size) & (z > 1e-3)
@@ -128,13 +135,13 @@ def test_visibility_is_the_depth_test(pairs):
             # (b) occluded: the first hit is a genuine surface point strictly before the track
             ts = np.linspace(1e-3, 1 - 2e-3, 200)
             f_idx, n_idx = np.nonzero(onscreen)
-            seg = c[f_idx] + ts[None, :, None] * (xyz[f_idx, n_idx] - c[f_idx, 0])[:, None, :]   # (M, S, 3)
+            seg = c[f_idx] + ts[None, :, None] * (xyz[f_idx, n_idx] - c[f_idx, 0])[:, None, :]  # (M, S, 3)
             blocked = np.zeros(len(f_idx), bool)
-            for i, p in enumerate(geom.prims):
+            for p in geom.prims:
                 if p is None:
                     continue
                 R, t, s = p.pose.R[f_idx], p.pose.t[f_idx], p.pose.s[f_idx]
-                q = np.matmul(seg - t[:, None, :], R) / s[:, None, None]   # R^T (x - t) / s
+                q = np.matmul(seg - t[:, None, :], R) / s[:, None, None]  # R^T (x - t) / s
                 blocked |= inside(p.kind, p.size, q, margin=1e-6).any(axis=1)
             v = vis[f_idx, n_idx]
             assert not (v & blocked).any(), "a visible track has a solid on its line of sight"
@@ -186,7 +193,7 @@ def test_every_family_labelled_and_real(pairs):
             assert not (in_image(uv, p.target.image_size) & (z > 0)).any(), "removed tracks must leave the frame"
         if p.family in ("object_path", "rotation", "deformation", "retiming"):
             moved = np.linalg.norm(p.target_xyz - p.source_xyz, axis=-1).max(0) > 1e-6
-            assert moved.any() and (~moved).any()   # the edited object moved, the rest did not
+            assert moved.any() and (~moved).any()  # the edited object moved, the rest did not
 
 
 def test_deterministic_and_any_size():

@@ -1,4 +1,5 @@
 """The TFDS builder writes array_record files that tfds.data_source reads back without TensorFlow."""
+
 import importlib.util
 
 import numpy as np
@@ -8,8 +9,8 @@ def test_build_and_read_without_tensorflow(tmp_path):
     assert importlib.util.find_spec("tensorflow") is None, "this test proves the path works without TF"
     import tensorflow_datasets as tfds
 
-    from data_pipeline.synthetic import SyntheticConfig, generate_pair
     from data_pipeline.schema import EDIT_FAMILIES
+    from data_pipeline.synthetic import SyntheticConfig, generate_pair
     from data_pipeline.tfds_builder import TrackeditSynthetic
 
     builder = TrackeditSynthetic(config="smoke", data_dir=str(tmp_path), file_format="array_record")

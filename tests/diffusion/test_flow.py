@@ -1,5 +1,6 @@
 """Rectified-flow training maths: exact identities, diffusers' SD3 helpers as the reference for the
 weighting and the timestep density, and moments of the sampled noise levels."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,15 +53,24 @@ def test_shift_matches_diffusers_and_scales_the_snr():
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_logit_normal_moments(shift):
     n, mean, std = 200_000, -0.3, 0.8
-    sigma = np.asarray(flow.sample_sigmas(jax.random.PRNGKey(0), (n,), distribution="logit_normal",
-                                          logit_mean=mean, logit_std=std, shift=shift), np.float64)
+    sigma = np.asarray(
+        flow.sample_sigmas(
+            jax.random.PRNGKey(0), (n,), distribution="logit_normal", logit_mean=mean, logit_std=std, shift=shift
+        ),
+        np.float64,
+    )
     logit = np.log(sigma) - np.log1p(-sigma)
     # shifting adds log(shift) to the logit; standard errors of mean and std are ~0.002 here
     assert abs(logit.mean() - (mean + np.log(shift))) < 0.01
     assert abs(logit.std() - std) < 0.01
     # the same density as diffusers' SD3 helper (compared through the first two moments of sigma)
-    ref = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=mean, logit_std=std,
-                                                generator=torch.Generator().manual_seed(0)).double().numpy()
+    ref = (
+        compute_density_for_timestep_sampling(
+            "logit_normal", n, logit_mean=mean, logit_std=std, generator=torch.Generator().manual_seed(0)
+        )
+        .double()
+        .numpy()
+    )
     ref = flow.shift_sigmas(ref, shift)
     assert abs(sigma.mean() - ref.mean()) < 0.005 and abs(sigma.std() - ref.std()) < 0.005
 
@@ -86,12 +96,14 @@ def test_masked_weighted_loss_against_numpy():
     w = 2 / (np.pi * (1 - 2 * sigma + 2 * sigma**2))
     sq = (pred - target) ** 2
     want = (sq * mask[..., None] * w[:, None, None]).sum() / (mask.sum() * 4)
-    got = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma),
-                                  mask=jnp.asarray(mask), weighting="cosmap")
+    got = flow.flow_matching_loss(
+        jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma), mask=jnp.asarray(mask), weighting="cosmap"
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target)), sq.mean(), rtol=1e-5)
-    custom = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma),
-                                     weighting=lambda s: 1 + s)
+    custom = flow.flow_matching_loss(
+        jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma), weighting=lambda s: 1 + s
+    )
     np.testing.assert_allclose(custom, (sq * (1 + sigma)[:, None, None]).mean(), rtol=1e-5)
 
 
@@ -114,7 +126,10 @@ def test_sample_prediction_implies_the_exact_velocity_and_a_bounded_one_near_zer
     import jax.numpy as jnp
 
     from trackedit_jax.diffusion.flow import (
-        SIGMA_MIN, noisy_sample, velocity_from_output, velocity_target,
+        SIGMA_MIN,
+        noisy_sample,
+        velocity_from_output,
+        velocity_target,
     )
 
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
@@ -142,8 +157,14 @@ def test_per_example_loss_against_numpy():
     w = 2 / (np.pi * (1 - 2 * sigma + 2 * sigma**2))
     sq = (pred - target) ** 2
     want = (sq * mask[..., None]).sum((1, 2)) * w / np.maximum(mask.sum(1) * 4, 1)
-    got = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(sigma),
-                                  mask=jnp.asarray(mask), weighting="cosmap", reduction="per_example")
+    got = flow.flow_matching_loss(
+        jnp.asarray(pred),
+        jnp.asarray(target),
+        jnp.asarray(sigma),
+        mask=jnp.asarray(mask),
+        weighting="cosmap",
+        reduction="per_example",
+    )
     assert got.shape == (3,)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     plain = flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), reduction="per_example")

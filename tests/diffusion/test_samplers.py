@@ -5,6 +5,7 @@ x_t = (1 - sigma) x0 + sigma eps, evaluated at the timestep each sampler hands t
 convention is checked too). cond / uncond differ in mu, and classifier-free guidance is applied as in
 Wan (v_u + g (v_c - v_u)). The torch loop is the diffusers scheduler loop, the reference.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,8 +52,16 @@ def _diffusers_loop(scheduler, noise, mu, mu_uncond, guidance, dtype=torch.float
 
 def _ours(solver, schedule, noise, mu, mu_uncond, guidance, **kw):
     return np.asarray(
-        sample(jax_velocity, jnp.asarray(noise), {"mu": jnp.asarray(mu)}, uncond={"mu": jnp.asarray(mu_uncond)},
-               guidance=guidance, solver=solver, schedule=schedule, **kw)
+        sample(
+            jax_velocity,
+            jnp.asarray(noise),
+            {"mu": jnp.asarray(mu)},
+            uncond={"mu": jnp.asarray(mu_uncond)},
+            guidance=guidance,
+            solver=solver,
+            schedule=schedule,
+            **kw,
+        )
     )
 
 
@@ -67,8 +76,14 @@ def _euler_reference(kind, num_steps):
 
 def _unipc_reference(kind, num_steps):
     sched = UniPCMultistepScheduler(
-        num_train_timesteps=1000, solver_order=2, prediction_type="flow_prediction", solver_type="bh2",
-        lower_order_final=True, use_flow_sigmas=True, flow_shift=SHIFT, final_sigmas_type="zero",
+        num_train_timesteps=1000,
+        solver_order=2,
+        prediction_type="flow_prediction",
+        solver_type="bh2",
+        lower_order_final=True,
+        use_flow_sigmas=True,
+        flow_shift=SHIFT,
+        final_sigmas_type="zero",
     )
     if kind == "diffusers_unipc":
         sched.set_timesteps(num_steps)
@@ -110,8 +125,14 @@ def test_float64_matches_diffusers_without_leaking_x64():
     noise, mu, mu_u = _problem(7)
     with jax.enable_x64(True):
         sched = make_schedule(20, shift=SHIFT, kind="wan_unipc")
-        ours = sample(jax_velocity, jnp.asarray(noise, jnp.float64), {"mu": jnp.asarray(mu, jnp.float64)},
-                      uncond={"mu": jnp.asarray(mu_u, jnp.float64)}, guidance=4.0, schedule=sched)
+        ours = sample(
+            jax_velocity,
+            jnp.asarray(noise, jnp.float64),
+            {"mu": jnp.asarray(mu, jnp.float64)},
+            uncond={"mu": jnp.asarray(mu_u, jnp.float64)},
+            guidance=4.0,
+            schedule=sched,
+        )
         assert ours.dtype == jnp.float64
     assert jnp.zeros(1).dtype == jnp.float32  # the x64 switch did not leak
     ref = _diffusers_loop(_unipc_reference("wan_unipc", 20), noise, mu, mu_u, 4.0, dtype=torch.float64)
@@ -153,8 +174,10 @@ def test_velocity_fn_params_are_traced_not_baked():
 
     noise, mu, _ = _problem(4)
     cond = {"mu": jnp.asarray(mu)}
-    outs = [sample(jax.tree_util.Partial(fn, scale=jnp.float32(s)), jnp.asarray(noise), cond, num_steps=4)
-            for s in (1.0, 0.5)]
+    outs = [
+        sample(jax.tree_util.Partial(fn, scale=jnp.float32(s)), jnp.asarray(noise), cond, num_steps=4)
+        for s in (1.0, 0.5)
+    ]
     assert not np.allclose(outs[0], outs[1])
 
 

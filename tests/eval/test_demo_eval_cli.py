@@ -1,4 +1,5 @@
 """`trackedit demo` and `trackedit eval` on the built-in model (few sampling steps)."""
+
 import json
 import math
 

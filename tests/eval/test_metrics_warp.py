@@ -1,4 +1,5 @@
 """Evaluation metrics against independent references, and the warp baseline on a case with a known answer."""
+
 import numpy as np
 import pytest
 
@@ -41,9 +42,20 @@ def test_ssim_matches_scikit_image():
     rng = np.random.default_rng(2)
     a = (_texture(32, 40, seed=3) * 255).astype(np.uint8)[None].repeat(2, 0)
     b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
-    ref = np.mean([skm.structural_similarity(x / 255.0, y / 255.0, channel_axis=-1, data_range=1.0,
-                                             gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-                   for x, y in zip(a, b)])
+    ref = np.mean(
+        [
+            skm.structural_similarity(
+                x / 255.0,
+                y / 255.0,
+                channel_axis=-1,
+                data_range=1.0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
+            for x, y in zip(a, b)
+        ]
+    )
     assert M.ssim(a, b) == pytest.approx(ref, abs=2e-3)
 
 
@@ -68,9 +80,9 @@ def test_lucas_kanade_epe_on_a_known_translation():
     for dx, dy in shifts:
         M_ = np.float32([[1, 0, dx], [0, 1, dy]])
         moved = cv2.warpAffine(big.astype(np.float32), M_, (W + 20, H + 20), flags=cv2.INTER_CUBIC)
-        frames.append(moved[10:10 + H, 10:10 + W])
+        frames.append(moved[10 : 10 + H, 10 : 10 + W])
     video = (np.clip(np.stack(frames), 0, 1) * 255).round().astype(np.uint8)
-    ys, xs = np.mgrid[12:H - 12:6, 12:W - 12:6]
+    ys, xs = np.mgrid[12 : H - 12 : 6, 12 : W - 12 : 6]
     p0 = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
     uv = p0[None] + shifts[:, None, :].astype(np.float32)
     vis = np.ones(uv.shape[:2], bool)

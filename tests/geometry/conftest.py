@@ -1,4 +1,5 @@
 """Small synthetic scenes for the geometry tests (built here, checked against independent maths)."""
+
 import numpy as np
 import pytest
 
@@ -50,8 +51,11 @@ def scene():
 def _rigid_scene(F=17, seed=1, noise=0.003):
     """Static background + two bodies with different rigid motions; returns tracks and true labels."""
     rng = np.random.default_rng(seed)
-    bodies = [(120, [0, 0, 6], None), (50, [1.2, 0.2, 4.5], ([0, 1, 0], 70, [0, -0.4, 0.3])),
-              (35, [-1.0, -0.3, 4.0], ([1, 0.3, 0], -50, [0.5, 0, 0]))]
+    bodies = [
+        (120, [0, 0, 6], None),
+        (50, [1.2, 0.2, 4.5], ([0, 1, 0], 70, [0, -0.4, 0.3])),
+        (35, [-1.0, -0.3, 4.0], ([1, 0.3, 0], -50, [0.5, 0, 0])),
+    ]
     xyz, labels = [], []
     for k, (n, c, motion) in enumerate(bodies):
         pts = rng.normal(size=(n, 3)) * [0.6, 0.4, 0.3] + c

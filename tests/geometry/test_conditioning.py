@@ -1,4 +1,5 @@
 """Model-input preprocessing: exact hand-computed values, invariances, padding, jit/vmap."""
+
 import functools
 
 import jax
@@ -12,10 +13,10 @@ from trackedit_jax.geometry import (
     latent_frame_count,
     latent_frame_indices,
     masked_quantile,
+    pixels_to_grid,
     prepare_track_condition,
     prepare_track_condition_batch,
     project,
-    pixels_to_grid,
 )
 from trackedit_jax.geometry.edits import arc, scene_centroid
 
@@ -93,9 +94,17 @@ def test_resampling_takes_frame_4j(make_tracks, make_camera):
     src, cam, tgt, tcam = _pair(make_tracks, make_camera)
     c = prepare_track_condition(src, cam, tgt, tcam, percentiles=(0, 100))
     for j, f in enumerate([0, 4, 8]):
-        uv, _ = project(tgt[f : f + 1].astype(np.float64), Camera(tcam.intrinsics[f : f + 1].astype(np.float64),
-                                                                   tcam.extrinsics[f : f + 1].astype(np.float64), tcam.image_size))
-        np.testing.assert_allclose(c.target[j, :, :2], np.clip(pixels_to_grid(uv[0], tcam.image_size), -2, 2), atol=1e-5)
+        uv, _ = project(
+            tgt[f : f + 1].astype(np.float64),
+            Camera(
+                tcam.intrinsics[f : f + 1].astype(np.float64),
+                tcam.extrinsics[f : f + 1].astype(np.float64),
+                tcam.image_size,
+            ),
+        )
+        np.testing.assert_allclose(
+            c.target[j, :, :2], np.clip(pixels_to_grid(uv[0], tcam.image_size), -2, 2), atol=1e-5
+        )
 
 
 def test_permutation_equivariance(make_tracks, make_camera):
@@ -132,14 +141,23 @@ def test_jit_and_vmap_equal_eager(make_tracks, make_camera):
     eager = [prepare_track_condition(s, c, t, tc, point_mask=m) for (s, c, t, tc), m in zip(pairs, mask)]
     fn = jax.jit(functools.partial(prepare_track_condition, num_latent_frames=3))
     s, c, t, tc = pairs[0]
-    jitted = fn(jnp.asarray(s), jax.tree.map(jnp.asarray, c), jnp.asarray(t), jax.tree.map(jnp.asarray, tc),
-                point_mask=jnp.asarray(mask[0]))
+    jitted = fn(
+        jnp.asarray(s),
+        jax.tree.map(jnp.asarray, c),
+        jnp.asarray(t),
+        jax.tree.map(jnp.asarray, tc),
+        point_mask=jnp.asarray(mask[0]),
+    )
     for k in ("source", "target", "source_valid", "target_valid"):
         np.testing.assert_allclose(getattr(jitted, k), getattr(eager[0], k), atol=1e-6)
     stack = lambda i: np.stack([np.asarray(p[i]) for p in pairs])  # noqa: E731
     batched = jax.jit(functools.partial(prepare_track_condition_batch, image_size=pairs[0][1].image_size))(
-        stack(0), np.stack([p[1].intrinsics for p in pairs]), np.stack([p[1].extrinsics for p in pairs]),
-        stack(2), np.stack([p[3].intrinsics for p in pairs]), np.stack([p[3].extrinsics for p in pairs]),
+        stack(0),
+        np.stack([p[1].intrinsics for p in pairs]),
+        np.stack([p[1].extrinsics for p in pairs]),
+        stack(2),
+        np.stack([p[3].intrinsics for p in pairs]),
+        np.stack([p[3].extrinsics for p in pairs]),
         point_mask=mask,
     )
     for b in range(2):

@@ -1,4 +1,5 @@
 """trackedit_jax/geometry/easing.py: the one easing curve behind ramps and keyframed paths."""
+
 import numpy as np
 import pytest
 

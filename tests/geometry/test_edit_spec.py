@@ -1,4 +1,5 @@
 """The edit spec: the issue's spellings, messages that name file:line and key, application, the report."""
+
 import json
 import textwrap
 
@@ -73,14 +74,19 @@ def test_issue_example_parses_and_applies(tmp_path, make_tracks, make_camera):
     uv, z = project(res.tracks.xyz[:, :120], res.camera)
     assert not ((z > 0) & in_image(uv, cam.image_size))[:, sel].any()
     # the path op replaced the camera: target = source frame 0 followed by the file's relative motion
-    np.testing.assert_allclose(res.camera.extrinsics, E.pan(cam, 10).extrinsics @ np.linalg.inv(
-        np.asarray(E.pan(cam, 10).extrinsics[0])) @ np.asarray(cam.extrinsics[0]), atol=1e-5)
+    np.testing.assert_allclose(
+        res.camera.extrinsics,
+        E.pan(cam, 10).extrinsics
+        @ np.linalg.inv(np.asarray(E.pan(cam, 10).extrinsics[0]))
+        @ np.asarray(cam.extrinsics[0]),
+        atol=1e-5,
+    )
 
 
-def test_json_spec_and_scientific_floats(tmp_path, make_tracks, make_camera):
-    tr, cam = make_tracks(F=5), make_camera(F=5)
-    spec = load_edit_spec(_write(tmp_path, json.dumps({"camera": [{"op": "dolly", "distance": 1e-1}]}, indent=2),
-                                 "e.json"))
+def test_json_spec_and_scientific_floats(tmp_path):
+    spec = load_edit_spec(
+        _write(tmp_path, json.dumps({"camera": [{"op": "dolly", "distance": 1e-1}]}, indent=2), "e.json")
+    )
     assert spec.camera[0].params["distance"] == pytest.approx(0.1)
     spec = load_edit_spec(_write(tmp_path, "camera:\n  - {op: truck, distance: 2e-1}\n"))
     assert spec.camera[0].params["distance"] == pytest.approx(0.2)
@@ -88,30 +94,66 @@ def test_json_spec_and_scientific_floats(tmp_path, make_tracks, make_camera):
     assert msg.startswith(f"{tmp_path / 'bad.json'}:3: camera[0].distance: expected a number")
 
 
-@pytest.mark.parametrize("text,line,key,words", [
-    ("camera:\n  - {op: pann, degrees: 3}\n", 2, "camera[0].op", "unknown camera op 'pann'; did you mean 'pan'"),
-    ("camera:\n  - {op: dolly, distance: 1}\n  - op: arc\n    axis: [0, 1, 0]\n", 3, "camera[1]",
-     "needs field 'degrees'"),
-    ("objects:\n  - select: {ids: [1]}\n    ops:\n      - op: rotate\n        degrees: ninety\n", 5,
-     "objects[0].ops[0].degrees", "expected a number, got str 'ninety'"),
-    ("objects:\n  - select: {bx: [0, 0, 1, 1]}\n    ops: []\n", 2, "objects[0].select.bx",
-     "unknown field for the selection; did you mean 'box'"),
-    ("objects:\n  - select: {ids: [1]}\n    ops:\n      - {op: translate, offset: [1, 2]}\n", 4,
-     "objects[0].ops[0].offset", "expected a list of 3 numbers"),
-    ("objects:\n  - select: {ids: [1]}\n    ops:\n      - {op: translate}\n", 4, "objects[0].ops[0]",
-     "exactly one of ['offset', 'path']"),
-    ("objects:\n  - select: {ids: [1]}\n    ops:\n      - {op: remove, mode: delete}\n", 4,
-     "objects[0].ops[0].mode", "expected one of ['offscreen', 'drop']"),
-    ("objects:\n  - select: {frame: 2}\n    ops: []\n", 2, "objects[0].select", "needs at least one of"),
-    ("objects:\n  - select: {ids: [1]}\n", 2, "objects[0]", "missing key 'ops'"),
-    ("camera:\n  - {op: dolly, distance: 1}\nobject:\n  - {}\n", 3, "object", "unknown top-level key; did you mean 'objects'"),
-    ("camera:\n  - {op: keyframes, keys: [{frame: 0}, {frame: 4, pan: true}]}\n", 2, "camera[0].keys[1].pan",
-     "expected a number, got bool True"),
-    ("camera:\n  - {op: zoom, factor: -2}\n", 2, "camera[0].factor", "must be > 0"),
-    ("camera:\n  op: pan\n", 1, "camera", "expected a list of camera ops"),
-    ("camera:\n  - {op: pan, degrees: 3, degrees: 4}\n", 2, "camera[0].degrees", "duplicate key"),
-    ("camera:\n  - {op: pan, degrees: 3\n", 3, "", "syntax error"),
-])
+@pytest.mark.parametrize(
+    "text,line,key,words",
+    [
+        ("camera:\n  - {op: pann, degrees: 3}\n", 2, "camera[0].op", "unknown camera op 'pann'; did you mean 'pan'"),
+        (
+            "camera:\n  - {op: dolly, distance: 1}\n  - op: arc\n    axis: [0, 1, 0]\n",
+            3,
+            "camera[1]",
+            "needs field 'degrees'",
+        ),
+        (
+            "objects:\n  - select: {ids: [1]}\n    ops:\n      - op: rotate\n        degrees: ninety\n",
+            5,
+            "objects[0].ops[0].degrees",
+            "expected a number, got str 'ninety'",
+        ),
+        (
+            "objects:\n  - select: {bx: [0, 0, 1, 1]}\n    ops: []\n",
+            2,
+            "objects[0].select.bx",
+            "unknown field for the selection; did you mean 'box'",
+        ),
+        (
+            "objects:\n  - select: {ids: [1]}\n    ops:\n      - {op: translate, offset: [1, 2]}\n",
+            4,
+            "objects[0].ops[0].offset",
+            "expected a list of 3 numbers",
+        ),
+        (
+            "objects:\n  - select: {ids: [1]}\n    ops:\n      - {op: translate}\n",
+            4,
+            "objects[0].ops[0]",
+            "exactly one of ['offset', 'path']",
+        ),
+        (
+            "objects:\n  - select: {ids: [1]}\n    ops:\n      - {op: remove, mode: delete}\n",
+            4,
+            "objects[0].ops[0].mode",
+            "expected one of ['offscreen', 'drop']",
+        ),
+        ("objects:\n  - select: {frame: 2}\n    ops: []\n", 2, "objects[0].select", "needs at least one of"),
+        ("objects:\n  - select: {ids: [1]}\n", 2, "objects[0]", "missing key 'ops'"),
+        (
+            "camera:\n  - {op: dolly, distance: 1}\nobject:\n  - {}\n",
+            3,
+            "object",
+            "unknown top-level key; did you mean 'objects'",
+        ),
+        (
+            "camera:\n  - {op: keyframes, keys: [{frame: 0}, {frame: 4, pan: true}]}\n",
+            2,
+            "camera[0].keys[1].pan",
+            "expected a number, got bool True",
+        ),
+        ("camera:\n  - {op: zoom, factor: -2}\n", 2, "camera[0].factor", "must be > 0"),
+        ("camera:\n  op: pan\n", 1, "camera", "expected a list of camera ops"),
+        ("camera:\n  - {op: pan, degrees: 3, degrees: 4}\n", 2, "camera[0].degrees", "duplicate key"),
+        ("camera:\n  - {op: pan, degrees: 3\n", 3, "", "syntax error"),
+    ],
+)
 def test_spec_errors_name_line_and_key(tmp_path, text, line, key, words):
     msg = _error(tmp_path, text)
     path = tmp_path / "edit.yaml"
@@ -122,17 +164,37 @@ def test_spec_errors_name_line_and_key(tmp_path, text, line, key, words):
 def test_apply_errors_name_the_op(tmp_path, make_tracks, make_camera):
     tr, cam = make_tracks(F=5), make_camera(F=5)
     cases = [
-        ("camera:\n  - {op: dolly, distance: 1}\n  - {op: path, file: nowhere.npz}\n", 3, "camera[1].file",
-         "file not found: nowhere.npz"),
-        ("objects:\n  - select: {box: [0, 0, 1, 1], frame: 0}\n    ops: [{op: remove}]\n", 2, "objects[0].select",
-         "selects no points"),
-        ("objects:\n  - select: {ids: [1], frame: 9}\n    ops: [{op: remove}]\n", 2, "objects[0].select.frame",
-         "past the clip's last frame 4"),
+        (
+            "camera:\n  - {op: dolly, distance: 1}\n  - {op: path, file: nowhere.npz}\n",
+            3,
+            "camera[1].file",
+            "file not found: nowhere.npz",
+        ),
+        (
+            "objects:\n  - select: {box: [0, 0, 1, 1], frame: 0}\n    ops: [{op: remove}]\n",
+            2,
+            "objects[0].select",
+            "selects no points",
+        ),
+        (
+            "objects:\n  - select: {ids: [1], frame: 9}\n    ops: [{op: remove}]\n",
+            2,
+            "objects[0].select.frame",
+            "past the clip's last frame 4",
+        ),
         ("camera:\n  - {op: pan, degrees: 4, end: 12}\n", 2, "camera[0]", "start <= end <= F-1 = 4"),
-        ("objects:\n  - select: {ids: [1, 500]}\n    ops: [{op: remove}]\n", 2, "objects[0].select.ids",
-         "ids must be in [0, 79]"),
-        ("objects:\n  - select: {all: true}\n    ops: [{op: remove, mode: drop}]\n", 1, "objects",
-         "every point was removed"),
+        (
+            "objects:\n  - select: {ids: [1, 500]}\n    ops: [{op: remove}]\n",
+            2,
+            "objects[0].select.ids",
+            "ids must be in [0, 79]",
+        ),
+        (
+            "objects:\n  - select: {all: true}\n    ops: [{op: remove, mode: drop}]\n",
+            1,
+            "objects",
+            "every point was removed",
+        ),
     ]
     for text, line, key, words in cases:
         spec = load_edit_spec(_write(tmp_path, text))
@@ -146,16 +208,41 @@ def test_parts_keep_transfer_and_groups_through_the_spec(make_camera, rigid_scen
     tr, truth = rigid_scene(noise=0.0)
     cam = make_camera(F=17, moving=False)
     b1, b2 = np.flatnonzero(truth == 1), np.flatnonzero(truth == 2)
-    spec = parse_edit_spec({"objects": [
-        {"select": {"group": 2, "threshold": 0.03},
-         "ops": [{"op": "transfer", "from": {"group": 1, "threshold": 0.03}, "mode": "rigid"}]},
-        {"select": {"ids": b1.tolist()},
-         "ops": [{"op": "parts", "parts": [{"select": {"ids": b1[:10].tolist()},
-                                            "ops": [{"op": "scale", "factor": 2.0, "ease": "constant"}]}]},
-                 {"op": "keep", "select": {"ids": b1[:20].tolist()}}]},
-        {"select": {"ids": [0, 1]}, "ops": [{"op": "duplicate", "offset": [0, 0, 1],
-                                              "ops": [{"op": "translate", "offset": [1, 0, 0], "ease": "constant"}]}]},
-    ]})
+    spec = parse_edit_spec(
+        {
+            "objects": [
+                {
+                    "select": {"group": 2, "threshold": 0.03},
+                    "ops": [{"op": "transfer", "from": {"group": 1, "threshold": 0.03}, "mode": "rigid"}],
+                },
+                {
+                    "select": {"ids": b1.tolist()},
+                    "ops": [
+                        {
+                            "op": "parts",
+                            "parts": [
+                                {
+                                    "select": {"ids": b1[:10].tolist()},
+                                    "ops": [{"op": "scale", "factor": 2.0, "ease": "constant"}],
+                                }
+                            ],
+                        },
+                        {"op": "keep", "select": {"ids": b1[:20].tolist()}},
+                    ],
+                },
+                {
+                    "select": {"ids": [0, 1]},
+                    "ops": [
+                        {
+                            "op": "duplicate",
+                            "offset": [0, 0, 1],
+                            "ops": [{"op": "translate", "offset": [1, 0, 0], "ease": "constant"}],
+                        }
+                    ],
+                },
+            ]
+        }
+    )
     res = apply_edit_spec(spec, tr, cam)
     # body 2 got body 1's rigid motion
     ref = E.transfer_motion(tr, truth == 2, tr.xyz[:, truth == 1], mode="rigid")

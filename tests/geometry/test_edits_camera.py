@@ -1,4 +1,5 @@
 """Camera edits: each checked against an exact geometric property or an independent computation."""
+
 import json
 
 import cv2
@@ -46,15 +47,19 @@ def test_arc_keeps_distance_to_pivot_and_pivot_pixel(make_camera, make_tracks):
     np.testing.assert_allclose(uv1, uv0, atol=1e-9)
     np.testing.assert_allclose(z1, z0, atol=1e-12)
     # the camera really moved: rotated by 40 * w(t) degrees about the pivot
-    np.testing.assert_allclose(_angle_deg(cam.extrinsics[:, :3, :3], out.extrinsics[:, :3, :3]),
-                               40 * E.ramp_weights(9), atol=1e-6)
+    np.testing.assert_allclose(
+        _angle_deg(cam.extrinsics[:, :3, :3], out.extrinsics[:, :3, :3]), 40 * E.ramp_weights(9), atol=1e-6
+    )
     # a moving pivot (per-frame selection centroid) keeps per-frame distances too
     sel = np.zeros(tr.num_points, bool)
     sel[:10] = True
     piv_t = E.selection_centroid(tr, sel)
     out2 = E.arc(cam, -30, axis=[1, 0, 0], pivot=piv_t)
-    np.testing.assert_allclose(np.linalg.norm(camera_centers(out2) - piv_t, axis=-1),
-                               np.linalg.norm(camera_centers(cam) - piv_t, axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.linalg.norm(camera_centers(out2) - piv_t, axis=-1),
+        np.linalg.norm(camera_centers(cam) - piv_t, axis=-1),
+        rtol=1e-12,
+    )
 
 
 def test_positive_arc_moves_an_upright_camera_to_its_right(make_camera):
@@ -69,8 +74,9 @@ def test_pan_and_tilt_rotate_about_the_centre(make_camera, kind, axis_px, sign):
     X = _centre_pixel_point(cam)
     out = E.rotate_camera(cam, kind, 10)
     np.testing.assert_allclose(camera_centers(out), camera_centers(cam), atol=1e-12)
-    np.testing.assert_allclose(_angle_deg(cam.extrinsics[:, :3, :3], out.extrinsics[:, :3, :3]),
-                               10 * E.ramp_weights(5), atol=1e-6)
+    np.testing.assert_allclose(
+        _angle_deg(cam.extrinsics[:, :3, :3], out.extrinsics[:, :3, :3]), 10 * E.ramp_weights(5), atol=1e-6
+    )
     uv0, _ = project(X, cam)
     uv1, _ = project(X, out)
     # pan right -> the scene moves left in the image; tilt up -> the scene moves down
@@ -194,10 +200,17 @@ def test_camera_edit_leaves_world_untouched(make_camera, make_tracks):
     from trackedit_jax.geometry.edit_spec import apply_edit_spec, parse_edit_spec
 
     tr, cam = make_tracks(F=9), make_camera(F=9)
-    spec = parse_edit_spec({"camera": [
-        {"op": "arc", "degrees": 30}, {"op": "dolly", "distance": 0.5}, {"op": "zoom", "factor": 1.2},
-        {"op": "stabilize"}, {"op": "keyframes", "keys": [{"frame": 0}, {"frame": 8, "tilt": 5}], "mode": "offset"},
-    ]})
+    spec = parse_edit_spec(
+        {
+            "camera": [
+                {"op": "arc", "degrees": 30},
+                {"op": "dolly", "distance": 0.5},
+                {"op": "zoom", "factor": 1.2},
+                {"op": "stabilize"},
+                {"op": "keyframes", "keys": [{"frame": 0}, {"frame": 8, "tilt": 5}], "mode": "offset"},
+            ]
+        }
+    )
     res = apply_edit_spec(spec, tr, cam)
     np.testing.assert_array_equal(res.tracks.xyz, tr.xyz)
     np.testing.assert_array_equal(res.tracks.visibility, tr.visibility)
@@ -207,8 +220,11 @@ def test_camera_edit_leaves_world_untouched(make_camera, make_tracks):
     spec = parse_edit_spec({"camera": [{"op": "arc", "degrees": 20, "pivot": {"ids": list(range(10))}}]})
     res = apply_edit_spec(spec, tr, cam)
     piv = E.selection_centroid(tr, E.select_ids(tr.num_points, range(10)))
-    np.testing.assert_allclose(np.linalg.norm(camera_centers(res.camera) - piv, axis=-1),
-                               np.linalg.norm(camera_centers(cam) - piv, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(camera_centers(res.camera) - piv, axis=-1),
+        np.linalg.norm(camera_centers(cam) - piv, axis=-1),
+        rtol=1e-5,
+    )
     np.testing.assert_array_equal(res.tracks.xyz, tr.xyz)
 
 
@@ -218,9 +234,15 @@ def test_camera_path_files(tmp_path, make_camera, windmill_dir):
     cam = make_camera(F=7)
     np.savez(tmp_path / "cams.npz", extrinsics=cam.extrinsics)
     (tmp_path / "cams.json").write_text(json.dumps(np.asarray(cam.extrinsics).tolist()))
-    (tmp_path / "cams2.json").write_text(json.dumps({"extrinsics": np.asarray(cam.extrinsics).tolist(),
-                                                      "intrinsics": np.asarray(cam.intrinsics).tolist(),
-                                                      "image_size": list(cam.image_size)}))
+    (tmp_path / "cams2.json").write_text(
+        json.dumps(
+            {
+                "extrinsics": np.asarray(cam.extrinsics).tolist(),
+                "intrinsics": np.asarray(cam.intrinsics).tolist(),
+                "image_size": list(cam.image_size),
+            }
+        )
+    )
     np.testing.assert_allclose(load_camera_path(tmp_path / "cams.npz"), cam.extrinsics)
     np.testing.assert_allclose(load_camera_path(tmp_path / "cams.json"), cam.extrinsics)
     c2 = load_camera_path(tmp_path / "cams2.json")

@@ -1,4 +1,5 @@
 """Selections and object edits: exact identities, independent projections (OpenCV), synthetic rigid bodies."""
+
 import cv2
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ def _cv2_project(xyz_f, cam, f):
     """Pixels and depth of world points (N, 3) at frame f with cv2.projectPoints (independent of ours)."""
     R = np.asarray(cam.extrinsics[f, :3, :3], np.float64)
     t = np.asarray(cam.extrinsics[f, :3, 3], np.float64)
-    uv, _ = cv2.projectPoints(np.asarray(xyz_f, np.float64), cv2.Rodrigues(R)[0], t,
-                              np.asarray(cam.intrinsics[f], np.float64), None)
+    uv, _ = cv2.projectPoints(
+        np.asarray(xyz_f, np.float64), cv2.Rodrigues(R)[0], t, np.asarray(cam.intrinsics[f], np.float64), None
+    )
     return uv[:, 0], (np.asarray(xyz_f) @ R.T + t)[:, 2]
 
 
@@ -89,7 +91,9 @@ def test_translate_ramps_in(make_tracks):
     sel = _sel(tr.num_points, [1, 3])
     out = E.translate(tr, sel, [0.4, 0, -0.2])
     d = out.xyz - tr.xyz
-    np.testing.assert_allclose(d[:, sel], np.broadcast_to(np.array([0, .25, .5, .75, 1])[:, None, None] * [0.4, 0, -0.2], (5, 2, 3)))
+    np.testing.assert_allclose(
+        d[:, sel], np.broadcast_to(np.array([0, 0.25, 0.5, 0.75, 1])[:, None, None] * [0.4, 0, -0.2], (5, 2, 3))
+    )
     np.testing.assert_array_equal(d[:, ~sel], 0)
 
 
@@ -215,11 +219,19 @@ def test_edits_never_modify_their_inputs(make_tracks, make_camera):
     tr, cam = make_tracks(F=5), make_camera(F=5)
     xyz0, vis0, E0, K0 = tr.xyz.copy(), tr.visibility.copy(), cam.extrinsics.copy(), cam.intrinsics.copy()
     sel = _sel(tr.num_points, np.arange(10))
-    for fn in (lambda: E.translate(tr, sel, [1, 0, 0]), lambda: E.rotate(tr, sel, 30),
-               lambda: E.scale(tr, sel, 2.0), lambda: E.move_off_screen(tr, sel, cam),
-               lambda: E.retime(tr, sel, E.retime_map(5, reverse=True)), lambda: E.duplicate(tr, sel, [1, 0, 0]),
-               lambda: E.move_depth(tr, sel, cam, factor=0.5), lambda: E.zoom(cam, 2.0), lambda: E.arc(cam, 10, pivot=[0, 0, 4]),
-               lambda: E.stabilize(cam), lambda: E.keyframes(cam, [{"frame": 0}, {"frame": 4, "pan": 3}])):
+    for fn in (
+        lambda: E.translate(tr, sel, [1, 0, 0]),
+        lambda: E.rotate(tr, sel, 30),
+        lambda: E.scale(tr, sel, 2.0),
+        lambda: E.move_off_screen(tr, sel, cam),
+        lambda: E.retime(tr, sel, E.retime_map(5, reverse=True)),
+        lambda: E.duplicate(tr, sel, [1, 0, 0]),
+        lambda: E.move_depth(tr, sel, cam, factor=0.5),
+        lambda: E.zoom(cam, 2.0),
+        lambda: E.arc(cam, 10, pivot=[0, 0, 4]),
+        lambda: E.stabilize(cam),
+        lambda: E.keyframes(cam, [{"frame": 0}, {"frame": 4, "pan": 3}]),
+    ):
         fn()
     np.testing.assert_array_equal(tr.xyz, xyz0)
     np.testing.assert_array_equal(tr.visibility, vis0)

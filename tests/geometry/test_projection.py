@@ -1,11 +1,12 @@
 """Projection against OpenCV on real DyCheck cameras, and exact round trips."""
+
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trackedit_jax.geometry import Camera, load_dycheck_cameras, project, unproject, pixels_to_grid, grid_to_pixels
+from trackedit_jax.geometry import Camera, grid_to_pixels, load_dycheck_cameras, pixels_to_grid, project, unproject
 
 
 def test_project_matches_cv2_on_dycheck(windmill_dir):
@@ -16,8 +17,12 @@ def test_project_matches_cv2_on_dycheck(windmill_dir):
     # points in front of each camera: random pixels lifted to random depths
     uv = rng.uniform([0, 0], [720, 960], size=(F, 64, 2))
     depth = rng.uniform(0.2, 3.0, size=(F, 64))
-    xyz = unproject(uv, depth, Camera(cam.intrinsics.astype(np.float64), cam.extrinsics.astype(np.float64), cam.image_size))
-    uv_ours, z = project(xyz, Camera(cam.intrinsics.astype(np.float64), cam.extrinsics.astype(np.float64), cam.image_size))
+    xyz = unproject(
+        uv, depth, Camera(cam.intrinsics.astype(np.float64), cam.extrinsics.astype(np.float64), cam.image_size)
+    )
+    uv_ours, z = project(
+        xyz, Camera(cam.intrinsics.astype(np.float64), cam.extrinsics.astype(np.float64), cam.image_size)
+    )
     err = 0.0
     for f in range(0, F, 7):
         R = cam.extrinsics[f, :3, :3].astype(np.float64)
@@ -61,7 +66,8 @@ def test_camera_rejects_singular_extrinsics():
 # ---------------------------------------------------------------------------------------------
 # property tests (hypothesis): random cameras, pixels and depths
 # ---------------------------------------------------------------------------------------------
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
@@ -77,8 +83,11 @@ def cameras(draw, F=2, skew=True):
     W = draw(st.integers(8, 1600))
     cx = draw(st.floats(0, W, **_floats))
     cy = draw(st.floats(0, H, **_floats))
-    q = draw(arrays(np.float64, (F, 4), elements=st.floats(-1, 1, **_floats)).filter(
-        lambda a: (np.linalg.norm(a, axis=1) > 0.1).all()))
+    q = draw(
+        arrays(np.float64, (F, 4), elements=st.floats(-1, 1, **_floats)).filter(
+            lambda a: (np.linalg.norm(a, axis=1) > 0.1).all()
+        )
+    )
     t = draw(arrays(np.float64, (F, 3), elements=st.floats(-10, 10, **_floats)))
     K = np.tile(np.array([[fx, s, cx], [0, fy, cy], [0, 0, 1.0]]), (F, 1, 1))
     E = np.tile(np.eye(4), (F, 1, 1))
@@ -134,7 +143,8 @@ def test_project_matches_cv2_on_random_cameras(cam, seed):
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
-    H=st.integers(1, 2000), W=st.integers(1, 2000),
+    H=st.integers(1, 2000),
+    W=st.integers(1, 2000),
     uv=arrays(np.float64, (5, 2), elements=st.floats(-1e4, 1e4, **_floats)),
 )
 def test_grid_round_trip_property(H, W, uv):
@@ -211,13 +221,16 @@ def _bad_extrinsics(kind):
     return E
 
 
-@pytest.mark.parametrize("kind,msg", [
-    ("singular", r"non-invertible extrinsics at frame\(s\) \[2\]"),
-    ("zero", r"non-invertible extrinsics at frame\(s\) \[1\]"),
-    ("scaled", "not a rigid transform at frame"),
-    ("reflection", "reflection"),
-    ("last_row", "last row"),
-])
+@pytest.mark.parametrize(
+    "kind,msg",
+    [
+        ("singular", r"non-invertible extrinsics at frame\(s\) \[2\]"),
+        ("zero", r"non-invertible extrinsics at frame\(s\) \[1\]"),
+        ("scaled", "not a rigid transform at frame"),
+        ("reflection", "reflection"),
+        ("last_row", "last row"),
+    ],
+)
 def test_bad_extrinsics_are_named(kind, msg):
     from trackedit_jax.geometry import check_extrinsics
 

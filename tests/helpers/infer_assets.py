@@ -1,4 +1,5 @@
 """Tiny models, scenes and text assets for the inference tests (tests/infer)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -20,12 +21,26 @@ GRID = (9, 32, 32)  # frames, height, width the tiny model "was trained" on
 
 def tiny_config(**overrides) -> PretrainedConfig:
     kw = dict(
-        wan=WanConfig(dim=32, num_heads=2, num_layers=2, ffn_dim=64, freq_dim=32, in_dim=16, out_dim=16,
-                      text_dim=TEXT_DIM, text_len=16),
+        wan=WanConfig(
+            dim=32,
+            num_heads=2,
+            num_layers=2,
+            ffn_dim=64,
+            freq_dim=32,
+            in_dim=16,
+            out_dim=16,
+            text_dim=TEXT_DIM,
+            text_len=16,
+        ),
         conditioner=ConditionerConfig(dim=16, heads=2, temporal_layers=1, num_freqs=4),
         rope_mode="sequential",
         vae=WanVAEConfig.tiny(base_dim=8, z_dim=16),
-        text_len=16, num_frames=GRID[0], height=GRID[1], width=GRID[2], max_tracks=48, sample_shift=3.0,
+        text_len=16,
+        num_frames=GRID[0],
+        height=GRID[1],
+        width=GRID[2],
+        max_tracks=48,
+        sample_shift=3.0,
         source={"test": "tiny random model"},
     )
     kw.update(overrides)
@@ -58,8 +73,9 @@ def build_vae(config: PretrainedConfig, seed: int = 1234) -> WanVAE:
     return WanVAE(config.vae, rngs=nnx.Rngs(seed))
 
 
-def scene(num_frames: int, image_size: tuple[int, int], *, num_points: int = 64, seed: int = 0,
-          focal: float | None = None) -> tuple[Tracks, Camera]:
+def scene(
+    num_frames: int, image_size: tuple[int, int], *, num_points: int = 64, seed: int = 0, focal: float | None = None
+) -> tuple[Tracks, Camera]:
     """Points 3-6 units in front of a static pinhole camera, covering the image; the right half of them
     drifts right over time (an object moving)."""
     H, W = image_size
@@ -86,8 +102,15 @@ def text_assets(root: pathlib.Path):
     corpus = ["a sheep walks across the field", "the camera pans to the left", "a windmill turns slowly"] * 30
     (root / "corpus.txt").write_text("\n".join(corpus))
     spm.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"), model_prefix=str(root / "spiece"), vocab_size=28, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        input=str(root / "corpus.txt"),
+        model_prefix=str(root / "spiece"),
+        vocab_size=28,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     encoder = UMT5Encoder(UMT5Config.tiny(vocab_size=40, d_model=TEXT_DIM), rngs=nnx.Rngs(3))
     return encoder, root / "spiece.model"

@@ -1,4 +1,5 @@
 """Run `trackedit train` in subprocesses for the training tests (device counts, processes, kills)."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # A configuration small enough for many runs per test session; batch 8 divides every mesh used.
 SMALL = [
-    "--config.data.num_frames=9", "--config.data.height=32", "--config.data.width=32",
-    "--config.data.max_tracks=48", "--config.data.min_tracks=16", "--config.train.batch_size=8",
-    "--config.train.val_every=0", "--config.train.log_every=1", "--config.train.fingerprint_data=true",
-    "--config.checkpoint.every_steps=4", "--config.checkpoint.max_to_keep=10",
+    "--config.data.num_frames=9",
+    "--config.data.height=32",
+    "--config.data.width=32",
+    "--config.data.max_tracks=48",
+    "--config.data.min_tracks=16",
+    "--config.train.batch_size=8",
+    "--config.train.val_every=0",
+    "--config.train.log_every=1",
+    "--config.train.fingerprint_data=true",
+    "--config.checkpoint.every_steps=4",
+    "--config.checkpoint.max_to_keep=10",
 ]
 
 
@@ -31,8 +39,18 @@ def env_for(devices: int, cache_dir: str) -> dict:
 
 def train_cmd(workdir, data_dir, extra=()) -> list[str]:
     return [
-        sys.executable, "-m", "trackedit_jax.cli", "train", "--config", "tiny_cpu", "--workdir", str(workdir),
-        f"--config.data.train_path={data_dir}", f"--config.data.val_path={data_dir}", *SMALL, *extra,
+        sys.executable,
+        "-m",
+        "trackedit_jax.cli",
+        "train",
+        "--config",
+        "tiny_cpu",
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_path={data_dir}",
+        f"--config.data.val_path={data_dir}",
+        *SMALL,
+        *extra,
     ]
 
 

@@ -4,6 +4,7 @@ same weights written in every layout we read (diffusers, official, ComfyUI-prefi
 The official key names are produced here by our own rename table written from the layout description
 in docs (independent of the converter under test).
 """
+
 from __future__ import annotations
 
 import json
@@ -140,7 +141,9 @@ def rel_l2(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def random_inputs(seed: int, batch: int, frames: int, height: int, width: int, channels: int, text_len: int, text_dim: int):
+def random_inputs(
+    seed: int, batch: int, frames: int, height: int, width: int, channels: int, text_len: int, text_dim: int
+):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, frames, height, width, channels), dtype=np.float32)
     t = rng.uniform(0, 1000, size=(batch,)).astype(np.float32)

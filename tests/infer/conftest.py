@@ -1,5 +1,6 @@
 """Session fixtures of the inference tests: one tiny random checkpoint written through `save_pretrained`
 (with a text encoder) and one pipeline over it, shared so its compiled programs are reused."""
+
 import pytest
 from infer_assets import build_model, build_vae, text_assets, tiny_config
 

@@ -1,5 +1,6 @@
 """`trackedit edit` end to end on the real sheep video, and every bad input it must refuse in one line
 without leaving files behind."""
+
 import json
 
 import numpy as np
@@ -20,9 +21,11 @@ def track_files(tmp_path_factory, sheep_frames):
     save_tracks(root / "source.npz", tracks, camera)
     moved = Tracks(np.asarray(tracks.xyz) + np.array([0.0, -0.3, 0.2], np.float32), tracks.visibility)
     save_tracks(root / "target.npz", moved, camera)
-    (root / "orbit.yaml").write_text("camera:\n  - {op: arc, degrees: 15, axis: [0, -1, 0]}\n"
-                                     "objects:\n  - select: {box: [362, 0, 724, 406], frame: 0}\n"
-                                     "    ops:\n      - {op: translate, offset: [0.3, 0.0, 0.0]}\n")
+    (root / "orbit.yaml").write_text(
+        "camera:\n  - {op: arc, degrees: 15, axis: [0, -1, 0]}\n"
+        "objects:\n  - select: {box: [362, 0, 724, 406], frame: 0}\n"
+        "    ops:\n      - {op: translate, offset: [0.3, 0.0, 0.0]}\n"
+    )
     return root
 
 
@@ -38,8 +41,20 @@ def _edit(args, **kw):
 
 def test_edit_with_an_edit_spec_writes_three_files(sheep_video, tiny_checkpoint, track_files, tmp_path, capsys):
     out = tmp_path / "result" / "sheep_orbit.mp4"
-    code = _edit(["--video", str(sheep_video), "--tracks", str(track_files / "source.npz"), "--edit",
-                  str(track_files / "orbit.yaml"), "--checkpoint", str(tiny_checkpoint), "--out", str(out)])
+    code = _edit(
+        [
+            "--video",
+            str(sheep_video),
+            "--tracks",
+            str(track_files / "source.npz"),
+            "--edit",
+            str(track_files / "orbit.yaml"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     video, fps = read_video(out)
     assert video.shape == (9, 32, 32, 3) and fps == pytest.approx(10.0)
@@ -51,16 +66,35 @@ def test_edit_with_an_edit_spec_writes_three_files(sheep_video, tiny_checkpoint,
     assert meta["inputs"]["edit_log"][0] == "camera: arc" and meta["inputs"]["video_shape"] == [120, 406, 724, 3]
     assert meta["versions"]["jax"] and meta["timings_seconds"]["sampling"] > 0
     assert meta["checkpoint"]["grid"] == [9, 32, 32]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["sheep_orbit.json", "sheep_orbit.mp4",
-                                                           "sheep_orbit_side_by_side.mp4"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "sheep_orbit.json",
+        "sheep_orbit.mp4",
+        "sheep_orbit_side_by_side.mp4",
+    ]
 
 
 def test_edit_with_target_tracks_prompt_and_input_size(sheep_video, tiny_checkpoint, track_files, tmp_path, capsys):
     out = tmp_path / "moved.mp4"
-    code = _edit(["--video", str(sheep_video), "--tracks", str(track_files / "source.npz"), "--target-tracks",
-                  str(track_files / "target.npz"), "--checkpoint", str(tiny_checkpoint), "--out", str(out)],
-                 prompt="a sheep", guidance=4.0, seed=2, max_frames=5, output_size="input",
-                 resize="stretch")
+    code = _edit(
+        [
+            "--video",
+            str(sheep_video),
+            "--tracks",
+            str(track_files / "source.npz"),
+            "--target-tracks",
+            str(track_files / "target.npz"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+        ],
+        prompt="a sheep",
+        guidance=4.0,
+        seed=2,
+        max_frames=5,
+        output_size="input",
+        resize="stretch",
+    )
     assert code == 0, capsys.readouterr().err
     video, _ = read_video(out)
     assert video.shape == (5, 406, 724, 3)  # 5 frames, back at the input's size (stretch)
@@ -77,8 +111,14 @@ def _bad_inputs(root, sheep_video):
     src = load_track_file(root / "source.npz")
     xyz = np.asarray(src.tracks.xyz).copy()
     xyz[10, 3] = np.nan
-    np.savez(root / "nan.npz", coords=xyz, extrinsics=src.camera.extrinsics, intrinsics=src.camera.intrinsics,
-             visibs=src.tracks.visibility, image_size=np.array(src.camera.image_size))
+    np.savez(
+        root / "nan.npz",
+        coords=xyz,
+        extrinsics=src.camera.extrinsics,
+        intrinsics=src.camera.intrinsics,
+        visibs=src.tracks.visibility,
+        image_size=np.array(src.camera.image_size),
+    )
     short, cam = scene(50, (406, 724), num_points=10)
     save_tracks(root / "short.npz", short, cam)
     return {
@@ -88,22 +128,40 @@ def _bad_inputs(root, sheep_video):
         "malformed tracks": (["--tracks", str(root / "truncated.npz")], "not a readable .npz track file"),
         "tracks without coords": (["--tracks", str(root / "no_coords.npz")], "missing key(s) ['coords'"),
         "NaN tracks": (["--tracks", str(root / "nan.npz")], "NaN"),
-        "frame-count mismatch": (["--tracks", str(root / "short.npz")],
-                                 "frame count mismatch: video F=120, tracks F=50"),
+        "frame-count mismatch": (
+            ["--tracks", str(root / "short.npz")],
+            "frame count mismatch: video F=120, tracks F=50",
+        ),
         "checkpoint not found": (["--checkpoint", str(root / "no_model")], "checkpoint not found"),
         "checkpoint not a model": (["--checkpoint", str(root)], "no config.json"),
         "malformed edit spec": (["--edit", str(root / "missing.yaml")], "edit spec not found"),
     }
 
 
-@pytest.mark.parametrize("case", ["unreadable video", "missing video", "missing tracks", "malformed tracks",
-                                  "tracks without coords", "NaN tracks", "frame-count mismatch",
-                                  "checkpoint not found", "checkpoint not a model", "malformed edit spec"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unreadable video",
+        "missing video",
+        "missing tracks",
+        "malformed tracks",
+        "tracks without coords",
+        "NaN tracks",
+        "frame-count mismatch",
+        "checkpoint not found",
+        "checkpoint not a model",
+        "malformed edit spec",
+    ],
+)
 def test_bad_input_fails_in_one_line_without_output(case, sheep_video, tiny_checkpoint, track_files, tmp_path, capsys):
     cases = _bad_inputs(track_files, sheep_video)
     replace, message = cases[case]
-    good = {"--video": str(sheep_video), "--tracks": str(track_files / "source.npz"),
-            "--target-tracks": str(track_files / "target.npz"), "--checkpoint": str(tiny_checkpoint)}
+    good = {
+        "--video": str(sheep_video),
+        "--tracks": str(track_files / "source.npz"),
+        "--target-tracks": str(track_files / "target.npz"),
+        "--checkpoint": str(tiny_checkpoint),
+    }
     if replace[0] == "--edit":
         del good["--target-tracks"]
     good[replace[0]] = replace[1]
@@ -118,15 +176,26 @@ def test_bad_input_fails_in_one_line_without_output(case, sheep_video, tiny_chec
 
 
 def test_debug_shows_the_traceback(sheep_video, tiny_checkpoint, track_files, tmp_path):
-    args = ["--video", str(sheep_video), "--tracks", str(tmp_path / "missing.npz"), "--target-tracks",
-            str(track_files / "target.npz"), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.mp4")]
+    args = [
+        "--video",
+        str(sheep_video),
+        "--tracks",
+        str(tmp_path / "missing.npz"),
+        "--target-tracks",
+        str(track_files / "target.npz"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "o.mp4"),
+    ]
     with pytest.raises(FileNotFoundError, match="track file not found"):
         main(["edit", "--debug", *args])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failure_after_sampling_leaves_no_file(sheep_video, tiny_checkpoint, track_files, tmp_path, monkeypatch,
-                                                capsys):
+def test_failure_after_sampling_leaves_no_file(
+    sheep_video, tiny_checkpoint, track_files, tmp_path, monkeypatch, capsys
+):
     """An error while writing the second output removes the first one too."""
     import trackedit_jax.media as media
 
@@ -141,7 +210,19 @@ def test_failure_after_sampling_leaves_no_file(sheep_video, tiny_checkpoint, tra
 
     monkeypatch.setattr(media, "write_video", flaky)
     out = tmp_path / "x.mp4"
-    code = _edit(["--video", str(sheep_video), "--tracks", str(track_files / "source.npz"), "--target-tracks",
-                  str(track_files / "target.npz"), "--checkpoint", str(tiny_checkpoint), "--out", str(out)])
+    code = _edit(
+        [
+            "--video",
+            str(sheep_video),
+            "--tracks",
+            str(track_files / "source.npz"),
+            "--target-tracks",
+            str(track_files / "target.npz"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "disk full" in capsys.readouterr().err
     assert written and list(tmp_path.iterdir()) == []

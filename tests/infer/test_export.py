@@ -1,6 +1,7 @@
 """`trackedit export` on a real (tiny) LoRA training run: the exported model reproduces the validation loss
 the run itself logged, the EMA export holds the EMA adapters merged into the rebuilt random base, relative
 --workdir/--out work from any folder, and the command's errors are one line."""
+
 import json
 import os
 
@@ -22,9 +23,15 @@ pytestmark = pytest.mark.xdist_group("train_runs")
 
 STEPS = 3
 RUN = [
-    f"--config.train.num_steps={STEPS}", "--config.train.batch_size=2", f"--config.train.val_every={STEPS}",
-    "--config.train.val_batches=1", "--config.train.warmup_steps=0", "--config.train.lr=1e-2",
-    "--config.train.ema_decay=0.5", "--config.lora.mode=lora", "--config.checkpoint.every_steps=1",
+    f"--config.train.num_steps={STEPS}",
+    "--config.train.batch_size=2",
+    f"--config.train.val_every={STEPS}",
+    "--config.train.val_batches=1",
+    "--config.train.warmup_steps=0",
+    "--config.train.lr=1e-2",
+    "--config.train.ema_decay=0.5",
+    "--config.lora.mode=lora",
+    "--config.checkpoint.every_steps=1",
 ]
 
 
@@ -95,8 +102,9 @@ def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, tmp_
             expect = q_base[layer] + scale * a[layer] @ b[layer]  # (in, out); diffusers stores (out, in)
             np.testing.assert_allclose(reader.get(f"blocks.{layer}.attn1.to_q.weight").T, expect, atol=1e-6, rtol=0)
     pre = load_pretrained(out)
-    np.testing.assert_array_equal(np.asarray(pre.model.conditioner.out.kernel[...]),
-                                  ema["conditioner"]["out"]["kernel"]["value"])
+    np.testing.assert_array_equal(
+        np.asarray(pre.model.conditioner.out.kernel[...]), ema["conditioner"]["out"]["kernel"]["value"]
+    )
     assert pre.config.source["ema"] and pre.config.source["step"] == 2
 
 
@@ -121,8 +129,10 @@ def test_export_errors_are_one_line(lora_run, exported, tmp_path, capsys):
         (["--workdir", str(tmp_path), "--out", str(tmp_path / "b")], "no checkpoints/ folder"),
         (["--workdir", str(lora_run), "--out", str(tmp_path / "c"), "--step", "99"], "no checkpoint for step 99"),
         (["--workdir", str(lora_run), "--out", str(exported)], "exists; pass --overwrite"),
-        (["--workdir", str(lora_run), "--out", str(tmp_path / "d"), "--wan-path", str(tmp_path / "no.safetensors")],
-         "init.wan_path"),
+        (
+            ["--workdir", str(lora_run), "--out", str(tmp_path / "d"), "--wan-path", str(tmp_path / "no.safetensors")],
+            "init.wan_path",
+        ),
         (["--workdir", str(lora_run), "--out", str(tmp_path / "e"), "--tokenizer", "x"], "go together"),
     ]
     for argv, message in cases:
@@ -151,6 +161,10 @@ def test_export_loads_the_frozen_base_from_wan_path(lora_run, tmp_path):
     scale = float(config.lora.alpha) / int(config.lora.rank)
     with open_checkpoint(out / "transformer") as reader:
         for layer in range(up.shape[0]):
-            np.testing.assert_allclose(reader.get(f"blocks.{layer}.ffn.net.0.proj.weight").T,
-                                       up[layer] + scale * a[layer] @ b[layer], atol=1e-6, rtol=0)
+            np.testing.assert_allclose(
+                reader.get(f"blocks.{layer}.ffn.net.0.proj.weight").T,
+                up[layer] + scale * a[layer] @ b[layer],
+                atol=1e-6,
+                rtol=0,
+            )
     assert load_pretrained(out).config.source["step"] == STEPS

@@ -1,5 +1,6 @@
 """EditPipeline: grid fitting against OpenCV, frame padding, track pairing, the sampling loop against a
 plain Python loop (CFG and no-prompt paths), prompt text vs its embedding, and the real sheep video."""
+
 import dataclasses
 
 import jax
@@ -39,8 +40,10 @@ def sheep_scene(sheep_frames):
 # ---------------------------------------------------------------------------------------------- geometry
 
 
-@pytest.mark.parametrize("in_size,out_size,mode", [((406, 724), (32, 32), "crop"), ((406, 724), (64, 96), "stretch"),
-                                                   ((48, 40), (96, 112), "crop")])
+@pytest.mark.parametrize(
+    "in_size,out_size,mode",
+    [((406, 724), (32, 32), "crop"), ((406, 724), (64, 96), "stretch"), ((48, 40), (96, 112), "crop")],
+)
 def test_mapped_intrinsics_follow_the_resized_pixels(in_size, out_size, mode):
     """A blob drawn where a point projects in the input lands, after OpenCV resizing and cropping, where
     the mapped camera projects it (intensity centroid)."""
@@ -60,7 +63,7 @@ def test_mapped_intrinsics_follow_the_resized_pixels(in_size, out_size, mode):
         img = np.repeat(blob[None, ..., None], 3, -1).astype(np.float32)
         out = fit_video(img, fit)[0, ..., 0].astype(np.float64)
         assert out.shape == out_size
-        oy, ox = np.mgrid[0:out_size[0], 0:out_size[1]]
+        oy, ox = np.mgrid[0 : out_size[0], 0 : out_size[1]]
         centroid = np.array([(out * ox).sum(), (out * oy).sum()]) / out.sum()
         expect, _ = project(xyz, mapped)
         np.testing.assert_allclose(centroid, expect[0, 0], atol=0.08)
@@ -131,10 +134,12 @@ def _reference_latents(pipe, inputs, context, *, guidance, num_steps, seed, shif
     model = pipe.model
     video = jnp.asarray(to_model_range(inputs.video))[None]
     z_src = _vae_encode(pipe.vae_graphdef, pipe.vae_state, video)  # the VAE is not under test here
-    cond = prepare_track_condition(inputs.source_tracks, inputs.source_camera, inputs.target_tracks,
-                                   inputs.target_camera)
-    cache = model.encode_source(z_src, cond.source[None], cond.target[None], cond.source_valid[None],
-                                cond.target_valid[None])
+    cond = prepare_track_condition(
+        inputs.source_tracks, inputs.source_camera, inputs.target_tracks, inputs.target_camera
+    )
+    cache = model.encode_source(
+        z_src, cond.source[None], cond.target[None], cond.source_valid[None], cond.target_valid[None]
+    )
     step = nnx.jit(lambda m, x, t, c, cache: m(x, t, c, cache))
     call = lambda x, t, c: step(model, x, t, c, cache)  # noqa: E731
     sched = make_schedule(num_steps, shift=shift, kind="wan")

@@ -1,4 +1,5 @@
 """The pretrained directory: round trips, LoRA merging, PyTorch loadability, atomic writes, clear errors."""
+
 import json
 import os
 import shutil
@@ -27,8 +28,10 @@ def _inputs(config, seed=0, batch=1, f=3, h=4, w=4, n=12):
     C = config.wan.in_dim
     z = jax.random.normal(k[0], (batch, f, h, w, C))
     x = jax.random.normal(k[1], (batch, f, h, w, C))
-    src = jnp.concatenate([jax.random.uniform(k[2], (batch, f, n, 2), minval=-1, maxval=1),
-                           jax.random.uniform(k[3], (batch, f, n, 1))], -1)
+    src = jnp.concatenate(
+        [jax.random.uniform(k[2], (batch, f, n, 2), minval=-1, maxval=1), jax.random.uniform(k[3], (batch, f, n, 1))],
+        -1,
+    )
     tgt = src + 0.1
     valid = jnp.ones((batch, f, n), bool)
     ctx = jax.random.normal(k[4], (batch, config.text_len, config.wan.text_dim))
@@ -88,8 +91,15 @@ def test_lora_is_merged_and_the_backbone_loads_in_diffusers(tmp_path):
     t = jnp.asarray([400.0])
     ours = np.asarray(_dit_jit(loaded.model.dit, x, t, ctx))
     with torch.no_grad():
-        theirs = ref(torch.from_numpy(np.asarray(x).transpose(0, 4, 1, 2, 3).copy()), torch.tensor([400]),
-                     torch.from_numpy(np.array(ctx))).sample.numpy().transpose(0, 2, 3, 4, 1)
+        theirs = (
+            ref(
+                torch.from_numpy(np.asarray(x).transpose(0, 4, 1, 2, 3).copy()),
+                torch.tensor([400]),
+                torch.from_numpy(np.array(ctx)),
+            )
+            .sample.numpy()
+            .transpose(0, 2, 3, 4, 1)
+        )
     np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
     # and the unmerged model's backbone computes the same function
     np.testing.assert_allclose(np.asarray(_dit_jit(model.dit, x, t, ctx)), theirs, atol=2e-5, rtol=0)
@@ -104,8 +114,9 @@ def test_text_encoder_is_written_in_the_transformers_layout(tiny_parts, tiny_che
     mask = (ids > 0) | (np.arange(6) < 4)
     ours = np.asarray(encoder(ids, mask))
     with torch.no_grad():
-        theirs = ref(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                     attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state.numpy()
+        theirs = ref(
+            input_ids=torch.from_numpy(ids.astype(np.int64)), attention_mask=torch.from_numpy(mask.astype(np.int64))
+        ).last_hidden_state.numpy()
     np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
 
 
@@ -142,8 +153,12 @@ def test_missing_pieces_are_named(tiny_checkpoint, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(PretrainedError, match="is a file"):
         load_pretrained(tmp_path / "file")
-    for piece, what in (("conditioner.safetensors", "conditioner"), ("transformer", "Wan backbone"),
-                        ("vae", "VAE"), ("tokenizer", "tokenizer")):
+    for piece, what in (
+        ("conditioner.safetensors", "conditioner"),
+        ("transformer", "Wan backbone"),
+        ("vae", "VAE"),
+        ("tokenizer", "tokenizer"),
+    ):
         copy = tmp_path / f"without_{piece}"
         shutil.copytree(tiny_checkpoint, copy)
         target = copy / piece
@@ -174,8 +189,9 @@ def test_save_is_atomic_and_refuses_to_overwrite(tiny_parts, tiny_checkpoint, tm
     with pytest.raises(FileExistsError):
         save_pretrained(out, config, model, vae)
     assert not (out / "text_encoder").exists()
-    save_pretrained(out, config, model, vae, tiny_checkpoint / "text_encoder", tiny_checkpoint / "tokenizer",
-                    overwrite=True)
+    save_pretrained(
+        out, config, model, vae, tiny_checkpoint / "text_encoder", tiny_checkpoint / "tokenizer", overwrite=True
+    )
     assert (out / "text_encoder").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert load_pretrained(out).text_encoder is not None
     assert oct((out / "conditioner.safetensors").stat().st_mode & 0o777) != "0o600"  # not the temp file mode

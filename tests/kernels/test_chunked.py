@@ -1,4 +1,5 @@
 """The chunked (memory-linear) attention against jax.nn.dot_product_attention."""
+
 from __future__ import annotations
 
 import jax
@@ -53,7 +54,9 @@ def _value_and_grads(fn, q, k, v, w):
 def test_forward_and_gradients_match_fp32(shape):
     b, lq, lk, h, d, bq, bk, masked = shape
     q, k, v, mask, w = _data(0, b, lq, lk, h, d, masked)
-    ours = jax.jit(lambda q, k, v: chunked_attention(q, k, v, None if mask is None else jnp.asarray(mask), block_q=bq, block_kv=bk))
+    ours = jax.jit(
+        lambda q, k, v: chunked_attention(q, k, v, None if mask is None else jnp.asarray(mask), block_q=bq, block_kv=bk)
+    )
     ref = jax.jit(lambda q, k, v: _reference(q, k, v, None if mask is None else jnp.asarray(mask)))
     out, grads = _value_and_grads(ours, q, k, v, w)
     out_ref, grads_ref = _value_and_grads(ref, q, k, v, w)
@@ -69,7 +72,9 @@ def test_forward_and_gradients_match_bf16(shape):
     q, k, v, mask, w = _data(1, b, lq, lk, h, d, masked)
     q16, k16, v16 = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v))
     m = jnp.asarray(mask)
-    out, grads = _value_and_grads(lambda q, k, v: chunked_attention(q, k, v, m, block_q=bq, block_kv=bk), q16, k16, v16, w)
+    out, grads = _value_and_grads(
+        lambda q, k, v: chunked_attention(q, k, v, m, block_q=bq, block_kv=bk), q16, k16, v16, w
+    )
     # reference: the same bf16 inputs, attention computed in float32
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     out_ref, grads_ref = _value_and_grads(lambda q, k, v: _reference(q, k, v, m), f32(q16), f32(k16), f32(v16), w)

@@ -5,6 +5,7 @@ for TPU, including Mosaic's block-shape rules) for the forward AND the backward 
 one forward kernel plus the dK/dV and dQ kernels). The only safety check disabled is the custom-call
 serialisation check for the kernel's custom-call target. Compiling the result needs the real hardware.
 """
+
 import re
 
 import jax
@@ -54,7 +55,9 @@ def test_pallas_gpu_lowers_to_triton(dtype):
 def test_pallas_gpu_without_the_check_disabled_is_refused():
     # Documents why the one check is disabled: Triton custom calls carry no compatibility guarantee.
     with pytest.raises(ValueError, match="custom calls"):
-        jax.export.export(jax.jit(flash_attention_gpu), platforms=["cuda"])(*_shapes(1, 64, 64, 1, 64, jnp.bfloat16)[:3])
+        jax.export.export(jax.jit(flash_attention_gpu), platforms=["cuda"])(
+            *_shapes(1, 64, 64, 1, 64, jnp.bfloat16)[:3]
+        )
 
 
 @pytest.mark.parametrize("head_dim", [128, 64])  # in-place (B, L, H*D) tiles and the transposed layout
@@ -74,6 +77,9 @@ def test_splash_lowers_to_mosaic():
 
 def test_dispatch_lowers_through_attention():
     shapes = _shapes(1, 512, 512, 2, 128, jnp.bfloat16)
-    for impl, platform, target in (("pallas_gpu", "cuda", TRITON_CUSTOM_CALL), ("pallas_tpu", "tpu", MOSAIC_CUSTOM_CALL)):
-        calls = _export(lambda q, k, v, m: attention(q, k, v, mask=m, impl=impl), platform, target, shapes)
+    for impl, platform, target in (
+        ("pallas_gpu", "cuda", TRITON_CUSTOM_CALL),
+        ("pallas_tpu", "tpu", MOSAIC_CUSTOM_CALL),
+    ):
+        calls = _export(lambda q, k, v, m, impl=impl: attention(q, k, v, mask=m, impl=impl), platform, target, shapes)
         assert calls == [target]

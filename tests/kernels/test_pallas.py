@@ -5,6 +5,7 @@ Pallas interpreter is slow; they still cover lengths that are not multiples of t
 several tiles per axis, key-padding masks, both TPU layouts (D = 128 in place, D = 64 transposed), a head
 dim that is not a power of two (GPU pads it) and separately configured backward tiles.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +59,17 @@ def _check_against_reference(fn, q, k, v, mask, cot, dtype):
 def _random_case(seed, head_dims, blocks):
     """A shape drawn at random (seeded, so failures reproduce), lengths from 1 up to a few tiles."""
     rng = np.random.default_rng(seed)
-    return (seed, int(rng.integers(1, 3)), int(rng.integers(1, 200)), int(rng.integers(1, 200)),
-            int(rng.integers(1, 3)), int(rng.choice(head_dims)), jnp.float32, bool(rng.integers(2)), blocks)
+    return (
+        seed,
+        int(rng.integers(1, 3)),
+        int(rng.integers(1, 200)),
+        int(rng.integers(1, 200)),
+        int(rng.integers(1, 3)),
+        int(rng.choice(head_dims)),
+        jnp.float32,
+        bool(rng.integers(2)),
+        blocks,
+    )
 
 
 # (seed, B, L_q, L_kv, H, D, dtype, masked, block sizes)
@@ -112,8 +122,12 @@ def test_dispatch_and_fully_masked_rows(impl):
     def loss(impl):
         return lambda q, k, v: jnp.sum(attention(q, k, v, mask=mask, impl=impl, interpret=True) * cot)
 
-    np.testing.assert_allclose(attention(q, k, v, mask=mask, impl=impl, interpret=True),
-                               attention(q, k, v, mask=mask, impl="xla"), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        attention(q, k, v, mask=mask, impl=impl, interpret=True),
+        attention(q, k, v, mask=mask, impl="xla"),
+        atol=1e-5,
+        rtol=0,
+    )
     for g, r in zip(jax.grad(loss(impl), (0, 1, 2))(q, k, v), jax.grad(loss("xla"), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=0)
 
@@ -146,8 +160,13 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="power of two"):
         flash_attention_gpu(long, long, long, block_sizes=BlockSizes(24, 16), interpret=True)
     with pytest.raises(ValueError, match="multiple of 128"):
-        flash_attention_tpu(jnp.zeros((1, 300, 1, 16)), jnp.zeros((1, 300, 1, 16)), jnp.zeros((1, 300, 1, 16)),
-                            block_sizes=BlockSizes(192, 128), interpret=True)
+        flash_attention_tpu(
+            jnp.zeros((1, 300, 1, 16)),
+            jnp.zeros((1, 300, 1, 16)),
+            jnp.zeros((1, 300, 1, 16)),
+            block_sizes=BlockSizes(192, 128),
+            interpret=True,
+        )
     with pytest.raises(ValueError, match="key-padding mask"):
         attention(q, q, q, mask=jnp.ones((1, 9), bool), impl="pallas_gpu", interpret=True)
     with pytest.raises(ValueError, match="impl must be one of"):

@@ -1,5 +1,6 @@
 """EditByTrack: zero-init track independence, LoRA parameter count and what a LoRA step changes,
 every conditioner variant forward and backward, and the cached source path."""
+
 import itertools
 
 import jax
@@ -19,8 +20,9 @@ B, f, h, w, C, N = 2, 3, 4, 4, 4, 6
 
 
 def _wan(**kw):
-    return WanConfig(dim=D, num_heads=2, num_layers=LAYERS, ffn_dim=FFN, freq_dim=16, in_dim=C, out_dim=C,
-                     text_dim=TEXT, **kw)
+    return WanConfig(
+        dim=D, num_heads=2, num_layers=LAYERS, ffn_dim=FFN, freq_dim=16, in_dim=C, out_dim=C, text_dim=TEXT, **kw
+    )
 
 
 COND = ConditionerConfig(dim=16, heads=2, temporal_layers=1, num_freqs=4)
@@ -30,8 +32,9 @@ def _inputs(seed=0):
     r = np.random.default_rng(seed)
     z_src = jnp.asarray(r.normal(size=(B, f, h, w, C)), jnp.float32)
     x_t = jnp.asarray(r.normal(size=(B, f, h, w, C)), jnp.float32)
-    xyz = lambda: jnp.asarray(np.concatenate([r.uniform(-1, 1, (B, f, N, 2)), r.uniform(0, 1, (B, f, N, 1))], -1),
-                              jnp.float32)  # noqa: E731
+    xyz = lambda: jnp.asarray(
+        np.concatenate([r.uniform(-1, 1, (B, f, N, 2)), r.uniform(0, 1, (B, f, N, 1))], -1), jnp.float32
+    )  # noqa: E731
     src, tgt = xyz(), xyz()
     valid = jnp.asarray(r.uniform(size=(B, f, N)) > 0.2)
     ctx = jnp.asarray(r.normal(size=(B, 5, TEXT)), jnp.float32)
@@ -80,9 +83,13 @@ def test_a_lora_step_changes_only_lora_and_conditioner(lora_model):
         return optax.apply_updates(params, updates)
 
     new = step(params, frozen)
-    moved = {jax.tree_util.keystr(p) for (p, a), (_, b) in zip(
-        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_flatten_with_path(new)[0])
-        if not np.array_equal(a, b)}
+    moved = {
+        jax.tree_util.keystr(p)
+        for (p, a), (_, b) in zip(
+            jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_flatten_with_path(new)[0]
+        )
+        if not np.array_equal(a, b)
+    }
     assert any("lora_b" in k for k in moved) and any("conditioner" in k for k in moved)
     assert all("lora" in k or "conditioner" in k for k in moved), moved
     # the frozen base is a separate state the step never returns: it cannot change
@@ -99,8 +106,11 @@ VARIANTS = [
 CASES = [(c, "sequential") for c in VARIANTS] + [(VARIANTS[0], "shared")]
 
 
-@pytest.mark.parametrize("cond, rope_mode", CASES,
-                         ids=lambda x: x if isinstance(x, str) else f"{x.track_dims}d-{x.sampling}-z{int(x.z_embedding)}")
+@pytest.mark.parametrize(
+    "cond, rope_mode",
+    CASES,
+    ids=lambda x: x if isinstance(x, str) else f"{x.track_dims}d-{x.sampling}-z{int(x.z_embedding)}",
+)
 def test_every_variant_runs_forward_and_backward(cond, rope_mode):
     model = EditByTrack(_wan(), cond, rope_mode=rope_mode, rngs=nnx.Rngs(1))
     x_t, t, ctx, z_src, src, tgt, valid = _inputs(2)
@@ -119,8 +129,9 @@ def test_every_variant_runs_forward_and_backward(cond, rope_mode):
 def test_cached_source_path_equals_forward(lora_model):
     x_t, t, ctx, z_src, src, tgt, valid = _inputs(3)
     cache = lora_model.encode_source(z_src, src, tgt, valid, valid)
-    np.testing.assert_array_equal(lora_model(x_t, t, ctx, cache),
-                                  lora_model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid))
+    np.testing.assert_array_equal(
+        lora_model(x_t, t, ctx, cache), lora_model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid)
+    )
 
 
 def test_bad_latent_shapes(lora_model):

@@ -1,5 +1,6 @@
 """The hand-written backward passes of the float32 norms, broadcast products, dense layer and GELU equal
 plain autodiff (and torch's GELU gradient)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,13 +53,19 @@ def test_norm_gradients_equal_autodiff(shape):
     scale, bias = (jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32) for _ in range(2))
     _close(layer_norm(x, 1e-6), _plain_layer_norm(x, 1e-6), 1e-6)
     _close(_grads(lambda x: layer_norm(x, 1e-6), x), _grads(lambda x: _plain_layer_norm(x, 1e-6), x))
-    _close(_grads(lambda x, s, b: layer_norm(x, 1e-3, s, b), x, scale, bias),
-           _grads(lambda x, s, b: _plain_layer_norm(x, 1e-3, s, b), x, scale, bias))
-    _close(_grads(lambda x, s: rms_norm(x, 1e-5, s), x, scale), _grads(lambda x, s: _plain_rms_norm(x, 1e-5, s), x, scale))
+    _close(
+        _grads(lambda x, s, b: layer_norm(x, 1e-3, s, b), x, scale, bias),
+        _grads(lambda x, s, b: _plain_layer_norm(x, 1e-3, s, b), x, scale, bias),
+    )
+    _close(
+        _grads(lambda x, s: rms_norm(x, 1e-5, s), x, scale), _grads(lambda x, s: _plain_rms_norm(x, 1e-5, s), x, scale)
+    )
 
 
-@pytest.mark.parametrize("x_shape, s_shape", [((1, 9, 6), (1, 1, 6)), ((2, 9, 6), (2, 1, 6)), ((2, 9, 6), (6,)),
-                                              ((2, 9, 6), (2, 9, 1)), ((4, 6), (1, 6))])
+@pytest.mark.parametrize(
+    "x_shape, s_shape",
+    [((1, 9, 6), (1, 1, 6)), ((2, 9, 6), (2, 1, 6)), ((2, 9, 6), (6,)), ((2, 9, 6), (2, 9, 1)), ((4, 6), (1, 6))],
+)
 def test_mul_broadcast_gradients_equal_autodiff(x_shape, s_shape):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
@@ -72,7 +79,9 @@ def test_gelu_tanh_gradient_equals_autodiff_and_torch(dtype, tol):
     torch = pytest.importorskip("torch")
     # wide range: the tails, where tanh saturates and the x^3 term dominates, are where a wrong
     # derivative shows
-    x32 = np.concatenate([np.linspace(-9, 9, 301), np.random.default_rng(2).standard_normal(211) * 2]).astype(np.float32)
+    x32 = np.concatenate([np.linspace(-9, 9, 301), np.random.default_rng(2).standard_normal(211) * 2]).astype(
+        np.float32
+    )
     x = jnp.asarray(x32, dtype)
     np.testing.assert_array_equal(gelu_tanh(x), jax.nn.gelu(x, approximate=True))
     ours = _grads(gelu_tanh, x)
@@ -116,7 +125,11 @@ def test_dense_gradients_equal_autodiff(dtype, tol, n_out):
     def one_xt_plain(x, *ks):
         return sum(jnp.sum(jnp.sin(plain(x, k))) for k in ks)
 
-    _close(jax.grad(one_xt, argnums=(0, 1, 2, 3))(x, *kernels), jax.grad(one_xt_plain, argnums=(0, 1, 2, 3))(x, *kernels), tol)
+    _close(
+        jax.grad(one_xt, argnums=(0, 1, 2, 3))(x, *kernels),
+        jax.grad(one_xt_plain, argnums=(0, 1, 2, 3))(x, *kernels),
+        tol,
+    )
     res = _residuals(one_xt, x, *kernels)
     assert sum("transpose" in r for r in res) == 1, res
     # frozen kernels (LoRA): only x is differentiated and no transposed input is kept

@@ -1,4 +1,5 @@
 """LoRA on the stacked DiT blocks: parameter counts, zero-init identity, merging, what trains."""
+
 from __future__ import annotations
 
 import jax
@@ -55,9 +56,11 @@ def test_lora_parameter_count_is_exact(rank):
     per_block = 8 * rank * (D + D) + 2 * rank * (D + F)
     assert count_trainable(model, "lora") == LAYERS * per_block
     assert count_params(model, nnx.LoRAParam) == LAYERS * per_block
-    assert count_trainable(model, "full") == count_params(model) == count_params(
-        nnx.eval_shape(lambda: WanDiT(_config(), rngs=nnx.Rngs(0)))
-    ) + LAYERS * per_block
+    assert (
+        count_trainable(model, "full")
+        == count_params(model)
+        == count_params(nnx.eval_shape(lambda: WanDiT(_config(), rngs=nnx.Rngs(0)))) + LAYERS * per_block
+    )
     assert len(lora_layers(model)) == 10  # 10 stacked LoRALinear modules, each (LAYERS, ...)
     assert model.blocks.self_attn.q.lora_a.shape == (LAYERS, D, rank)
     assert model.blocks.ffn.down.lora_b.shape == (LAYERS, rank, D)
@@ -78,10 +81,17 @@ def test_merge_lora_keeps_the_function(base_and_lora):
     assert np.abs(before - np.asarray(_forward(base, *_inputs()))).max() > 1e-3  # the adapters act
     # independent merge: kernel + (alpha / r) * A @ B in numpy, written into the base model
     expected = nnx.clone(base)
-    for (path, layer), (_, target) in zip(lora_layers(lora), sorted(
-        ((p, m) for p, m in nnx.iter_graph(expected) if isinstance(m, LoRALinear) and p[-1] in ("q", "k", "v", "o", "up", "down")),
-        key=lambda pm: pm[0],
-    )):
+    for (_path, layer), (_, target) in zip(
+        lora_layers(lora),
+        sorted(
+            (
+                (p, m)
+                for p, m in nnx.iter_graph(expected)
+                if isinstance(m, LoRALinear) and p[-1] in ("q", "k", "v", "o", "up", "down")
+            ),
+            key=lambda pm: pm[0],
+        ),
+    ):
         a, b = np.asarray(layer.lora_a[...], np.float64), np.asarray(layer.lora_b[...], np.float64)
         target.kernel[...] = jnp.asarray(np.asarray(layer.kernel[...], np.float64) + 2.0 * a @ b, jnp.float32)
     merge_lora(lora)
@@ -113,7 +123,11 @@ def test_optimizer_updates_only_the_selected_parameters(base_and_lora):
     # step 1 moves every B (A gets zero gradient while B = 0) and the head; nothing else moves
     lora_moved = {p for p in with_head if p[0] != "head"}
     assert lora_moved == {path + ("lora_b",) for path, _ in lora_layers(lora)}
-    assert {p for p in with_head if p[0] == "head"} == {("head", "linear", "kernel"), ("head", "linear", "bias"), ("head", "modulation")}
+    assert {p for p in with_head if p[0] == "head"} == {
+        ("head", "linear", "kernel"),
+        ("head", "linear", "bias"),
+        ("head", "modulation"),
+    }
     full = changed_paths("full")
     assert ("blocks", "self_attn", "q", "kernel") in full and ("patch_embedding", "kernel") in full
     with pytest.raises(ValueError, match="mode must be one of"):

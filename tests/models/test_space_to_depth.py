@@ -1,4 +1,5 @@
 """The space-to-depth autoencoder: exact inverse, layout, Wan frame grouping, and the inference directory."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest

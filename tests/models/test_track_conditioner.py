@@ -1,4 +1,5 @@
 """Track conditioner: permutation/padding invariance, zero init, source/target separation, variants."""
+
 import itertools
 
 import jax
@@ -53,7 +54,9 @@ def test_permutation_and_padding_invariance(cfg):
     # append 5 padded tracks with arbitrary positions, masked out
     pad = _inputs(seed=9, n=5)
     cat = lambda a, b: jnp.concatenate([a, b], axis=2)
-    qs, qt = _apply(m, nu, cat(src, pad[1]), cat(tgt, pad[2]), cat(sv, jnp.zeros_like(pad[3])), cat(tv, jnp.zeros_like(pad[4])))
+    qs, qt = _apply(
+        m, nu, cat(src, pad[1]), cat(tgt, pad[2]), cat(sv, jnp.zeros_like(pad[3])), cat(tv, jnp.zeros_like(pad[4]))
+    )
     np.testing.assert_allclose(qs, ts, atol=1e-5)
     np.testing.assert_allclose(qt, tt, atol=1e-5)
     assert float(jnp.abs(ts).max()) > 1e-3  # the check is not vacuous
@@ -88,8 +91,18 @@ def test_cell_far_from_tracks_can_receive_nothing():
 def test_fourier_features_values():
     p = jnp.asarray([[0.25, -0.5]])
     f = fourier_features(p, 2)
-    expect = [0.25, np.sin(np.pi * 0.25), np.sin(2 * np.pi * 0.25), np.cos(np.pi * 0.25), np.cos(2 * np.pi * 0.25),
-              -0.5, np.sin(-np.pi * 0.5), np.sin(-np.pi), np.cos(-np.pi * 0.5), np.cos(-np.pi)]
+    expect = [
+        0.25,
+        np.sin(np.pi * 0.25),
+        np.sin(2 * np.pi * 0.25),
+        np.cos(np.pi * 0.25),
+        np.cos(2 * np.pi * 0.25),
+        -0.5,
+        np.sin(-np.pi * 0.5),
+        np.sin(-np.pi),
+        np.cos(-np.pi * 0.5),
+        np.cos(-np.pi),
+    ]
     np.testing.assert_allclose(f[0], expect, atol=1e-6)
 
 

@@ -1,5 +1,6 @@
 """UMT5 encoder and prompt tokenisation against transformers' `UMT5EncoderModel` / T5 tokenizer and the
 diffusers Wan pipeline's own `_get_t5_prompt_embeds` (random tiny weights, a tokenizer trained here)."""
+
 import os
 import types
 
@@ -42,8 +43,16 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("umt5")
     (root / "corpus.txt").write_text("\n".join(CORPUS * 20), encoding="utf-8")
     spm.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"), model_prefix=str(root / "spiece"), vocab_size=60, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
+        input=str(root / "corpus.txt"),
+        model_prefix=str(root / "spiece"),
+        vocab_size=60,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
     )
     tok_dir = root / "tokenizer"
     tok_dir.mkdir()
@@ -52,9 +61,17 @@ def assets(tmp_path_factory):
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
     hf_tok.save_pretrained(str(root / "hf_tokenizer"))  # writes tokenizer.json
     torch.manual_seed(0)
-    cfg = transformers.UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                                  relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                                  dropout_rate=0.0)
+    cfg = transformers.UMT5Config(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        dropout_rate=0.0,
+    )
     ref = transformers.UMT5EncoderModel(cfg).eval()
     with torch.no_grad():  # non-trivial norm scales
         for name, p in ref.named_parameters():
@@ -68,9 +85,16 @@ def test_relative_position_buckets_match_transformers():
     from transformers.models.umt5.modeling_umt5 import UMT5Attention
 
     for buckets, max_distance in [(32, 128), (32, 20), (16, 64)]:
-        cfg = transformers.UMT5Config(vocab_size=8, d_model=8, d_kv=2, num_heads=4, d_ff=8, num_layers=1,
-                                      relative_attention_num_buckets=buckets,
-                                      relative_attention_max_distance=max_distance)
+        cfg = transformers.UMT5Config(
+            vocab_size=8,
+            d_model=8,
+            d_kv=2,
+            num_heads=4,
+            d_ff=8,
+            num_layers=1,
+            relative_attention_num_buckets=buckets,
+            relative_attention_max_distance=max_distance,
+        )
         attn = UMT5Attention(cfg, has_relative_attention_bias=True)
         L = 300  # past max_distance: covers the exact, logarithmic and clipped buckets
         rel = torch.arange(L)[None, :] - torch.arange(L)[:, None]
@@ -103,10 +127,19 @@ def test_encoder_matches_transformers_with_padding(assets):
 
 
 def test_tokenizer_matches_transformers_and_both_file_formats_agree(assets):
-    hf = assets.hf_tok(PROMPTS, padding="max_length", max_length=512, truncation=True, add_special_tokens=True,
-                       return_attention_mask=True)
-    for path in (assets.root / "spiece.model", assets.root / "hf_tokenizer" / "tokenizer.json",
-                 assets.root / "hf_tokenizer"):
+    hf = assets.hf_tok(
+        PROMPTS,
+        padding="max_length",
+        max_length=512,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+    )
+    for path in (
+        assets.root / "spiece.model",
+        assets.root / "hf_tokenizer" / "tokenizer.json",
+        assets.root / "hf_tokenizer",
+    ):
         tok = load_tokenizer(path)
         assert isinstance(tok, PromptTokenizer) and tok.text_len == 512
         ids, mask = tok(PROMPTS)
@@ -127,8 +160,9 @@ def test_encode_prompts_matches_the_wan_pipeline(assets):
     from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 
     # Call the pipeline's own embedding code with our tiny tokenizer and encoder.
-    fake_pipe = types.SimpleNamespace(tokenizer=assets.hf_tok, text_encoder=assets.ref,
-                                      _execution_device=torch.device("cpu"))
+    fake_pipe = types.SimpleNamespace(
+        tokenizer=assets.hf_tok, text_encoder=assets.ref, _execution_device=torch.device("cpu")
+    )
     with torch.no_grad():
         ref = WanPipeline._get_t5_prompt_embeds(fake_pipe, prompt=PROMPTS, max_sequence_length=512).numpy()
     tok = load_tokenizer(assets.root / "spiece.model")

@@ -1,5 +1,6 @@
 """WanDiT behaviour: stages against diffusers pieces, staged composition, input validation, remat
 policies, scan compile time, configs."""
+
 from __future__ import annotations
 
 import time
@@ -109,12 +110,24 @@ def test_patchify_unpatchify_shapes(model):
     "args, match",
     [
         ((np.zeros((2, 3, 4, 6)), np.zeros(2), np.zeros((2, 5, 16))), r"x must be latents of shape \(B, F, H, W, 4\)"),
-        ((np.zeros((2, 3, 4, 6, 5)), np.zeros(2), np.zeros((2, 5, 16))), r"x must be latents of shape \(B, F, H, W, 4\)"),
-        ((np.zeros((2, 3, 5, 6, 4)), np.zeros(2), np.zeros((2, 5, 16))), r"x \(B, F, H, W, C\) needs F, H, W divisible by patch_size"),
+        (
+            (np.zeros((2, 3, 4, 6, 5)), np.zeros(2), np.zeros((2, 5, 16))),
+            r"x must be latents of shape \(B, F, H, W, 4\)",
+        ),
+        (
+            (np.zeros((2, 3, 5, 6, 4)), np.zeros(2), np.zeros((2, 5, 16))),
+            r"x \(B, F, H, W, C\) needs F, H, W divisible by patch_size",
+        ),
         ((np.zeros((2, 3, 4, 6, 4)), np.zeros(3), np.zeros((2, 5, 16))), r"t must have shape \(B,\) = \(2,\)"),
         ((np.zeros((2, 3, 4, 6, 4)), np.zeros((2, 1)), np.zeros((2, 5, 16))), r"t must have shape \(B,\) = \(2,\)"),
-        ((np.zeros((2, 3, 4, 6, 4)), np.zeros(2), np.zeros((1, 5, 16))), r"context must have shape \(B, L_text, text_dim\) = \(2, L_text, 16\)"),
-        ((np.zeros((2, 3, 4, 6, 4)), np.zeros(2), np.zeros((2, 5, 8))), r"context must have shape \(B, L_text, text_dim\) = \(2, L_text, 16\)"),
+        (
+            (np.zeros((2, 3, 4, 6, 4)), np.zeros(2), np.zeros((1, 5, 16))),
+            r"context must have shape \(B, L_text, text_dim\) = \(2, L_text, 16\)",
+        ),
+        (
+            (np.zeros((2, 3, 4, 6, 4)), np.zeros(2), np.zeros((2, 5, 8))),
+            r"context must have shape \(B, L_text, text_dim\) = \(2, L_text, 16\)",
+        ),
         ((np.zeros((2, 3, 4, 6, 4)), np.array([1.0, np.nan]), np.zeros((2, 5, 16))), r"t \(B,\) must be finite"),
     ],
 )
@@ -186,10 +199,12 @@ def test_compile_time_does_not_grow_with_depth():
     """Blocks are scanned, so 30 layers compile (forward + backward) in about the time of 2. On a busy
     shared machine one noisy measurement is re-taken once before failing."""
     two, thirty = [], []
-    for attempt in range(2):
+    for _attempt in range(2):
         two.append(_compile_seconds(2))
         thirty.append(_compile_seconds(30))
-        print(f"compile fwd+bwd: 2 layers {two[-1]:.2f} s, 30 layers {thirty[-1]:.2f} s, ratio {thirty[-1] / two[-1]:.2f}")
+        print(
+            f"compile fwd+bwd: 2 layers {two[-1]:.2f} s, 30 layers {thirty[-1]:.2f} s, ratio {thirty[-1] / two[-1]:.2f}"
+        )
         if min(thirty) <= 1.5 * min(two):
             break
     assert min(thirty) <= 1.5 * min(two)
@@ -200,8 +215,19 @@ def test_configs_and_json_formats():
     assert (c13.dim, c13.num_heads, c13.num_layers, c13.ffn_dim, c13.head_dim) == (1536, 12, 30, 8960, 128)
     c14 = wan_config.wan_14b()
     assert (c14.dim, c14.num_heads, c14.num_layers, c14.ffn_dim) == (5120, 40, 40, 13824)
-    official = {"_class_name": "WanModel", "dim": 1536, "eps": 1e-06, "ffn_dim": 8960, "freq_dim": 256, "in_dim": 16,
-                "model_type": "t2v", "num_heads": 12, "num_layers": 30, "out_dim": 16, "text_len": 512}
+    official = {
+        "_class_name": "WanModel",
+        "dim": 1536,
+        "eps": 1e-06,
+        "ffn_dim": 8960,
+        "freq_dim": 256,
+        "in_dim": 16,
+        "model_type": "t2v",
+        "num_heads": 12,
+        "num_layers": 30,
+        "out_dim": 16,
+        "text_len": 512,
+    }
     assert WanConfig.from_json(official) == c13
     assert WanConfig.from_json(c13.to_diffusers_json()) == c13
     assert WanConfig.from_official_json(c14.to_official_json()) == c14

@@ -1,5 +1,6 @@
 """Wan 2.1 VAE: parity with diffusers `AutoencoderKLWan` (random weights, tiny config, both key layouts),
 chunked == whole-sequence, tiling parity, frame-count rules, latent statistics, and the real sheep video."""
+
 import inspect
 
 import jax.numpy as jnp
@@ -102,8 +103,9 @@ def test_tiled_encode_decode_match_diffusers_tiling(reference):
     # 1 latent column when encoding and 8 px when decoding. Batch 2, one frame: the full tiles have
     # the shapes the parity test already compiled.
     spec = TileSpec(min_height=16, min_width=24, stride_height=16, stride_width=16)
-    ref.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=24,
-                      tile_sample_stride_height=16, tile_sample_stride_width=16)
+    ref.enable_tiling(
+        tile_sample_min_height=16, tile_sample_min_width=24, tile_sample_stride_height=16, tile_sample_stride_width=16
+    )
     try:
         video = np.random.default_rng(4).uniform(-1, 1, (2, 1, 16, 40, 3)).astype(np.float32)
         with torch.no_grad():

@@ -4,6 +4,7 @@ Every sharded result is compared with the unsharded dense reference `attention(i
 with no mesh: forward values and the gradients of a random projection of the output w.r.t. q, k, v.
 The compiled HLO shows which collectives each path uses.
 """
+
 import re
 
 import jax

@@ -1,11 +1,13 @@
 """Mesh construction, parameter shardings from NNX partitioning metadata and activation constraints
 on 8 simulated CPU devices. Layouts are checked on the real arrays (shapes of the addressable shards)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from trackedit_jax.parallel import (
     describe_shardings,
@@ -16,7 +18,6 @@ from trackedit_jax.parallel import (
     state_shardings,
 )
 from trackedit_jax.parallel.rules import MESH_AXES, activation_spec
-
 
 # ---------------------------------------------------------------------------------------------------
 # resolve_mesh_shape / make_mesh

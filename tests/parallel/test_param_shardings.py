@@ -9,6 +9,7 @@ or to the fitting rule shows up here as a readable diff. After an intended chang
 
 and review the JSON diff.
 """
+
 import json
 import os
 import pathlib

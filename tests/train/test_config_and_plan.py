@@ -1,4 +1,5 @@
 """Configuration errors name their field before anything compiles; the paper-size step compiles AOT."""
+
 import subprocess
 import sys
 
@@ -37,8 +38,10 @@ def test_bad_config_names_the_field(overrides, devices, field):
 
 def test_stage2_needs_init_from():
     with pytest.raises(ConfigError, match="init_from"):
-        validate_config(load_config("wan1_3b_stage2", ["--config.init.allow_random_base=true",
-                                                       "--config.data.synthetic_pairs=1"]), num_devices=1)
+        validate_config(
+            load_config("wan1_3b_stage2", ["--config.init.allow_random_base=true", "--config.data.synthetic_pairs=1"]),
+            num_devices=1,
+        )
 
 
 def test_overrides_are_typed_and_checked():
@@ -54,7 +57,11 @@ def test_paper_setting_compiles_ahead_of_time_on_16_devices(tmp_path):
     """Wan 1.3B + LoRA 64, 81 frames at 384x672 (2 x 21 x 24 x 42 tokens), abstract weights, 16 devices."""
     proc = subprocess.run(
         [sys.executable, "-m", "trackedit_jax.cli", "plan", "--config", "wan1_3b_stage1", "--simulate-devices", "16"],
-        env=env_for(1, str(tmp_path / "cache")), capture_output=True, text=True, timeout=1200, cwd=REPO,
+        env=env_for(1, str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split("  ", 1) for line in proc.stdout.splitlines() if "  " in line)

@@ -1,4 +1,5 @@
 """The training step in-process: gradient accumulation is the same step, EMA follows its formula."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,22 +24,36 @@ def _batch(seed=0):
     return {
         "source_latents": r.normal(size=(B, f, h, w, 16)).astype(np.float32),
         "target_latents": r.normal(size=(B, f, h, w, 16)).astype(np.float32),
-        "source_xyz": xyz, "target_xyz": xyz + 0.1, "point_mask": np.ones((B, N), bool),
-        "source_intrinsics": K, "target_intrinsics": K, "source_extrinsics": E, "target_extrinsics": E,
+        "source_xyz": xyz,
+        "target_xyz": xyz + 0.1,
+        "point_mask": np.ones((B, N), bool),
+        "source_intrinsics": K,
+        "target_intrinsics": K,
+        "source_extrinsics": E,
+        "target_extrinsics": E,
     }
 
 
 def _step(accum: int, ema: float = 0.0):
-    config = load_config("tiny_cpu", [f"--config.train.grad_accum={accum}", f"--config.train.batch_size={B}",
-                                      f"--config.train.ema_decay={ema}", "--config.data.num_frames=5",
-                                      f"--config.data.height={H}", f"--config.data.width={W}",
-                                      "--config.train.warmup_steps=1"])
+    config = load_config(
+        "tiny_cpu",
+        [
+            f"--config.train.grad_accum={accum}",
+            f"--config.train.batch_size={B}",
+            f"--config.train.ema_decay={ema}",
+            "--config.data.num_frames=5",
+            f"--config.data.height={H}",
+            f"--config.data.width={W}",
+            "--config.train.warmup_steps=1",
+        ],
+    )
     setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
     params, frozen = setup.init_params()
     vae_graphdef, vae_state = nnx.split(build.build_vae(config))
     state = init_train_state(params, setup.tx, 0, setup.use_ema)
-    step = jax.jit(make_train_step(setup.graphdef, vae_graphdef, setup.tx, setup.schedule, config, (H, W),
-                                   setup.trainable))
+    step = jax.jit(
+        make_train_step(setup.graphdef, vae_graphdef, setup.tx, setup.schedule, config, (H, W), setup.trainable)
+    )
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
     state = step(state, frozen, vae_state, batch)[0]  # step 0 has learning rate 0 (warm-up)
     return state, step(state, frozen, vae_state, batch)

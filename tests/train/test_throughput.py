@@ -1,4 +1,5 @@
 """Step timing over synchronised windows, and MFU against a peak measured on this machine."""
+
 import time
 
 import jax
@@ -55,5 +56,5 @@ def test_mfu_of_a_known_flop_count_is_at_most_one():
     jax.block_until_ready(step(x, w))
     peak = measure_peak_flops(jnp.float32)
     per_step, _, _ = _timed_steps(step, x, w, steps)
-    mfu = 2.0 * n ** 3 * k / per_step / peak
+    mfu = 2.0 * n**3 * k / per_step / peak
     assert 0.05 < mfu <= 1.0 + 0.1  # matmul-bound work reaches the probe's rate at most (10% timing noise)

@@ -4,6 +4,7 @@ the same run on 1 device / 8 devices / 2 processes x 4 devices, and restoring on
 Every run is a real `trackedit train` subprocess on a tiny config; one reference run (1 device,
 20 steps) is shared by the tests. Runs share a persistent compilation cache.
 """
+
 import shutil
 import signal
 
@@ -112,8 +113,14 @@ def test_sigterm_checkpoint_then_sigkill_then_resume_is_exact(reference, tmp_pat
 def eight_devices(tmp_path_factory, data_dir, cache_dir):
     wd = tmp_path_factory.mktemp("mesh8")
     # the same 20-step schedule as the reference, stopped after 8 steps
-    run(train_cmd(wd, data_dir, [f"--config.train.num_steps={STEPS}", "--max-steps=8", "--config.mesh.data=2",
-                                 "--config.mesh.fsdp=4"]), env_for(8, cache_dir))
+    run(
+        train_cmd(
+            wd,
+            data_dir,
+            [f"--config.train.num_steps={STEPS}", "--max-steps=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"],
+        ),
+        env_for(8, cache_dir),
+    )
     return wd
 
 
@@ -123,10 +130,24 @@ def test_one_device_eight_devices_and_two_processes_agree(reference, eight_devic
     from train_runs import REPO
 
     two_proc = tmp_path / "two_proc"
-    launcher = [sys.executable, str(REPO / "launch" / "local_multiprocess.py"), "--processes", "2",
-                "--devices-per-process", "4", "--"]
-    run(launcher + train_cmd(two_proc, data_dir, [f"--config.train.num_steps={STEPS}", "--max-steps=8",
-                                                  "--config.mesh.data=2", "--config.mesh.fsdp=4"]), env_for(4, cache_dir))
+    launcher = [
+        sys.executable,
+        str(REPO / "launch" / "local_multiprocess.py"),
+        "--processes",
+        "2",
+        "--devices-per-process",
+        "4",
+        "--",
+    ]
+    run(
+        launcher
+        + train_cmd(
+            two_proc,
+            data_dir,
+            [f"--config.train.num_steps={STEPS}", "--max-steps=8", "--config.mesh.data=2", "--config.mesh.fsdp=4"],
+        ),
+        env_for(4, cache_dir),
+    )
     m_ref = metrics(reference)
     for wd in (eight_devices, two_proc):
         m = metrics(wd)
@@ -154,14 +175,30 @@ def test_demo_config_reruns_bit_for_bit_with_honest_step_metrics(tmp_path, data_
     from train_runs import SMALL
 
     small_model = [
-        "--config.model.wan.dim=64", "--config.model.wan.num_heads=2", "--config.model.wan.num_layers=2",
-        "--config.model.wan.ffn_dim=128", "--config.model.conditioner.dim=32", "--config.model.conditioner.heads=2",
+        "--config.model.wan.dim=64",
+        "--config.model.wan.num_heads=2",
+        "--config.model.wan.num_layers=2",
+        "--config.model.wan.ffn_dim=128",
+        "--config.model.conditioner.dim=32",
+        "--config.model.conditioner.heads=2",
         "--config.train.num_steps=4",
     ]
 
     def cmd(wd):
-        return [sys.executable, "-m", "trackedit_jax.cli", "train", "--config", "demo_cpu", "--workdir", str(wd),
-                f"--config.data.train_path={data_dir}", f"--config.data.val_path={data_dir}", *SMALL, *small_model]
+        return [
+            sys.executable,
+            "-m",
+            "trackedit_jax.cli",
+            "train",
+            "--config",
+            "demo_cpu",
+            "--workdir",
+            str(wd),
+            f"--config.data.train_path={data_dir}",
+            f"--config.data.val_path={data_dir}",
+            *SMALL,
+            *small_model,
+        ]
 
     runs = [tmp_path / "a", tmp_path / "b"]
     for wd in runs:

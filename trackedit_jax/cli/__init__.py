@@ -6,6 +6,7 @@ parsing, so paths are resolved once, here at the edge (orbax, for one, refuses r
 parses, calls one library function and reports. Errors a user can fix (bad input, missing files) are
 printed as one line and exit with code 2; `--debug` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """`trackedit convert --trust-pickle IN.pth OUT.safetensors`: PyTorch pickle checkpoint -> safetensors."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="confirm you trust INPUT: unpickling can run arbitrary code hidden in the file",
     )
     parser.add_argument(
-        "--max-shard-gb", type=float, default=0.0,
+        "--max-shard-gb",
+        type=float,
+        default=0.0,
         help="split the output into shards of at most this many GB plus an index.json (default: one file)",
     )
 

@@ -1,4 +1,5 @@
 """`trackedit demo`: the built-in model on a held-out scene: camera arc + an object moved behind another."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,11 @@ PATH_ARGS = ("out", "checkpoint")  # made absolute by cli.main
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="inference directory written by `trackedit export` (default: the built-in model)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="inference directory written by `trackedit export` (default: the built-in model)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
 

@@ -4,6 +4,7 @@ Writes OUT (the edited video), OUT_side_by_side.<ext> (source | source tracks | 
 result | result) and OUT.json (every setting, versions, timings). All three are written to a temporary
 folder beside OUT and moved into place at the end: an error leaves no output file behind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,25 +26,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-tracks", help="target track file (.npz), e.g. from `trackedit edit-tracks`")
     target.add_argument("--edit", help="edit spec (.yaml/.json) applied to the source tracks")
-    parser.add_argument("--checkpoint", default=None,
-                        help="inference directory written by `trackedit export` (default: the built-in model)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="inference directory written by `trackedit export` (default: the built-in model)",
+    )
     parser.add_argument("--out", required=True, help="output video (.mp4/.mov/.mkv/.webm/.gif)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     parser.add_argument("--guidance", type=float, default=5.0, help="text CFG scale (used with a prompt; default 5)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--prompt", default="", help="text prompt (needs a text encoder in the checkpoint)")
-    parser.add_argument("--prompt-embedding", default=None,
-                        help="precomputed prompt embedding: a .safetensors of `trackedit encode-text` (or .npy (L, D))")
+    parser.add_argument(
+        "--prompt-embedding",
+        default=None,
+        help="precomputed prompt embedding: a .safetensors of `trackedit encode-text` (or .npy (L, D))",
+    )
     parser.add_argument("--prompt-index", type=int, default=0, help="which row of --prompt-embedding (default 0)")
     parser.add_argument("--solver", choices=("unipc", "euler"), default="unipc")
     parser.add_argument("--shift", type=float, default=None, help="timestep shift (default: the checkpoint's)")
-    parser.add_argument("--max-frames", type=int, default=None,
-                        help="use the first N frames (default: the model's training clip length)")
-    parser.add_argument("--resize", choices=("crop", "stretch"), default="crop",
-                        help="onto the model grid: keep aspect + centre crop (default) or stretch")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="use the first N frames (default: the model's training clip length)",
+    )
+    parser.add_argument(
+        "--resize",
+        choices=("crop", "stretch"),
+        default="crop",
+        help="onto the model grid: keep aspect + centre crop (default) or stretch",
+    )
     parser.add_argument("--max-tracks", type=int, default=None, help="at most N tracks (default: the model's)")
-    parser.add_argument("--output-size", choices=("model", "input"), default="model",
-                        help="the edited video on the model grid (default) or resized back to the input's scale")
+    parser.add_argument(
+        "--output-size",
+        choices=("model", "input"),
+        default="model",
+        help="the edited video on the model grid (default) or resized back to the input's scale",
+    )
     parser.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -61,9 +80,15 @@ def _versions() -> dict:
 
     from trackedit_jax import __version__
 
-    return {"trackedit_jax": __version__, "jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()][:8]}
+    return {
+        "trackedit_jax": __version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()][:8],
+    }
 
 
 def _load_prompt_embedding(path: str, index: int):
@@ -89,7 +114,6 @@ def _load_prompt_embedding(path: str, index: int):
 
 
 def _edit(args) -> int:
-    import numpy as np
 
     from trackedit_jax.geometry.io import load_track_file
     from trackedit_jax.geometry.validation import check_frame_counts, validate_inputs
@@ -115,8 +139,10 @@ def _edit(args) -> int:
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     pre_config = read_pretrained_config(args.checkpoint)
     if args.prompt and not (pathlib.Path(args.checkpoint) / "text_encoder").is_dir():
-        raise ValueError(f"--prompt needs a text encoder, and {args.checkpoint} has none: pass --prompt-embedding "
-                         "(from `trackedit encode-text`) or export with --text-encoder and --tokenizer")
+        raise ValueError(
+            f"--prompt needs a text encoder, and {args.checkpoint} has none: pass --prompt-embedding "
+            "(from `trackedit encode-text`) or export with --text-encoder and --tokenizer"
+        )
     video, fps = read_video(args.video)
     src = load_track_file(args.tracks)
     validate_inputs(src.tracks, src.camera, name=f"{args.tracks}")
@@ -142,9 +168,22 @@ def _edit(args) -> int:
     pipe = EditPipeline.from_pretrained(args.checkpoint)
     timings["load_model"] = time.perf_counter() - t0
     result = pipe.edit(
-        video, src.tracks, src.camera, tgt_tracks, tgt_camera, args.prompt, prompt_embedding=prompt_embedding,
-        num_steps=args.steps, guidance=args.guidance, seed=args.seed, solver=args.solver, shift=args.shift,
-        max_frames=args.max_frames, resize=args.resize, max_tracks=args.max_tracks, progress=not args.quiet,
+        video,
+        src.tracks,
+        src.camera,
+        tgt_tracks,
+        tgt_camera,
+        args.prompt,
+        prompt_embedding=prompt_embedding,
+        num_steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        solver=args.solver,
+        shift=args.shift,
+        max_frames=args.max_frames,
+        resize=args.resize,
+        max_tracks=args.max_tracks,
+        progress=not args.quiet,
     )
     timings.update(result.timings)
 
@@ -167,19 +206,31 @@ def _edit(args) -> int:
             "command": "trackedit edit",
             "argv": sys.argv[1:],
             "inputs": {
-                "video": str(pathlib.Path(args.video).absolute()), "video_shape": list(video.shape), "fps": fps,
+                "video": str(pathlib.Path(args.video).absolute()),
+                "video_shape": list(video.shape),
+                "fps": fps,
                 "tracks": str(pathlib.Path(args.tracks).absolute()),
                 "target_tracks": str(pathlib.Path(args.target_tracks).absolute()) if args.target_tracks else None,
-                "edit": str(pathlib.Path(args.edit).absolute()) if args.edit else None, "edit_log": edit_log,
-                "num_source_tracks": src.tracks.num_points, "num_target_tracks": tgt_tracks.num_points,
-                "prompt_embedding": (str(pathlib.Path(args.prompt_embedding).absolute())
-                                     if args.prompt_embedding else None),
+                "edit": str(pathlib.Path(args.edit).absolute()) if args.edit else None,
+                "edit_log": edit_log,
+                "num_source_tracks": src.tracks.num_points,
+                "num_target_tracks": tgt_tracks.num_points,
+                "prompt_embedding": (
+                    str(pathlib.Path(args.prompt_embedding).absolute()) if args.prompt_embedding else None
+                ),
             },
-            "checkpoint": {"path": str(pathlib.Path(args.checkpoint).absolute()), "source": pre_config.source,
-                           "grid": [pre_config.num_frames, pre_config.height, pre_config.width]},
+            "checkpoint": {
+                "path": str(pathlib.Path(args.checkpoint).absolute()),
+                "source": pre_config.source,
+                "grid": [pre_config.num_frames, pre_config.height, pre_config.width],
+            },
             "settings": {**result.settings, "output_size": args.output_size, "fps": out_fps},
-            "outputs": {"video": str(out.absolute()), "video_shape": list(edited.shape),
-                        "side_by_side": str(sbs_path.absolute()), "side_by_side_shape": list(panels.shape)},
+            "outputs": {
+                "video": str(out.absolute()),
+                "video_shape": list(edited.shape),
+                "side_by_side": str(sbs_path.absolute()),
+                "side_by_side_shape": list(panels.shape),
+            },
             "versions": _versions(),
             "timings_seconds": {k: round(float(v), 4) for k, v in timings.items()},
         }
@@ -189,8 +240,10 @@ def _edit(args) -> int:
             (tmp / name).replace(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"wrote {out} ({edited.shape[0]} frames, {edited.shape[2]}x{edited.shape[1]}), {sbs_path.name}, "
-          f"{json_path.name} in {timings['total']:.1f} s (sampling {timings['sampling']:.1f} s)")
+    print(
+        f"wrote {out} ({edited.shape[0]} frames, {edited.shape[2]}x{edited.shape[1]}), {sbs_path.name}, "
+        f"{json_path.name} in {timings['total']:.1f} s (sampling {timings['sampling']:.1f} s)"
+    )
     return 0
 
 

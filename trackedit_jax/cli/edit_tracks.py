@@ -1,4 +1,5 @@
 """`trackedit edit-tracks`: apply an edit spec (YAML/JSON) to source tracks and cameras."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,8 @@ def run(args) -> int:
     if args.strict and report.warnings:
         raise UserError(f"{len(report.warnings)} warning(s) with --strict; nothing written")
     save_tracks(out, result.tracks, result.camera)
-    print(f"wrote {out} ({result.tracks.num_frames} frames, {result.tracks.num_points} points; "
-          f"source_ids maps each point to its source point)")
+    print(
+        f"wrote {out} ({result.tracks.num_frames} frames, {result.tracks.num_points} points; "
+        f"source_ids maps each point to its source point)"
+    )
     return 0

@@ -1,4 +1,5 @@
 """`trackedit encode-text`: prompts -> UMT5 embeddings in a safetensors file (for training data)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,16 +15,26 @@ DTYPES = ("float32", "bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", required=True,
-                        help="UMT5 encoder weights, transformers layout (a text_encoder/ folder or .safetensors)")
-    parser.add_argument("--tokenizer", required=True,
-                        help="tokenizer.json (HF tokenizers), a sentencepiece .model, or a folder with one of them")
+    parser.add_argument(
+        "--encoder",
+        required=True,
+        help="UMT5 encoder weights, transformers layout (a text_encoder/ folder or .safetensors)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        help="tokenizer.json (HF tokenizers), a sentencepiece .model, or a folder with one of them",
+    )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     parser.add_argument("--prompt-file", help="a text file with one prompt per line (blank lines ignored)")
     parser.add_argument("--out", required=True, help="output FILE.safetensors")
     parser.add_argument("--text-len", type=int, default=512, help="padded token length (Wan: 512)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="encoder and output dtype (use bfloat16 for umt5-xxl: ~11.4 GB instead of ~23 GB)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="encoder and output dtype (use bfloat16 for umt5-xxl: ~11.4 GB instead of ~23 GB)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts encoded per step")
 
 
@@ -57,10 +68,19 @@ def run(args: argparse.Namespace) -> int:
             "embeddings: they do not belong together"
         )
     embeddings, lengths = encode_prompts(encoder, tokenizer, prompts, batch_size=args.batch_size)
-    meta = {"prompts": json.dumps(prompts, ensure_ascii=False), "text_len": str(args.text_len),
-            "encoder": str(args.encoder), "layout": "embeddings (N, text_len, d_model), zero past lengths (N,)"}
+    meta = {
+        "prompts": json.dumps(prompts, ensure_ascii=False),
+        "text_len": str(args.text_len),
+        "encoder": str(args.encoder),
+        "layout": "embeddings (N, text_len, d_model), zero past lengths (N,)",
+    }
     total = embeddings.nbytes + lengths.nbytes
-    write_safetensors({"embeddings": np.asarray(embeddings), "lengths": lengths.astype(np.int32)}, out.parent,
-                      basename=out.name[: -len(".safetensors")], max_shard_bytes=total + 1, metadata=meta)
+    write_safetensors(
+        {"embeddings": np.asarray(embeddings), "lengths": lengths.astype(np.int32)},
+        out.parent,
+        basename=out.name[: -len(".safetensors")],
+        max_shard_bytes=total + 1,
+        metadata=meta,
+    )
     print(f"wrote {out}: embeddings {embeddings.shape} {embeddings.dtype}, token lengths {lengths.tolist()}")
     return 0

@@ -1,4 +1,5 @@
 """`trackedit eval`: the edit model against the copy and warp baselines on held-out pairs."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,14 +12,26 @@ DEFAULT_EVAL_SEED = 777
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None,
-                        help="inference directory written by `trackedit export` (default: the built-in model)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="inference directory written by `trackedit export` (default: the built-in model)",
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", default=None, help="pairs from ArrayRecord shards (a data directory or shard files)")
-    src.add_argument("--make-pairs", type=int, default=None, metavar="N",
-                     help="generate N held-out synthetic pairs at the model's grid (every edit family in turn)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED,
-                        help=f"data-set seed of --make-pairs (default {DEFAULT_EVAL_SEED}; never a training seed)")
+    src.add_argument(
+        "--make-pairs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="generate N held-out synthetic pairs at the model's grid (every edit family in turn)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_EVAL_SEED,
+        help=f"data-set seed of --make-pairs (default {DEFAULT_EVAL_SEED}; never a training seed)",
+    )
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps")
     parser.add_argument("--sample-seed", type=int, default=0, help="noise seed of the model's sampler")
@@ -58,9 +71,18 @@ def run(args) -> int:
         pairs = synthetic_pairs(args.make_pairs, args.seed, num_frames=cfg.num_frames, size=(cfg.height, cfg.width))
         total, desc = args.make_pairs, f"{args.make_pairs} synthetic pairs, seed {args.seed}"
     pipe = EditPipeline.from_pretrained(checkpoint)
-    result = evaluate(pipe, pairs, pathlib.Path(args.out).absolute(), num_pairs=total, steps=args.steps,
-                      seed=args.sample_seed, solver=args.solver, num_videos=args.videos, checkpoint=str(checkpoint),
-                      pairs_desc=desc)
+    result = evaluate(
+        pipe,
+        pairs,
+        pathlib.Path(args.out).absolute(),
+        num_pairs=total,
+        steps=args.steps,
+        seed=args.sample_seed,
+        solver=args.solver,
+        num_videos=args.videos,
+        checkpoint=str(checkpoint),
+        pairs_desc=desc,
+    )
     from trackedit_jax.eval.harness import markdown_table
 
     print(markdown_table(result["methods"], f"{result['num_pairs']} pairs"))

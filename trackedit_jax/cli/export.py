@@ -1,4 +1,5 @@
 """`trackedit export`: a training run's checkpoint -> the inference directory `trackedit edit` reads."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="inference directory to create (written atomically)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--ema", action="store_true", help="export the EMA parameters (runs with train.ema_decay > 0)")
-    parser.add_argument("--text-encoder", default=None,
-                        help="bundle a UMT5 text encoder (transformers safetensors folder/file) for text prompts")
+    parser.add_argument(
+        "--text-encoder",
+        default=None,
+        help="bundle a UMT5 text encoder (transformers safetensors folder/file) for text prompts",
+    )
     parser.add_argument("--tokenizer", default=None, help="its tokenizer (tokenizer.json, spiece.model or a folder)")
     parser.add_argument("--wan-path", default=None, help="override the run's init.wan_path (its frozen Wan base)")
     parser.add_argument("--vae-path", default=None, help="override the run's init.vae_path")
@@ -28,14 +32,23 @@ def run(args) -> int:
         raise UserError("--text-encoder and --tokenizer go together")
     try:
         out, trained = export_run(
-            args.workdir, args.out, step=args.step, ema=args.ema, text_encoder=args.text_encoder,
-            tokenizer=args.tokenizer, wan_path=args.wan_path, vae_path=args.vae_path, overwrite=args.overwrite,
+            args.workdir,
+            args.out,
+            step=args.step,
+            ema=args.ema,
+            text_encoder=args.text_encoder,
+            tokenizer=args.tokenizer,
+            wan_path=args.wan_path,
+            vae_path=args.vae_path,
+            overwrite=args.overwrite,
         )
     except FileExistsError as e:
         raise UserError(str(e)) from e
     c = trained.config
-    print(f"exported step {trained.step}{' (EMA)' if trained.ema else ''} of {args.workdir} to {out}: "
-          f"Wan dim {c.model.wan.dim} x {c.model.wan.num_layers} layers ({c.lora.mode}"
-          f"{', LoRA merged' if c.lora.mode == 'lora' else ''}), grid {c.data.num_frames} x {c.data.height} x "
-          f"{c.data.width}{', with text encoder' if args.text_encoder else ''}")
+    print(
+        f"exported step {trained.step}{' (EMA)' if trained.ema else ''} of {args.workdir} to {out}: "
+        f"Wan dim {c.model.wan.dim} x {c.model.wan.num_layers} layers ({c.lora.mode}"
+        f"{', LoRA merged' if c.lora.mode == 'lora' else ''}), grid {c.data.num_frames} x {c.data.height} x "
+        f"{c.data.width}{', with text encoder' if args.text_encoder else ''}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """`trackedit make-data synthetic|verify`: generate synthetic training pairs into ArrayRecord shards."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,13 +52,27 @@ def run(args) -> int:
     families = tuple(f.strip() for f in args.families.split(",") if f.strip()) or ALL_FAMILIES
     if args.num_pairs < 1:
         raise ValueError(f"--num-pairs must be >= 1; got {args.num_pairs}")
-    m = make_dataset(args.out, args.num_pairs, args.frames, args.size, args.seed, workers=args.workers,
-                     records_per_shard=args.records_per_shard, num_tracks=args.tracks, families=families,
-                     codec=args.codec, jpeg_quality=args.quality, with_depth=args.with_depth,
-                     task_index=args.task_index, num_tasks=args.num_tasks)
+    m = make_dataset(
+        args.out,
+        args.num_pairs,
+        args.frames,
+        args.size,
+        args.seed,
+        workers=args.workers,
+        records_per_shard=args.records_per_shard,
+        num_tracks=args.tracks,
+        families=families,
+        codec=args.codec,
+        jpeg_quality=args.quality,
+        with_depth=args.with_depth,
+        task_index=args.task_index,
+        num_tasks=args.num_tasks,
+    )
     if m is None:
         print(f"task {args.task_index}/{args.num_tasks} done; other tasks still have shards to write in {args.out}")
     else:
-        print(f"wrote {m['num_records']} pairs in {m['num_shards']} shards to {args.out} "
-              f"(families: {m['edit_family_counts']})")
+        print(
+            f"wrote {m['num_records']} pairs in {m['num_shards']} shards to {args.out} "
+            f"(families: {m['edit_family_counts']})"
+        )
     return 0

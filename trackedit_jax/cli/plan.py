@@ -1,4 +1,5 @@
 """`trackedit plan`: compile a training step ahead of time for a (simulated) mesh; report per-device memory."""
+
 from __future__ import annotations
 
 HELP = "compile a config's training step ahead of time (no weights, no data) and report per-device memory"

@@ -1,5 +1,6 @@
 """`trackedit viz`: tracks over the video coloured by depth (source | target side by side) or a PNG of
 both camera paths in 3D."""
+
 from __future__ import annotations
 
 import argparse
@@ -67,15 +68,22 @@ def run(args) -> int:
     def subset(tr):
         n = tr.num_points
         keep = np.sort(rng.choice(n, args.max_points, replace=False)) if n > args.max_points else np.arange(n)
-        return tr.replace(xyz=np.asarray(tr.xyz)[:, keep], visibility=np.asarray(tr.visibility)[:, keep],
-                          ids=None if tr.ids is None else np.asarray(tr.ids)[keep])
+        return tr.replace(
+            xyz=np.asarray(tr.xyz)[:, keep],
+            visibility=np.asarray(tr.visibility)[:, keep],
+            ids=None if tr.ids is None else np.asarray(tr.ids)[keep],
+        )
 
     s_tr = subset(src.tracks)
     from trackedit_jax.geometry.projection import project
 
     def depth_valid(tr, cam):
-        _, d = project(np.asarray(tr.xyz, np.float64), cam.replace(
-            intrinsics=np.asarray(cam.intrinsics, np.float64), extrinsics=np.asarray(cam.extrinsics, np.float64)))
+        _, d = project(
+            np.asarray(tr.xyz, np.float64),
+            cam.replace(
+                intrinsics=np.asarray(cam.intrinsics, np.float64), extrinsics=np.asarray(cam.extrinsics, np.float64)
+            ),
+        )
         return d, d > 1e-3
 
     dv = [depth_valid(s_tr, src.camera)]

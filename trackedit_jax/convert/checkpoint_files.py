@@ -4,13 +4,14 @@ Every loader in `trackedit_jax.convert` reads through `open_checkpoint`, which s
 one at a time (`safe_open` memory-maps the file, so only the tensor being converted is in host
 memory) and refuses pickle-based formats outright.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import pathlib
 import tempfile
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from safetensors import safe_open
@@ -88,7 +89,7 @@ class CheckpointReader:
     def close(self) -> None:
         self._handles.clear()
 
-    def __enter__(self) -> "CheckpointReader":
+    def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:

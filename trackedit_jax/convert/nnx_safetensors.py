@@ -4,6 +4,7 @@ Used for the parts of a trained model that have no external layout (the track co
 VAE/DiT copies inside a pretrained directory). Loading checks every key and shape against the
 module it fills and names what is missing, unexpected or mis-shaped.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,9 @@ def _flat(state: nnx.State) -> dict[str, jax.Array]:
     return out
 
 
-def save_module(module: nnx.Module, out_dir: str | os.PathLike, basename: str, *, filter=nnx.Param) -> list[pathlib.Path]:
+def save_module(
+    module: nnx.Module, out_dir: str | os.PathLike, basename: str, *, filter=nnx.Param
+) -> list[pathlib.Path]:
     """Write the `filter`-selected state of `module` to `out_dir/<basename>.safetensors` (atomic)."""
     tensors = {k: np.asarray(jax.device_get(v)) for k, v in _flat(nnx.state(module, filter)).items()}
     return write_safetensors(tensors, out_dir, basename=basename, metadata={"format": "trackedit-nnx"})
@@ -39,10 +42,7 @@ def load_module_state(module: nnx.Module, path: str | os.PathLike, *, filter=nnx
     `module` may be abstract (from `nnx.eval_shape`); every parameter must be present with its shape.
     """
     state = nnx.state(module, filter)
-    expected = {
-        ".".join(str(p) for p in path): leaf
-        for path, leaf in nnx.to_flat_state(state)
-    }
+    expected = {".".join(str(p) for p in path): leaf for path, leaf in nnx.to_flat_state(state)}
     with open_checkpoint(path) as reader:
         have = set(reader.keys())
         missing = sorted(set(expected) - have)

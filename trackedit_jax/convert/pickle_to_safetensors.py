@@ -6,12 +6,14 @@ the moment it is loaded. We therefore only do it when the caller passes ``trust_
 ``weights_only=True`` loader, which only rebuilds tensors and plain containers. Everything else in
 trackedit reads safetensors only.
 """
+
 from __future__ import annotations
 
 import os
 import pathlib
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -133,5 +135,10 @@ def convert_pickle_to_safetensors(
         max_shard_bytes=max_shard_bytes or max(total, 1) + 1,
         metadata={"converted_from": src.name},
     )
-    return {"tensors": len(arrays), "bytes": total, "files": [str(f) for f in files], "skipped": skipped,
-            "restricted_loader": restricted}
+    return {
+        "tensors": len(arrays),
+        "bytes": total,
+        "files": [str(f) for f in files],
+        "skipped": skipped,
+        "restricted_loader": restricted,
+    }

@@ -7,6 +7,7 @@ Weights: the keys of transformers' `UMT5EncoderModel` (``shared.weight``,
 `UMT5Model` / `UMT5ForConditionalGeneration` checkpoint also loads: its decoder and LM head are skipped.
 Tensors stream one at a time into an abstract model; pickle files are refused.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,14 +63,23 @@ def _infer_config(reader, embed_key: str) -> UMT5Config:
     inner = reader.shape(f"{pre}.0.SelfAttention.q.weight")[0]
     gated = f"{pre}.1.DenseReluDense.wi_0.weight" in keys
     d_ff = reader.shape(f"{pre}.1.DenseReluDense.{'wi_0' if gated else 'wi'}.weight")[0]
-    kw = dict(vocab_size=vocab, d_model=d_model, d_kv=inner // heads, d_ff=d_ff, num_layers=len(layers),
-              num_heads=heads, relative_attention_num_buckets=buckets,
-              relative_attention_max_distance=int(json_cfg.get("relative_attention_max_distance", 128)),
-              layer_norm_epsilon=float(json_cfg.get("layer_norm_epsilon", 1e-6)),
-              feed_forward_proj=json_cfg.get("feed_forward_proj", "gated-gelu" if gated else "relu"))
+    kw = dict(
+        vocab_size=vocab,
+        d_model=d_model,
+        d_kv=inner // heads,
+        d_ff=d_ff,
+        num_layers=len(layers),
+        num_heads=heads,
+        relative_attention_num_buckets=buckets,
+        relative_attention_max_distance=int(json_cfg.get("relative_attention_max_distance", 128)),
+        layer_norm_epsilon=float(json_cfg.get("layer_norm_epsilon", 1e-6)),
+        feed_forward_proj=json_cfg.get("feed_forward_proj", "gated-gelu" if gated else "relu"),
+    )
     if gated != kw["feed_forward_proj"].startswith("gated-"):
-        raise ValueError(f"{reader.path}: config.json says feed_forward_proj={kw['feed_forward_proj']!r} but the "
-                         f"weights are {'gated' if gated else 'not gated'}")
+        raise ValueError(
+            f"{reader.path}: config.json says feed_forward_proj={kw['feed_forward_proj']!r} but the "
+            f"weights are {'gated' if gated else 'not gated'}"
+        )
     return UMT5Config(**kw)
 
 

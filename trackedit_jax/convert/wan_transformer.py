@@ -26,6 +26,7 @@ Layouts (keys relative to the optional ComfyUI prefix `model.diffusion_model.`):
 Linear weights are transposed ((out, in) -> (in, out)), the Conv3d patch weight (D, C, pt, ph, pw)
 becomes a (pt*ph*pw*C, D) matmul kernel, and the (1, n, D) modulation tables drop their leading 1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ import os
 import pathlib
 import re
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -91,17 +92,41 @@ def _entries(config: WanConfig) -> list[_Entry]:
         _Entry(("head", "modulation"), "head.modulation", "scale_shift_table", "modulation", False),
     ]
     blk = lambda p: ("blocks",) + p  # noqa: E731
-    out.append(_Entry(blk(("modulation",)), "blocks.{i}.modulation", "blocks.{i}.scale_shift_table", "modulation", True))
+    out.append(
+        _Entry(blk(("modulation",)), "blocks.{i}.modulation", "blocks.{i}.scale_shift_table", "modulation", True)
+    )
     for ours, official, diffusers in (("self_attn", "self_attn", "attn1"), ("cross_attn", "cross_attn", "attn2")):
-        for proj, off_proj, dif_proj in (("q", "q", "to_q"), ("k", "k", "to_k"), ("v", "v", "to_v"), ("o", "o", "to_out.0")):
-            out += _linear(blk((ours, proj)), f"blocks.{{i}}.{official}.{off_proj}", f"blocks.{{i}}.{diffusers}.{dif_proj}", True)
+        for proj, off_proj, dif_proj in (
+            ("q", "q", "to_q"),
+            ("k", "k", "to_k"),
+            ("v", "v", "to_v"),
+            ("o", "o", "to_out.0"),
+        ):
+            out += _linear(
+                blk((ours, proj)), f"blocks.{{i}}.{official}.{off_proj}", f"blocks.{{i}}.{diffusers}.{dif_proj}", True
+            )
         if config.qk_norm:
             for n in ("norm_q", "norm_k"):
-                out.append(_Entry(blk((ours, n, "scale")), f"blocks.{{i}}.{official}.{n}.weight",
-                                  f"blocks.{{i}}.{diffusers}.{n}.weight", "vector", True))
+                out.append(
+                    _Entry(
+                        blk((ours, n, "scale")),
+                        f"blocks.{{i}}.{official}.{n}.weight",
+                        f"blocks.{{i}}.{diffusers}.{n}.weight",
+                        "vector",
+                        True,
+                    )
+                )
     if config.cross_attn_norm:
         for ours, theirs in (("scale", "weight"), ("bias", "bias")):
-            out.append(_Entry(blk(("cross_norm", ours)), f"blocks.{{i}}.norm3.{theirs}", f"blocks.{{i}}.norm2.{theirs}", "vector", True))
+            out.append(
+                _Entry(
+                    blk(("cross_norm", ours)),
+                    f"blocks.{{i}}.norm3.{theirs}",
+                    f"blocks.{{i}}.norm2.{theirs}",
+                    "vector",
+                    True,
+                )
+            )
     out += _linear(blk(("ffn", "up")), "blocks.{i}.ffn.0", "blocks.{i}.ffn.net.0.proj", True)
     out += _linear(blk(("ffn", "down")), "blocks.{i}.ffn.2", "blocks.{i}.ffn.net.2", True)
     return out
@@ -159,8 +184,10 @@ class _View:
         self.prefix = COMFY_PREFIX if prefixed and len(prefixed) == len(keys) else ""
         if prefixed and len(prefixed) != len(keys):
             others = [k for k in keys if not k.startswith(COMFY_PREFIX)][:5]
-            raise ValueError(f"{reader.path}: some keys carry the prefix {COMFY_PREFIX!r} and some do not (e.g. {others})")
-        self.keys = {k[len(self.prefix):] for k in keys}
+            raise ValueError(
+                f"{reader.path}: some keys carry the prefix {COMFY_PREFIX!r} and some do not (e.g. {others})"
+            )
+        self.keys = {k[len(self.prefix) :] for k in keys}
         if "condition_embedder.time_proj.weight" in self.keys:
             self.layout = "diffusers"
         elif "time_projection.1.weight" in self.keys:
@@ -208,11 +235,19 @@ def infer_config(view: _View, **overrides) -> WanConfig:
         heads = dim // 128
     else:
         raise ValueError(
-            f"{view.reader.path}: no config.json and the head count of a width-{dim} model cannot be inferred; pass config="
+            f"{view.reader.path}: no config.json and the head count of a width-{dim} model cannot be inferred; "
+            "pass config="
         )
     kw = dict(
-        dim=dim, num_heads=heads, num_layers=view.num_layers(), ffn_dim=ffn[0], freq_dim=time[1],
-        in_dim=in_dim, out_dim=head[0] // int(np.prod(ps)), text_dim=text[1], patch_size=ps,
+        dim=dim,
+        num_heads=heads,
+        num_layers=view.num_layers(),
+        ffn_dim=ffn[0],
+        freq_dim=time[1],
+        in_dim=in_dim,
+        out_dim=head[0] // int(np.prod(ps)),
+        text_dim=text[1],
+        patch_size=ps,
         qk_norm=("blocks.0.self_attn.norm_q.weight" if off else "blocks.0.attn1.norm_q.weight") in view.keys,
         cross_attn_norm=("blocks.0.norm3.weight" if off else "blocks.0.norm2.weight") in view.keys,
     )
@@ -232,16 +267,25 @@ def _check_keys(view: _View, entries: list[_Entry], config: WanConfig, abstract:
     problems = []
     missing = sorted(set(expected) - view.keys)
     if missing:
-        problems.append("missing keys: " + ", ".join(f"{k} (expected shape {expected[k]})" for k in missing[:10])
-                        + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        problems.append(
+            "missing keys: "
+            + ", ".join(f"{k} (expected shape {expected[k]})" for k in missing[:10])
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
     unexpected = sorted(view.keys - set(expected))
     if unexpected:
-        problems.append("unexpected keys: " + ", ".join(f"{k} {view.shape(k)}" for k in unexpected[:10])
-                        + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
+        problems.append(
+            "unexpected keys: "
+            + ", ".join(f"{k} {view.shape(k)}" for k in unexpected[:10])
+            + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else "")
+        )
     wrong = [(k, s, view.shape(k)) for k, s in sorted(expected.items()) if k in view.keys and view.shape(k) != s]
     if wrong:
-        problems.append("mis-shaped keys: " + ", ".join(f"{k} expected {s} got {g}" for k, s, g in wrong[:10])
-                        + (f" and {len(wrong) - 10} more" if len(wrong) > 10 else ""))
+        problems.append(
+            "mis-shaped keys: "
+            + ", ".join(f"{k} expected {s} got {g}" for k, s, g in wrong[:10])
+            + (f" and {len(wrong) - 10} more" if len(wrong) > 10 else "")
+        )
     if problems:
         raise ValueError(
             f"{view.reader.path} ({view.layout} layout{', ComfyUI prefix' if view.prefix else ''}) does not match "

@@ -10,12 +10,13 @@ against an explicit `config` when given). Tensors are streamed one at a time fro
 safetensors files into an abstract (never randomly initialised) model, so peak host memory is about
 one copy of the weights. Pickle files are refused (`open_checkpoint`).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import warnings
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -114,19 +115,19 @@ def official_to_diffusers(key: str, config: WanVAEConfig | None) -> str:
     need it: `config` may be None for every other key).
     """
     if key.startswith("conv1."):
-        return "quant_conv." + key[len("conv1."):]
+        return "quant_conv." + key[len("conv1.") :]
     if key.startswith("conv2."):
-        return "post_quant_conv." + key[len("conv2."):]
+        return "post_quant_conv." + key[len("conv2.") :]
     m = re.match(r"^(encoder|decoder)\.(.*)$", key)
     if not m:
         return key
     part, rest = m.groups()
     if rest.startswith("conv1."):
-        return f"{part}.conv_in.{rest[len('conv1.'):]}"
+        return f"{part}.conv_in.{rest[len('conv1.') :]}"
     if rest.startswith("head.0."):
-        return f"{part}.norm_out.{rest[len('head.0.'):]}"
+        return f"{part}.norm_out.{rest[len('head.0.') :]}"
     if rest.startswith("head.2."):
-        return f"{part}.conv_out.{rest[len('head.2.'):]}"
+        return f"{part}.conv_out.{rest[len('head.2.') :]}"
     m = re.match(r"^middle\.(\d+)\.(.*)$", rest)
     if m:
         idx, tail = int(m.group(1)), "." + m.group(2)
@@ -155,14 +156,14 @@ def diffusers_to_official(key: str, config: WanVAEConfig) -> str:
     top = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2."}
     for old, new in top.items():
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     m = re.match(r"^(encoder|decoder)\.(.*)$", key)
     if not m:
         return key
     part, rest = m.groups()
     for old, new in (("conv_in.", "conv1."), ("norm_out.", "head.0."), ("conv_out.", "head.2.")):
         if rest.startswith(old):
-            return f"{part}.{new}{rest[len(old):]}"
+            return f"{part}.{new}{rest[len(old) :]}"
     m = re.match(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.*)$", rest)
     if m:
         kind, i, tail = m.group(1), int(m.group(2)), m.group(3)
@@ -176,8 +177,11 @@ def diffusers_to_official(key: str, config: WanVAEConfig) -> str:
         level, kind, j, tail = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
         per_level = config.num_res_blocks + 2
         idx = level * per_level + (j if kind == "resnets" else config.num_res_blocks + 1)
-        return _official_residual(f"decoder.upsamples.{idx}.{tail}") if kind == "resnets" else (
-            f"decoder.upsamples.{idx}.{tail}")
+        return (
+            _official_residual(f"decoder.upsamples.{idx}.{tail}")
+            if kind == "resnets"
+            else (f"decoder.upsamples.{idx}.{tail}")
+        )
     return key
 
 
@@ -245,8 +249,13 @@ def _infer_config(
     if not levels[-1] or any(len(lv) != len(levels[0]) for lv in levels):
         raise ValueError(f"cannot infer the VAE layout from encoder.down_blocks indices {blocks}")
     dim_mult = tuple(shape(f"encoder.down_blocks.{lv[0]}.conv1.weight")[0] // base_dim for lv in levels)
-    kw = dict(base_dim=base_dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=len(levels[0]),
-              temperal_downsample=tuple(temporal))
+    kw = dict(
+        base_dim=base_dim,
+        z_dim=z_dim,
+        dim_mult=dim_mult,
+        num_res_blocks=len(levels[0]),
+        temperal_downsample=tuple(temporal),
+    )
     return WanVAEConfig(**kw, **_latents_statistics(json_cfg, z_dim, json_path))
 
 
@@ -296,8 +305,9 @@ def load_wan_vae(
             rename = {k: k for k in keys}
         if config is None:
             try:
-                config = _infer_config(lambda k: reader.shape(rename[k]), set(rename), reader.config(),
-                                       str(reader.config_path))
+                config = _infer_config(
+                    lambda k: reader.shape(rename[k]), set(rename), reader.config(), str(reader.config_path)
+                )
             except KeyError as e:
                 raise CheckpointMismatchError(
                     f"{reader.path}: cannot infer the VAE architecture, tensor {e} ({layout} naming) is missing"
@@ -305,13 +315,18 @@ def load_wan_vae(
         abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
         return fill_abstract_model(
             abstract,
-            lambda ours: (our_path_to_diffusers(ours) if layout == "diffusers"
-                          else diffusers_to_official(our_path_to_diffusers(ours), config)),
+            lambda ours: (
+                our_path_to_diffusers(ours)
+                if layout == "diffusers"
+                else diffusers_to_official(our_path_to_diffusers(ours), config)
+            ),
             reader,
             _torch_to_ours,
             dtype=dtype,
-            what=(f"Wan 2.1 VAE ({layout} layout; base_dim={config.base_dim}, dim_mult={config.dim_mult}, "
-                  f"num_res_blocks={config.num_res_blocks})"),
+            what=(
+                f"Wan 2.1 VAE ({layout} layout; base_dim={config.base_dim}, dim_mult={config.dim_mult}, "
+                f"num_res_blocks={config.num_res_blocks})"
+            ),
         )
 
 
@@ -332,7 +347,7 @@ def _ours_to_torch(arr: np.ndarray, key: str) -> np.ndarray:
     return arr
 
 
-def export_wan_vae(vae: WanVAE, out_dir: str | os.PathLike) -> "os.PathLike":
+def export_wan_vae(vae: WanVAE, out_dir: str | os.PathLike) -> os.PathLike:
     """Write `vae` as a diffusers `AutoencoderKLWan` directory (config.json +
     diffusion_pytorch_model.safetensors), loadable with `AutoencoderKLWan.from_pretrained(out_dir)` and
     with `load_wan_vae(out_dir)`. Returns out_dir."""
@@ -351,10 +366,16 @@ def export_wan_vae(vae: WanVAE, out_dir: str | os.PathLike) -> "os.PathLike":
     write_safetensors(tensors, out_dir, basename="diffusion_pytorch_model")
     c = vae.config
     config = {
-        "_class_name": "AutoencoderKLWan", "base_dim": c.base_dim, "z_dim": c.z_dim, "dim_mult": list(c.dim_mult),
-        "num_res_blocks": c.num_res_blocks, "attn_scales": list(c.attn_scales),
-        "temperal_downsample": list(c.temperal_downsample), "dropout": 0.0,
-        "latents_mean": list(c.latents_mean), "latents_std": list(c.latents_std),
+        "_class_name": "AutoencoderKLWan",
+        "base_dim": c.base_dim,
+        "z_dim": c.z_dim,
+        "dim_mult": list(c.dim_mult),
+        "num_res_blocks": c.num_res_blocks,
+        "attn_scales": list(c.attn_scales),
+        "temperal_downsample": list(c.temperal_downsample),
+        "dropout": 0.0,
+        "latents_mean": list(c.latents_mean),
+        "latents_std": list(c.latents_std),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir

@@ -15,9 +15,10 @@ manifold; `velocity_from_output` divides by max(sigma, SIGMA_MIN) so the convers
 Timestep shift s (Wan/SD3): sigma' = s * sigma / (1 + (s - 1) * sigma), i.e. the signal-to-noise ratio
 (1 - sigma) / sigma is divided by s, so s > 1 spends more steps / training samples at high noise.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

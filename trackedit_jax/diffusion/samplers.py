@@ -19,11 +19,13 @@ Schedules (`make_schedule(num_steps, shift, kind)`), sigma_0 > ... > sigma_{n-1}
 Classifier-free guidance (Wan): v = v_uncond + guidance * (v_cond - v_uncond), on a batch that stacks
 cond and uncond (one model call of batch 2B) unless `batch_cfg=False`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -89,9 +91,7 @@ def make_schedule(
     timesteps = sigmas * np.float32(big_t)
     if integer_timesteps:
         timesteps = np.trunc(timesteps)
-    return Schedule(
-        sigmas=np.concatenate([sigmas, np.zeros(1, np.float32)]), timesteps=timesteps.astype(np.float32)
-    )
+    return Schedule(sigmas=np.concatenate([sigmas, np.zeros(1, np.float32)]), timesteps=timesteps.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- per-step coefficients
@@ -249,8 +249,16 @@ def sample(
     if not isinstance(velocity_fn, jax.tree_util.Partial):
         velocity_fn = jax.tree_util.Partial(velocity_fn)
     run = lambda state, a, b: _run_steps_jit(  # noqa: E731
-        velocity_fn, state, cond, uncond, tables, jnp.int32(a), jnp.int32(b),
-        solver=solver, guidance=float(guidance), batch_cfg=batch_cfg,
+        velocity_fn,
+        state,
+        cond,
+        uncond,
+        tables,
+        jnp.int32(a),
+        jnp.int32(b),
+        solver=solver,
+        guidance=float(guidance),
+        batch_cfg=batch_cfg,
     )
     n = schedule.num_steps
     state = _init_state(solver, noise)

@@ -1,5 +1,6 @@
 """`run_demo`: the showcase edit on a held-out synthetic scene, with the model, both baselines and the
 ground truth written as videos and scored."""
+
 from __future__ import annotations
 
 import pathlib
@@ -8,8 +9,7 @@ import numpy as np
 
 from trackedit_jax.eval import harness
 
-DEMO_FILES = ("source.mp4", "edited.mp4", "ground_truth.mp4", "warp.mp4", "side_by_side.mp4", "tracks.png",
-              "strip.png")
+DEMO_FILES = ("source.mp4", "edited.mp4", "ground_truth.mp4", "warp.mp4", "side_by_side.mp4", "tracks.png", "strip.png")
 UPSCALE = 4
 
 
@@ -52,21 +52,38 @@ def run_demo(pipe, out_dir, *, steps: int = 20, seed: int = 0) -> dict:
     cfg = pipe.config
     config = SyntheticConfig(num_frames=cfg.num_frames, image_size=(cfg.height, cfg.width), with_depth=True)
     pair = from_synthetic(showcase_pair(config), config, key="showcase")
-    out = pipe.edit(pair.source_video, pair.source_tracks, pair.source_camera, pair.target_tracks,
-                    pair.target_camera, num_steps=steps, seed=seed, progress=True)
+    out = pipe.edit(
+        pair.source_video,
+        pair.source_tracks,
+        pair.source_camera,
+        pair.target_tracks,
+        pair.target_camera,
+        num_steps=steps,
+        seed=seed,
+        progress=True,
+    )
     videos = {"model": out.video, "copy": pair.source_video, "warp": harness.warp_baseline(pair)}
     scores = harness.score(videos, pair)
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fps = 8.0
-    for name, video in (("source", pair.source_video), ("edited", out.video), ("ground_truth", pair.target_video),
-                        ("warp", videos["warp"])):
+    for name, video in (
+        ("source", pair.source_video),
+        ("edited", out.video),
+        ("ground_truth", pair.target_video),
+        ("warp", videos["warp"]),
+    ):
         write_video(out_dir / f"{name}.mp4", harness.upscale(video, UPSCALE), fps=fps)
     panels = [harness.upscale(v, UPSCALE) for v in (pair.source_video, pair.target_video, videos["warp"], out.video)]
-    write_video(out_dir / "side_by_side.mp4", side_by_side(panels, labels=["source", "ground truth", "warp", "model"]),
-                fps=fps)
+    write_video(
+        out_dir / "side_by_side.mp4", side_by_side(panels, labels=["source", "ground truth", "warp", "model"]), fps=fps
+    )
     save_image(out_dir / "tracks.png", tracks_figure(pair))
-    save_image(out_dir / "strip.png", frame_strip({"source": pair.source_video, "ground truth": pair.target_video,
-                                                   "warp": videos["warp"], "model": out.video}))
+    save_image(
+        out_dir / "strip.png",
+        frame_strip(
+            {"source": pair.source_video, "ground truth": pair.target_video, "warp": videos["warp"], "model": out.video}
+        ),
+    )
     return scores

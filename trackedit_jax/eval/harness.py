@@ -12,6 +12,7 @@ the target's visible points). Outputs in the report folder:
   *.png            bar plots per metric (overall and per family)
   videos/          side-by-side clips (source | ground truth | warp | model), upscaled
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,7 +20,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -58,8 +59,14 @@ def score(videos: dict, pair: EvalPair) -> dict:
 
 
 def warp_baseline(pair: EvalPair) -> np.ndarray:
-    return warp_video(pair.source_video, pair.source_tracks, pair.source_camera, pair.target_tracks,
-                      pair.target_camera, source_depth=pair.source_depth)
+    return warp_video(
+        pair.source_video,
+        pair.source_tracks,
+        pair.source_camera,
+        pair.target_tracks,
+        pair.target_camera,
+        source_depth=pair.source_depth,
+    )
 
 
 def check_grid(pair: EvalPair, grid: tuple[int, int, int]) -> None:
@@ -121,12 +128,17 @@ def markdown_table(table: dict, title: str) -> str:
 
 def write_report(result: dict, out_dir: pathlib.Path) -> None:
     """report.md and the bar plots from a metrics.json dict."""
-    parts = [f"# Evaluation on {result['num_pairs']} pairs\n",
-             "Higher is better except EPE (pixels). edit_psnr: PSNR over the pixels where the ground-truth target "
-             "differs from the source; masked_psnr: over the surface both clips show.\n",
-             markdown_table(result["methods"], "all pairs"), ""]
-    parts.append(f"Lucas-Kanade floor (EPE of re-tracking the ground-truth clip itself): "
-                 f"{_fmt(result['lk_floor_epe'], 'epe')} px\n")
+    parts = [
+        f"# Evaluation on {result['num_pairs']} pairs\n",
+        "Higher is better except EPE (pixels). edit_psnr: PSNR over the pixels where the ground-truth target "
+        "differs from the source; masked_psnr: over the surface both clips show.\n",
+        markdown_table(result["methods"], "all pairs"),
+        "",
+    ]
+    parts.append(
+        f"Lucas-Kanade floor (EPE of re-tracking the ground-truth clip itself): "
+        f"{_fmt(result['lk_floor_epe'], 'epe')} px\n"
+    )
     parts.append("## By edit family\n")
     for fam, table in result["by_family"].items():
         parts += [markdown_table(table, f"{fam} ({result['family_counts'][fam]})"), ""]
@@ -134,8 +146,10 @@ def write_report(result: dict, out_dir: pathlib.Path) -> None:
     if result["num_occlusion_pairs"]:
         parts += [markdown_table(result["occlusion"], "occlusion"), ""]
     s = result["settings"]
-    parts.append(f"Settings: {s['sampling_steps']} sampling steps ({s['solver']}), seed {s['seed']}, "
-                 f"checkpoint `{s['checkpoint']}`, pairs: {s['pairs']}. Time: {result['seconds']:.0f} s.\n")
+    parts.append(
+        f"Settings: {s['sampling_steps']} sampling steps ({s['solver']}), seed {s['seed']}, "
+        f"checkpoint `{s['checkpoint']}`, pairs: {s['pairs']}. Time: {result['seconds']:.0f} s.\n"
+    )
     (out_dir / "report.md").write_text("\n".join(parts))
     _plot(result, out_dir)
 
@@ -169,7 +183,7 @@ def evaluate(
     pairs: Iterable[EvalPair],
     out_dir,
     *,
-    num_pairs: Optional[int] = None,
+    num_pairs: int | None = None,
     steps: int = 20,
     seed: int = 0,
     solver: str = "unipc",
@@ -199,20 +213,35 @@ def evaluate(
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "pairs.jsonl.tmp"
     with open(log_path, "w") as log:
-        for i, pair in enumerate(tqdm(itertools.chain([first], pairs), total=num_pairs, desc="eval pairs",
-                                      disable=not progress)):
+        for i, pair in enumerate(
+            tqdm(itertools.chain([first], pairs), total=num_pairs, desc="eval pairs", disable=not progress)
+        ):
             check_grid(pair, grid)
-            out = pipe.edit(pair.source_video, pair.source_tracks, pair.source_camera, pair.target_tracks,
-                            pair.target_camera, num_steps=steps, seed=seed, solver=solver)
+            out = pipe.edit(
+                pair.source_video,
+                pair.source_tracks,
+                pair.source_camera,
+                pair.target_tracks,
+                pair.target_camera,
+                num_steps=steps,
+                seed=seed,
+                solver=solver,
+            )
             videos = {"model": out.video, "copy": pair.source_video, "warp": warp_baseline(pair)}
-            row = {"key": pair.key, "family": pair.family, "occlusion_change": pair.occlusion_change,
-                   "scores": score(videos, pair)}
+            row = {
+                "key": pair.key,
+                "family": pair.family,
+                "occlusion_change": pair.occlusion_change,
+                "scores": score(videos, pair),
+            }
             lk_floor.append(M.track_epe(pair.target_video, *target_projections(pair)))
             rows.append(row)
             log.write(json.dumps(_json_safe(row)) + "\n")
             if i < num_videos:
-                write_video(out_dir / "videos" / f"{i:03d}_{pair.family}.mp4",
-                            comparison_video(pair, videos["warp"], videos["model"]))
+                write_video(
+                    out_dir / "videos" / f"{i:03d}_{pair.family}.mp4",
+                    comparison_video(pair, videos["warp"], videos["model"]),
+                )
     log_path.replace(out_dir / "pairs.jsonl")
     families = sorted({r["family"] for r in rows})
     occl = [r for r in rows if r["occlusion_change"]]
@@ -225,8 +254,14 @@ def evaluate(
         "num_occlusion_pairs": len(occl),
         "lk_floor_epe": _mean(lk_floor),
         "seconds": time.perf_counter() - t_start,
-        "settings": {"sampling_steps": int(steps), "solver": solver, "seed": int(seed), "checkpoint": checkpoint,
-                     "pairs": pairs_desc, "grid": list(grid)},
+        "settings": {
+            "sampling_steps": int(steps),
+            "solver": solver,
+            "seed": int(seed),
+            "checkpoint": checkpoint,
+            "pairs": pairs_desc,
+            "grid": list(grid),
+        },
     }
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(_json_safe(result), indent=2))

@@ -11,6 +11,7 @@ Videos are (F, H, W, 3) uint8 or float in [0, 1]; masks are (F, H, W) bool.
 * `track_epe`: re-track points through a video with OpenCV's pyramidal Lucas-Kanade from their frame-0
   positions and compare with where they should be, at the frames where they are visible.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -93,8 +94,9 @@ def lucas_kanade(video, points0: np.ndarray, *, window: int = 9, levels: int = 2
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
     for f in range(1, len(gray)):
         if pts.shape[0]:
-            nxt, status, _ = cv2.calcOpticalFlowPyrLK(gray[f - 1], gray[f], pts, None, winSize=(window, window),
-                                                      maxLevel=levels, criteria=criteria)
+            nxt, status, _ = cv2.calcOpticalFlowPyrLK(
+                gray[f - 1], gray[f], pts, None, winSize=(window, window), maxLevel=levels, criteria=criteria
+            )
             ok = (status[:, 0] == 1) & np.all(np.isfinite(nxt[:, 0]), axis=-1)
             pts = np.where(ok[:, None, None], nxt, pts).astype(np.float32)
         out[f] = pts[:, 0]

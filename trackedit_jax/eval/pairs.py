@@ -8,10 +8,11 @@ Two sources:
 * `record_pairs(path)`: pairs read from ArrayRecord shards (`trackedit make-data` / `ingest` output);
   depth when the records hold it, no co-visibility or occlusion labels.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -32,9 +33,9 @@ class EvalPair:
     source_camera: Camera
     target_tracks: Tracks
     target_camera: Camera
-    source_depth: Optional[np.ndarray] = None
-    covisible: Optional[np.ndarray] = None
-    occlusion_change: Optional[bool] = None
+    source_depth: np.ndarray | None = None
+    covisible: np.ndarray | None = None
+    occlusion_change: bool | None = None
 
 
 def _from_record(rec, **extra) -> EvalPair:
@@ -42,13 +43,20 @@ def _from_record(rec, **extra) -> EvalPair:
     ids = None if rec.source_ids is None else np.asarray(rec.source_ids, np.int32)
     depth = None if rec.source_depth is None else np.asarray(rec.source_depth, np.float32)
     return EvalPair(
-        key=rec.key, family=rec.edit_family,
-        source_video=rec.video("source"), target_video=rec.video("target"),
+        key=rec.key,
+        family=rec.edit_family,
+        source_video=rec.video("source"),
+        target_video=rec.video("target"),
         source_tracks=Tracks(np.asarray(rec.source_xyz, np.float32), np.asarray(rec.source_visibility, bool)),
-        source_camera=Camera(np.asarray(rec.source_intrinsics, np.float32), np.asarray(rec.source_extrinsics, np.float32), size),
+        source_camera=Camera(
+            np.asarray(rec.source_intrinsics, np.float32), np.asarray(rec.source_extrinsics, np.float32), size
+        ),
         target_tracks=Tracks(np.asarray(rec.target_xyz, np.float32), np.asarray(rec.target_visibility, bool), ids),
-        target_camera=Camera(np.asarray(rec.target_intrinsics, np.float32), np.asarray(rec.target_extrinsics, np.float32), size),
-        source_depth=depth, **extra,
+        target_camera=Camera(
+            np.asarray(rec.target_intrinsics, np.float32), np.asarray(rec.target_extrinsics, np.float32), size
+        ),
+        source_depth=depth,
+        **extra,
     )
 
 

@@ -11,6 +11,7 @@ For each frame f:
      covering the pixels of its bilinear footprint;
   4. fill the pixels nothing landed on with OpenCV inpainting (Telea).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,9 @@ def _idw(dist: np.ndarray, eps: float) -> np.ndarray:
     return w / w.sum(axis=-1, keepdims=True)
 
 
-def _splat(uv: np.ndarray, z: np.ndarray, colors: np.ndarray, H: int, W: int, zbuf: np.ndarray, img: np.ndarray) -> None:
+def _splat(
+    uv: np.ndarray, z: np.ndarray, colors: np.ndarray, H: int, W: int, zbuf: np.ndarray, img: np.ndarray
+) -> None:
     """Nearest-depth splat of points (uv (n, 2), z (n,), colors (n, 3)) into zbuf/img in place: each point
     lands on its nearest pixel; pixels left empty then take the nearest point whose bilinear footprint
     covers them (so magnified surfaces do not crack)."""
@@ -100,12 +103,18 @@ def warp_video(
     uv_s, z_s = project(xs_src, source_camera)
     pix = _pixel_grid(H, W)
     out = np.empty_like(video)
-    src_cam = Camera(np.asarray(source_camera.intrinsics, np.float64), np.asarray(source_camera.extrinsics, np.float64),
-                     source_camera.image_size)
-    tgt_cam = Camera(np.asarray(target_camera.intrinsics, np.float64), np.asarray(target_camera.extrinsics, np.float64),
-                     target_camera.image_size)
+    src_cam = Camera(
+        np.asarray(source_camera.intrinsics, np.float64),
+        np.asarray(source_camera.extrinsics, np.float64),
+        source_camera.image_size,
+    )
+    tgt_cam = Camera(
+        np.asarray(target_camera.intrinsics, np.float64),
+        np.asarray(target_camera.extrinsics, np.float64),
+        target_camera.image_size,
+    )
     for f in range(F):
-        cam_f = Camera(src_cam.intrinsics[f:f + 1], src_cam.extrinsics[f:f + 1], src_cam.image_size)
+        cam_f = Camera(src_cam.intrinsics[f : f + 1], src_cam.extrinsics[f : f + 1], src_cam.image_size)
         vis = np.asarray(source_tracks.visibility[f], bool) & (z_s[f] > 1e-3)
         if source_depth is not None:
             depth = np.asarray(source_depth[f], np.float64).reshape(-1)
@@ -139,7 +148,7 @@ def warp_video(
         colors = video[f].reshape(-1, 3)
         zbuf = np.full((H, W), np.inf)
         img = np.zeros((H, W, 3), np.uint8)
-        tcam_f = Camera(tgt_cam.intrinsics[f:f + 1], tgt_cam.extrinsics[f:f + 1], tgt_cam.image_size)
+        tcam_f = Camera(tgt_cam.intrinsics[f : f + 1], tgt_cam.extrinsics[f : f + 1], tgt_cam.image_size)
         uv_t, z_t = project(moved[None], tcam_f)
         _splat(uv_t[0][ok], z_t[0][ok], colors[ok], H, W, zbuf, img)
         if copies:  # draw duplicated neighbourhoods again with their copies' displacements

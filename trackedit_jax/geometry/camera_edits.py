@@ -3,6 +3,7 @@
 Each amount is ramped in with `ramp_weights` and applied in the camera's own frame (arc: about a world
 axis). Whole-path edits (stabilize, static, replace, keyframes) are in `geometry.camera_paths`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,7 +79,7 @@ def zoom(camera: Camera, factor: float, *, ease="linear", start=0, end=None) -> 
         raise ValueError(f"zoom factor must be > 0; got {factor}")
     w = ramp_weights(camera.num_frames, ease, start, end)
     K = np.asarray(camera.intrinsics, np.float64).copy()
-    s = factor ** w
+    s = factor**w
     K[:, 0, 0] *= s
     K[:, 0, 1] *= s
     K[:, 1, 1] *= s
@@ -121,7 +122,8 @@ def local_offset(pan=0.0, tilt=0.0, roll=0.0, dolly=0.0, truck=0.0, pedestal=0.0
     M = np.eye(4)
     M[:3, :3] = R
     M[:3, 3] = (
-        dolly * np.asarray(_LOCAL_MOVES["dolly"]) + truck * np.asarray(_LOCAL_MOVES["truck"])
+        dolly * np.asarray(_LOCAL_MOVES["dolly"])
+        + truck * np.asarray(_LOCAL_MOVES["truck"])
         + pedestal * np.asarray(_LOCAL_MOVES["pedestal"])
     )
     return M

@@ -1,9 +1,10 @@
 """Whole-path camera edits: stabilize (smoothing), make_static, replace_path (a path from a file) and
 keyframes (SLERP + eased positions between key poses), plus the path jerk used to check smoothness.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
@@ -231,7 +232,9 @@ def keyframes(
 
 def camera_path_jerk(camera: Camera) -> float:
     """Mean norm of the third finite difference of the camera centres (world units / frame^3)."""
-    c = camera_centers(Camera(np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size))
+    c = camera_centers(
+        Camera(np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size)
+    )
     if c.shape[0] < 4:
         return 0.0
     return float(np.linalg.norm(np.diff(c, n=3, axis=0), axis=-1).mean())

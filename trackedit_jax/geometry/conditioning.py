@@ -26,11 +26,13 @@ holds frame 0 and latent frame j > 0 covers frames 4j-3 .. 4j. We take the LAST 
 frame 4j, as its representative (nearest-neighbour resampling on the uniform grid linspace(0, F-1, f),
 and the newest frame the causal encoder has seen for that latent frame).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,9 +69,7 @@ def latent_frame_count(num_frames: int) -> int:
     """Latent frame count f of the Wan VAE for F = num_frames = 4k + 1 video frames (f = k + 1)."""
     num_frames = int(num_frames)
     if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_STRIDE:
-        raise ValueError(
-            f"num_frames must be 4k+1 (1, 5, 9, ..., 81) for the Wan VAE; got F={num_frames}"
-        )
+        raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, ..., 81) for the Wan VAE; got F={num_frames}")
     return (num_frames - 1) // VAE_TEMPORAL_STRIDE + 1
 
 
@@ -221,10 +221,17 @@ def prepare_track_condition(
     point_mask = point_mask.astype(bool)
 
     return _prepare(
-        src, jnp.asarray(source_camera.intrinsics, jnp.float32), jnp.asarray(source_camera.extrinsics, jnp.float32),
-        tgt, jnp.asarray(target_camera.intrinsics, jnp.float32), jnp.asarray(target_camera.extrinsics, jnp.float32),
-        point_mask, image_size=tuple(source_camera.image_size), percentiles=tuple(float(p) for p in percentiles),
-        near=float(near), xy_limit=float(xy_limit),
+        src,
+        jnp.asarray(source_camera.intrinsics, jnp.float32),
+        jnp.asarray(source_camera.extrinsics, jnp.float32),
+        tgt,
+        jnp.asarray(target_camera.intrinsics, jnp.float32),
+        jnp.asarray(target_camera.extrinsics, jnp.float32),
+        point_mask,
+        image_size=tuple(source_camera.image_size),
+        percentiles=tuple(float(p) for p in percentiles),
+        near=float(near),
+        xy_limit=float(xy_limit),
     )
 
 
@@ -280,7 +287,11 @@ def prepare_track_condition_batch(
         )
 
     return jax.vmap(one)(
-        jnp.asarray(source_xyz), jnp.asarray(source_intrinsics), jnp.asarray(source_extrinsics),
-        jnp.asarray(target_xyz), jnp.asarray(target_intrinsics), jnp.asarray(target_extrinsics),
+        jnp.asarray(source_xyz),
+        jnp.asarray(source_intrinsics),
+        jnp.asarray(source_extrinsics),
+        jnp.asarray(target_xyz),
+        jnp.asarray(target_intrinsics),
+        jnp.asarray(target_extrinsics),
         jnp.asarray(point_mask),
     )

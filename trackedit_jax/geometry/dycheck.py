@@ -4,12 +4,13 @@ A DyCheck camera JSON holds `orientation` (3x3 world-to-camera rotation), `posit
 world), `focal_length`, `pixel_aspect_ratio`, `skew`, `principal_point` (x, y), `image_size` [W, H] and
 distortion coefficients, with OpenCV axes; so extrinsics are [R | -R @ position] (world-to-camera).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

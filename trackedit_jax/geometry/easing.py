@@ -3,9 +3,8 @@
 Every edit that ramps an amount in over the clip (`ramp_weights`) and every keyframed path
 (`eased_times`) goes through `ease_curve`, so an ease name means the same curve everywhere.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -37,7 +36,7 @@ def ease_curve(u: np.ndarray, ease: str) -> np.ndarray:
     return u
 
 
-def ramp_weights(num_frames: int, ease: str = "linear", start: int = 0, end: Optional[int] = None) -> np.ndarray:
+def ramp_weights(num_frames: int, ease: str = "linear", start: int = 0, end: int | None = None) -> np.ndarray:
     """(F,) float64 weights in [0, 1]: 0 before `start`, eased to 1 at `end` (default F-1), 1 after.
 
     ease: one of `EASES` (see `ease_curve`); "constant" is a step to 1 at `start` (a ramp of zero

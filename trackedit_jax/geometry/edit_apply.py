@@ -1,13 +1,14 @@
 """Applying a validated edit spec: camera ops in order (source camera -> target camera), then each object
 entry (a selection on the SOURCE tracks and camera, then its ops; view-dependent ops use the TARGET camera).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,13 +77,17 @@ class _Context:
 
     def file(self, name: str, path: Path) -> pathlib.Path:
         p = pathlib.Path(name).expanduser()
-        candidates = [p] if p.is_absolute() else (
-            ([self.spec.base_dir / p] if self.spec.base_dir is not None else []) + [pathlib.Path.cwd() / p]
+        candidates = (
+            [p]
+            if p.is_absolute()
+            else (([self.spec.base_dir / p] if self.spec.base_dir is not None else []) + [pathlib.Path.cwd() / p])
         )
         for c in candidates:
             if c.exists():
                 return c
-        raise self.spec.where.error(path, f"file not found: {name} (looked in {', '.join(str(c.parent) for c in candidates)})")
+        raise self.spec.where.error(
+            path, f"file not found: {name} (looked in {', '.join(str(c.parent) for c in candidates)})"
+        )
 
     def groups(self, threshold) -> np.ndarray:
         if threshold not in self._groups:
@@ -120,7 +125,8 @@ class _Context:
             g = p["group"] if p.get("group") is not None else E.group_at_pixel(tr, cam, labels, p["group_at"], frame)
             if g > labels.max():
                 raise self.spec.where.error(
-                    s.path + ("group",), f"group {g} does not exist; automatic grouping found {labels.max() + 1} group(s)"
+                    s.path + ("group",),
+                    f"group {g} does not exist; automatic grouping found {labels.max() + 1} group(s)",
                 )
             sel &= labels == g
         if p["visible_only"]:
@@ -200,8 +206,9 @@ def _apply_object_op(op: Op, st: _State, sel: np.ndarray, ctx: _Context) -> None
     elif n == "stretch":
         st.tracks = E.stretch(tr, sel, p["factor"], axis=p["axis"], pivot=p["pivot"], **_ramp_kw(p))
     elif n == "bend":
-        st.tracks = E.bend(tr, sel, p["degrees"], axis=p["axis"], direction=p["direction"], pivot=p["pivot"],
-                           **_ramp_kw(p))
+        st.tracks = E.bend(
+            tr, sel, p["degrees"], axis=p["axis"], direction=p["direction"], pivot=p["pivot"], **_ramp_kw(p)
+        )
     elif n == "depth":
         st.tracks = E.move_depth(tr, sel, ctx.target_camera, factor=p["factor"], distance=p["distance"], **_ramp_kw(p))
     elif n == "remove":
@@ -228,8 +235,14 @@ def _apply_object_op(op: Op, st: _State, sel: np.ndarray, ctx: _Context) -> None
             keep[chosen] = True
         st.alive &= ~(sel & ~keep)
     elif n == "retime":
-        tau = E.retime_map(tr.num_frames, speed=p["speed"], anchor=p["anchor"], freeze=p["freeze"],
-                           reverse=bool(p["reverse"]), remap=p["remap"])
+        tau = E.retime_map(
+            tr.num_frames,
+            speed=p["speed"],
+            anchor=p["anchor"],
+            freeze=p["freeze"],
+            reverse=bool(p["reverse"]),
+            remap=p["remap"],
+        )
         st.tracks = E.retime(tr, sel, tau)
     elif n == "transfer":
         if p["from"] is not None:
@@ -295,18 +308,18 @@ def apply_edit_spec(spec: EditSpec, tracks: Tracks, camera: Camera) -> EditResul
     log = []
     cam = camera
     for op in spec.camera:
-        cam = _wrap(spec.where, op.path, lambda: _apply_camera_op(op, cam, ctx))
+        cam = _wrap(spec.where, op.path, lambda op=op, cam=cam: _apply_camera_op(op, cam, ctx))
         log.append(f"camera: {op.name}")
     ctx.target_camera = cam
     st = _State(tracks)
     for obj in spec.objects:
-        sel = _wrap(spec.where, obj.select.path, lambda: ctx.select(obj.select, st.N))
+        sel = _wrap(spec.where, obj.select.path, lambda obj=obj: ctx.select(obj.select, st.N))
         n_sel = int(sel.sum())
         if n_sel == 0:
             raise spec.where.error(obj.select.path, f"selects no points (of {N}); check the box/mask/frame")
         log.append(f"{format_path(obj.path)}: {n_sel} of {N} points selected")
         for op in obj.ops:
-            _wrap(spec.where, op.path, lambda: _apply_object_op(op, st, sel, ctx))
+            _wrap(spec.where, op.path, lambda op=op, sel=sel: _apply_object_op(op, st, sel, ctx))
     if not st.alive.any():
         raise spec.where.error(("objects",), "every point was removed; at least one track must remain")
     out = E.subset(st.tracks, st.alive) if not st.alive.all() else st.tracks

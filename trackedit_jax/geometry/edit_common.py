@@ -1,9 +1,8 @@
 """Helpers shared by the edit modules: axes and rotations, camera-to-world poses, float64 track copies,
 selection/frame checks, centroids and pivots. See `geometry.edits` for the conventions.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -94,7 +93,7 @@ def selection_centroid(tracks: Tracks, selection) -> np.ndarray:
     return xyz[:, sel].mean(axis=1)
 
 
-def pivot_path(pivot, tracks: Optional[Tracks], selection, F: int) -> np.ndarray:
+def pivot_path(pivot, tracks: Tracks | None, selection, F: int) -> np.ndarray:
     """Pivot spec -> (F, 3): 'centroid' (of the selection, per frame; of the scene without one),
     'scene' (scene centroid), a (3,) point or an (F, 3) path."""
     if isinstance(pivot, str):

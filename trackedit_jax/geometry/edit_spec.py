@@ -21,12 +21,12 @@ Where the parts live: `geometry.spec_source` (reading the file with line numbers
 `parse_edit_spec`, `load_edit_spec`, `spec_reference`) and `geometry.edit_apply` (`apply_edit_spec`,
 re-exported here with `EditResult` and `load_camera_path`).
 """
+
 from __future__ import annotations
 
 import difflib
 import os
 import pathlib
-from typing import Optional
 
 import numpy as np
 
@@ -49,9 +49,26 @@ from trackedit_jax.geometry.spec_schema import (
 from trackedit_jax.geometry.spec_source import EditSpecError, SpecSource, load_spec_data
 
 __all__ = [
-    "EditSpecError", "EditSpec", "parse_edit_spec", "load_edit_spec", "spec_reference", "apply_edit_spec",
-    "EditResult", "load_camera_path", "CAMERA_OPS", "OBJECT_OPS", "CAMERA_ALIASES", "OBJECT_ALIASES",
-    "KEY_FIELDS", "SELECT_FIELDS", "SELECT_CRITERIA", "Field", "OpDef", "Op", "Selection", "ObjectEdit",
+    "EditSpecError",
+    "EditSpec",
+    "parse_edit_spec",
+    "load_edit_spec",
+    "spec_reference",
+    "apply_edit_spec",
+    "EditResult",
+    "load_camera_path",
+    "CAMERA_OPS",
+    "OBJECT_OPS",
+    "CAMERA_ALIASES",
+    "OBJECT_ALIASES",
+    "KEY_FIELDS",
+    "SELECT_FIELDS",
+    "SELECT_CRITERIA",
+    "Field",
+    "OpDef",
+    "Op",
+    "Selection",
+    "ObjectEdit",
 ]
 
 
@@ -102,8 +119,11 @@ class _Validator:
         if k == "choice":
             if v not in f.choices:
                 hint = difflib.get_close_matches(str(v), f.choices, 1)
-                raise self.w.error(path, f"expected one of {list(f.choices)}, got {_type_name(v)}"
-                                   + (f"; did you mean {hint[0]!r}?" if hint else ""))
+                raise self.w.error(
+                    path,
+                    f"expected one of {list(f.choices)}, got {_type_name(v)}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                )
             return v
         if k == "file":
             if not isinstance(v, str) or not v:
@@ -174,7 +194,8 @@ class _Validator:
                 hint = difflib.get_close_matches(str(key), list(schema), 1)
                 raise self.w.error(
                     path + (key,),
-                    f"unknown field for the {what}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    f"unknown field for the {what}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
                     + f" (fields: {', '.join(schema)})",
                 )
         out = {}
@@ -188,9 +209,7 @@ class _Validator:
         for group in one_of:
             given = [g for g in group if d.get(g) not in (None, False)]  # `reverse: false` = not given
             if len(given) != 1:
-                raise self.w.error(
-                    path, f"the {what} needs exactly one of {list(group)}; got {given or 'none'}"
-                )
+                raise self.w.error(path, f"the {what} needs exactly one of {list(group)}; got {given or 'none'}")
         return out
 
     def op(self, d, path, table, aliases, kind) -> Op:
@@ -206,7 +225,8 @@ class _Validator:
             hint = difflib.get_close_matches(name, list(table) + list(aliases), 1)
             raise self.w.error(
                 path + ("op",),
-                f"unknown {kind} op {d['op']!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"unknown {kind} op {d['op']!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" ({kind} ops: {', '.join(table)})",
             )
         od = table[name]
@@ -235,12 +255,16 @@ class _Validator:
             raise self.w.error(path, "missing key 'select'")
         if "ops" not in d:
             raise self.w.error(path, "missing key 'ops'")
-        return ObjectEdit(self.selection(d["select"], path + ("select",)),
-                          self.ops(d["ops"], path + ("ops",), OBJECT_OPS, OBJECT_ALIASES, "object"), path)
+        return ObjectEdit(
+            self.selection(d["select"], path + ("select",)),
+            self.ops(d["ops"], path + ("ops",), OBJECT_OPS, OBJECT_ALIASES, "object"),
+            path,
+        )
 
 
-def parse_edit_spec(data, *, source: str = "<edit spec>", lines: Optional[dict] = None,
-                    base_dir: Optional[str | os.PathLike] = None) -> EditSpec:
+def parse_edit_spec(
+    data, *, source: str = "<edit spec>", lines: dict | None = None, base_dir: str | os.PathLike | None = None
+) -> EditSpec:
     """Validate spec data (dict from YAML/JSON) into an `EditSpec`; raises `EditSpecError`."""
     where = SpecSource(source, lines or {})
     v = _Validator(where)
@@ -249,8 +273,12 @@ def parse_edit_spec(data, *, source: str = "<edit spec>", lines: Optional[dict] 
     for key in data:
         if key not in ("camera", "objects"):
             hint = difflib.get_close_matches(str(key), ["camera", "objects"], 1)
-            raise where.error((key,), "unknown top-level key" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                              + " (expected 'camera' and/or 'objects')")
+            raise where.error(
+                (key,),
+                "unknown top-level key"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + " (expected 'camera' and/or 'objects')",
+            )
     if not data:
         raise where.error((), "the edit spec is empty (expected 'camera' and/or 'objects')")
     camera = v.ops(data.get("camera") or [], ("camera",), CAMERA_OPS, CAMERA_ALIASES, "camera")
@@ -269,6 +297,7 @@ def load_edit_spec(path: str | os.PathLike) -> EditSpec:
 
 def spec_reference() -> str:
     """Plain-text reference of every op and field (what `trackedit edit-tracks --list-ops` prints)."""
+
     def block(title, table, aliases):
         lines = [title]
         for name, od in table.items():
@@ -283,7 +312,9 @@ def spec_reference() -> str:
         return lines
 
     out = block("camera ops:", CAMERA_OPS, CAMERA_ALIASES)
-    out += ["  keyframe keys:"] + [f"      {k}: {f.kind}{', required' if f.required else ''}" for k, f in KEY_FIELDS.items()]
+    out += ["  keyframe keys:"] + [
+        f"      {k}: {f.kind}{', required' if f.required else ''}" for k, f in KEY_FIELDS.items()
+    ]
     out += block("object ops:", OBJECT_OPS, OBJECT_ALIASES)
     out += ["selection fields (criteria are ANDed; at least one of " + ", ".join(SELECT_CRITERIA) + "):"]
     out += [f"      {k}: {f.kind}{'; ' + f.doc if f.doc else ''}" for k, f in SELECT_FIELDS.items()]

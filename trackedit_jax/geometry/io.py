@@ -11,13 +11,13 @@ Keys (T frames, N tracks):
   source_ids  optional (N,) int32: `Tracks.ids` (which source point each track came from)
 The file is read with ``allow_pickle=False``: object arrays are refused.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import pathlib
 import tempfile
-from typing import Optional
 
 import numpy as np
 
@@ -32,8 +32,8 @@ class TrackFile:
 
     tracks: Tracks
     camera: Camera
-    video: Optional[np.ndarray] = None
-    depths: Optional[np.ndarray] = None
+    video: np.ndarray | None = None
+    depths: np.ndarray | None = None
 
 
 def _video_to_uint8(video: np.ndarray) -> np.ndarray:
@@ -113,8 +113,8 @@ def save_tracks(
     tracks: Tracks,
     camera: Camera,
     *,
-    video: Optional[np.ndarray] = None,
-    depths: Optional[np.ndarray] = None,
+    video: np.ndarray | None = None,
+    depths: np.ndarray | None = None,
 ) -> None:
     """Write a canonical track file atomically (a temp file renamed into place, never half-written).
 

@@ -1,9 +1,10 @@
 """Object edits: functions of (tracks, selection, ...) -> tracks that move, deform, remove, copy, retime
 or re-drive the selected points. Amounts are ramped with `ramp_weights`; see `geometry.edits`.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,8 +35,9 @@ def translate(tracks: Tracks, selection, offset, *, ease="linear", start=0, end=
     return output_tracks(tracks, xyz)
 
 
-def follow_path(tracks: Tracks, selection, waypoints, frames: Optional[Sequence[int]] = None, *,
-                ease: str = "linear") -> Tracks:
+def follow_path(
+    tracks: Tracks, selection, waypoints, frames: Sequence[int] | None = None, *, ease: str = "linear"
+) -> Tracks:
     """Move the selection so its per-frame centroid follows a new path.
 
     waypoints: (K, 3) world positions of the centroid at `frames` (default: spread evenly from 0 to
@@ -68,8 +70,17 @@ def _rotate_about(xyz_sel: np.ndarray, R: np.ndarray, p: np.ndarray) -> np.ndarr
     return np.einsum("fij,fnj->fni", R, xyz_sel - p[:, None]) + p[:, None]
 
 
-def rotate(tracks: Tracks, selection, degrees: float, *, axis=(0.0, -1.0, 0.0), pivot="centroid",
-           ease="linear", start=0, end=None) -> Tracks:
+def rotate(
+    tracks: Tracks,
+    selection,
+    degrees: float,
+    *,
+    axis=(0.0, -1.0, 0.0),
+    pivot="centroid",
+    ease="linear",
+    start=0,
+    end=None,
+) -> Tracks:
     """Rotate the selection about `axis` (world) through `pivot` ('centroid' of the selection per
     frame, or a world point), by degrees * w(t)."""
     xyz, _, _ = tracks_float64(tracks)
@@ -95,8 +106,9 @@ def scale(tracks: Tracks, selection, factor, *, pivot="centroid", ease="linear",
     return output_tracks(tracks, xyz)
 
 
-def stretch(tracks: Tracks, selection, factor: float, *, axis, pivot="centroid", ease="linear", start=0,
-            end=None) -> Tracks:
+def stretch(
+    tracks: Tracks, selection, factor: float, *, axis, pivot="centroid", ease="linear", start=0, end=None
+) -> Tracks:
     """Scale the selection along one world `axis` only (e.g. stretch a body, extend legs)."""
     xyz, _, _ = tracks_float64(tracks)
     F = xyz.shape[0]
@@ -112,8 +124,9 @@ def stretch(tracks: Tracks, selection, factor: float, *, axis, pivot="centroid",
     return output_tracks(tracks, xyz)
 
 
-def bend(tracks: Tracks, selection, degrees: float, *, axis, direction, pivot="centroid", ease="linear",
-         start=0, end=None) -> Tracks:
+def bend(
+    tracks: Tracks, selection, degrees: float, *, axis, direction, pivot="centroid", ease="linear", start=0, end=None
+) -> Tracks:
     """Bend the selection: each point rotates about `axis` through `pivot` by degrees * s, where
     s in [0, 1] is its distance along `direction` from the pivot relative to the farthest selected
     point (points behind the pivot stay). E.g. bend a neck from its base."""
@@ -132,8 +145,17 @@ def bend(tracks: Tracks, selection, degrees: float, *, axis, direction, pivot="c
     return output_tracks(tracks, xyz)
 
 
-def move_depth(tracks: Tracks, selection, camera: Camera, *, factor: Optional[float] = None,
-               distance: Optional[float] = None, ease="constant", start=0, end=None) -> Tracks:
+def move_depth(
+    tracks: Tracks,
+    selection,
+    camera: Camera,
+    *,
+    factor: float | None = None,
+    distance: float | None = None,
+    ease="constant",
+    start=0,
+    end=None,
+) -> Tracks:
     """Move the selection in depth as seen by `camera` (to change the occlusion order).
 
     factor: scale every selected point's offset from the camera centre (same pixels and 2D size,
@@ -147,7 +169,9 @@ def move_depth(tracks: Tracks, selection, camera: Camera, *, factor: Optional[fl
     F = xyz.shape[0]
     sel = check_selection(selection, xyz.shape[1])
     w = ramp_weights(F, ease, start, end)
-    c = camera_centers(Camera(np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size))
+    c = camera_centers(
+        Camera(np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size)
+    )
     if factor is not None:
         if not float(factor) > 0:
             raise ValueError(f"depth factor must be > 0; got {factor}")
@@ -160,8 +184,9 @@ def move_depth(tracks: Tracks, selection, camera: Camera, *, factor: Optional[fl
     return output_tracks(tracks, xyz)
 
 
-def move_off_screen(tracks: Tracks, selection, camera: Camera, *, side: str = "auto",
-                    margin: Optional[float] = None, near: float = 1e-3) -> Tracks:
+def move_off_screen(
+    tracks: Tracks, selection, camera: Camera, *, side: str = "auto", margin: float | None = None, near: float = 1e-3
+) -> Tracks:
     """Remove an object by moving its points off screen in every frame of `camera`.
 
     Per frame, the selection is shifted rigidly along the camera's x (side left/right) or y (top/bottom)
@@ -239,8 +264,15 @@ def duplicate(tracks: Tracks, selection, offset=(0.0, 0.0, 0.0), *, ease="consta
     )
 
 
-def retime_map(num_frames: int, *, speed: Optional[float] = None, anchor: int = 0, freeze: Optional[int] = None,
-               reverse: bool = False, remap: Optional[Sequence[Sequence[float]]] = None) -> np.ndarray:
+def retime_map(
+    num_frames: int,
+    *,
+    speed: float | None = None,
+    anchor: int = 0,
+    freeze: int | None = None,
+    reverse: bool = False,
+    remap: Sequence[Sequence[float]] | None = None,
+) -> np.ndarray:
     """(F,) source time for every output frame (clamped to [0, F-1]). Exactly one mode:
 
     speed: tau(t) = anchor + speed * (t - anchor);  freeze: tau(t) = min(t, freeze) (stops at that
@@ -286,8 +318,9 @@ def retime(tracks: Tracks, selection, tau) -> Tracks:
     return output_tracks(tracks, xyz, vis)
 
 
-def transfer_motion(tracks: Tracks, selection, driver_xyz, *, mode: str = "auto", frame: int = 0,
-                    scale: float = 1.0) -> Tracks:
+def transfer_motion(
+    tracks: Tracks, selection, driver_xyz, *, mode: str = "auto", frame: int = 0, scale: float = 1.0
+) -> Tracks:
     """Give the selection the motion of a driver track set (F, M, 3), from reference `frame` on.
 
     mode "points" (M == selected count): x_i(t) = x_i(r) + scale * (d_i(t) - d_i(r));

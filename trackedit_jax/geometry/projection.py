@@ -5,6 +5,7 @@ pipeline never touches jax; jax arrays and tracers stay jax, so the functions ji
 Pixel convention: OpenCV, the centre of pixel (i, j) is at (x=j, y=i); the image spans
 [-0.5, W-0.5] x [-0.5, H-0.5]. Normalised grid units map that span to [-1, 1] (align_corners=False).
 """
+
 from __future__ import annotations
 
 import jax
@@ -25,9 +26,7 @@ def _check_points(xyz, camera: Camera):
     if xyz.ndim != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"xyz must have shape (F, N, 3); got {xyz.shape}")
     if xyz.shape[0] != camera.intrinsics.shape[0]:
-        raise ValueError(
-            f"xyz has F={xyz.shape[0]} frames but the camera has F={camera.intrinsics.shape[0]}"
-        )
+        raise ValueError(f"xyz has F={xyz.shape[0]} frames but the camera has F={camera.intrinsics.shape[0]}")
 
 
 def world_to_camera(xyz, extrinsics):

@@ -8,6 +8,7 @@
     (pixels) and the largest 3D displacement relative to the scene's spread (teleporting points).
 `EditReport.warnings` lists the thresholds that were crossed; `format()` gives the printed text.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,8 @@ class EditReport:
             f"  off screen (in front): {100 * self.offscreen_fraction:.1f}% "
             f"(worst frame {self.worst_offscreen_frame[0]}: {100 * self.worst_offscreen_frame[1]:.1f}%)",
             f"  largest per-frame jump on screen: {self.max_jump_px:.1f} px "
-            f"({self.jump_pairs} above {self.jump_px_threshold:.0f} px); in 3D: {self.max_jump_world:.2f} x scene spread",
+            f"({self.jump_pairs} above {self.jump_px_threshold:.0f} px); "
+            f"in 3D: {self.max_jump_world:.2f} x scene spread",
             f"  NaN/inf coordinates: {self.nan_count}",
         ]
         lines += [f"WARNING: {w}" for w in self.warnings] or ["no warnings"]
@@ -72,7 +74,9 @@ def edit_report(
     finite = np.isfinite(xyz).all(axis=-1)
     nan_count = int((~finite).sum())
     safe = np.where(finite[..., None], xyz, 0.0)
-    cam = Camera(np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size)
+    cam = Camera(
+        np.asarray(camera.intrinsics, np.float64), np.asarray(camera.extrinsics, np.float64), camera.image_size
+    )
     uv, depth = project(safe, cam)
     front = (depth > near) & finite
     on = front & in_image(uv, camera.image_size)
@@ -92,22 +96,31 @@ def edit_report(
     per_behind = behind.mean(axis=1)
     per_off = off.sum(axis=1) / np.maximum(front.sum(axis=1), 1)
     rep = EditReport(
-        num_frames=F, num_points=N, nan_count=nan_count,
+        num_frames=F,
+        num_points=N,
+        nan_count=nan_count,
         behind_fraction=float(behind.mean()),
         offscreen_fraction=float(off.sum() / max(front.sum(), 1)),
         worst_behind_frame=(int(per_behind.argmax()), float(per_behind.max())),
         worst_offscreen_frame=(int(per_off.argmax()), float(per_off.max())),
-        max_jump_px=max_jump, jump_px_threshold=thr, jump_pairs=n_jump, max_jump_world=max_world,
+        max_jump_px=max_jump,
+        jump_px_threshold=thr,
+        jump_pairs=n_jump,
+        max_jump_world=max_world,
         warnings=[],
     )
     w = rep.warnings
     if nan_count:
         w.append(f"{nan_count} target coordinates are NaN or inf")
     if rep.behind_fraction > behind_warn:
-        w.append(f"{100 * rep.behind_fraction:.0f}% of target points are behind the camera (> {100 * behind_warn:.0f}%)")
+        w.append(
+            f"{100 * rep.behind_fraction:.0f}% of target points are behind the camera (> {100 * behind_warn:.0f}%)"
+        )
     if rep.offscreen_fraction > offscreen_warn:
-        w.append(f"{100 * rep.offscreen_fraction:.0f}% of target points in front of the camera are off screen "
-                 f"(> {100 * offscreen_warn:.0f}%)")
+        w.append(
+            f"{100 * rep.offscreen_fraction:.0f}% of target points in front of the camera are off screen "
+            f"(> {100 * offscreen_warn:.0f}%)"
+        )
     if n_jump:
         w.append(f"{n_jump} on-screen per-frame jumps exceed {thr:.0f} px (max {max_jump:.0f} px)")
     if max_world > jump_world_warn:

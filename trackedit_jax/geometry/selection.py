@@ -3,9 +3,10 @@
 select_box / select_mask / select_depth project the tracks with the camera at `frame`; select_ids picks
 point indices. rigid_groups labels rigidly moving parts by sequential RANSAC over Kabsch fits.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,19 +21,25 @@ def _project_frame(tracks: Tracks, camera: Camera, frame: int):
     if camera.num_frames != F:
         raise ValueError(f"tracks have F={F} frames but the camera has F={camera.num_frames}")
     frame = check_frame(frame, F)
-    cam = Camera(np.asarray(camera.intrinsics, np.float64)[frame : frame + 1],
-                 np.asarray(camera.extrinsics, np.float64)[frame : frame + 1], camera.image_size)
+    cam = Camera(
+        np.asarray(camera.intrinsics, np.float64)[frame : frame + 1],
+        np.asarray(camera.extrinsics, np.float64)[frame : frame + 1],
+        camera.image_size,
+    )
     uv, depth = project(xyz[frame : frame + 1], cam)
     return uv[0], depth[0], frame
 
 
-def select_box(tracks: Tracks, camera: Camera, box, frame: int = 0, *, visible_only: bool = False,
-               near: float = 1e-3) -> np.ndarray:
+def select_box(
+    tracks: Tracks, camera: Camera, box, frame: int = 0, *, visible_only: bool = False, near: float = 1e-3
+) -> np.ndarray:
     """(N,) bool: points in front of the camera whose projection at `frame` lies in the pixel box
     [x0, x1] x [y0, y1] (inclusive); `visible_only` also requires visibility at that frame."""
     b = np.asarray(box, np.float64).reshape(-1)
     if b.shape != (4,) or not (b[0] <= b[2] and b[1] <= b[3]):
-        raise ValueError(f"box must be [x0, y0, x1, y1] with x0 <= x1, y0 <= y1 (pixels); got {np.asarray(box).tolist()}")
+        raise ValueError(
+            f"box must be [x0, y0, x1, y1] with x0 <= x1, y0 <= y1 (pixels); got {np.asarray(box).tolist()}"
+        )
     uv, depth, frame = _project_frame(tracks, camera, frame)
     sel = (depth > near) & (uv[:, 0] >= b[0]) & (uv[:, 0] <= b[2]) & (uv[:, 1] >= b[1]) & (uv[:, 1] <= b[3])
     if visible_only:
@@ -40,8 +47,9 @@ def select_box(tracks: Tracks, camera: Camera, box, frame: int = 0, *, visible_o
     return sel
 
 
-def select_mask(tracks: Tracks, camera: Camera, mask, frame: int = 0, *, visible_only: bool = False,
-                near: float = 1e-3) -> np.ndarray:
+def select_mask(
+    tracks: Tracks, camera: Camera, mask, frame: int = 0, *, visible_only: bool = False, near: float = 1e-3
+) -> np.ndarray:
     """(N,) bool: points in front whose projection at `frame` falls on a True pixel of `mask`.
 
     mask: (h, w) bool/0-1 array. If (h, w) differs from the camera's image size, the projection is
@@ -87,7 +95,7 @@ def select_ids(num_points: int, ids: Sequence[int]) -> np.ndarray:
     return sel
 
 
-def kabsch(P: np.ndarray, Q: np.ndarray, w: Optional[np.ndarray] = None):
+def kabsch(P: np.ndarray, Q: np.ndarray, w: np.ndarray | None = None):
     """Least-squares rigid transforms mapping P -> Q over the last-but-one axis.
 
     P, Q: (..., M, 3). Returns R (..., 3, 3), t (..., 3) with Q ~ P @ R^T + t.
@@ -119,8 +127,8 @@ def _rigid_residuals(X: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
 def rigid_groups(
     tracks: Tracks,
     *,
-    threshold: Optional[float] = None,
-    min_size: Optional[int] = None,
+    threshold: float | None = None,
+    min_size: int | None = None,
     num_hypotheses: int = 128,
     neighbours: int = 12,
     max_groups: int = 16,

@@ -1,6 +1,7 @@
 """Reading an edit spec file: YAML/JSON into plain data plus the line of every key, and the errors that
 name `file:line: key.path:` (`EditSpecError`, built by `SpecSource.error`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -34,7 +35,7 @@ class SpecSource:
     source: str
     lines: dict
 
-    def line_of(self, path: Path) -> Optional[int]:
+    def line_of(self, path: Path) -> int | None:
         path = tuple(path)
         while True:
             if path in self.lines:

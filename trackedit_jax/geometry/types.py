@@ -7,6 +7,7 @@ numpy or jax arrays. Conventions (ARCHITECTURE.md):
   * Tracks are world coordinates (F, N, 3) with visibility (F, N) bool; point i of a source and a
     target track set is the same physical point.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,9 +50,7 @@ class Camera:
         if E.ndim != 3 or E.shape[1:] != (4, 4):
             raise ValueError(f"Camera extrinsics must have shape (F, 4, 4); got {E.shape}")
         if K.shape[0] != E.shape[0]:
-            raise ValueError(
-                f"Camera intrinsics and extrinsics disagree on F: {K.shape[0]} vs {E.shape[0]}"
-            )
+            raise ValueError(f"Camera intrinsics and extrinsics disagree on F: {K.shape[0]} vs {E.shape[0]}")
         if len(self.image_size) != 2 or min(self.image_size) <= 0:
             raise ValueError(f"Camera image_size must be (H, W) with positive ints; got {self.image_size}")
         if _is_concrete(K) and _is_concrete(E):
@@ -70,7 +69,7 @@ class Camera:
     def num_frames(self) -> int:
         return int(self.intrinsics.shape[0])
 
-    def replace(self, **kw) -> "Camera":
+    def replace(self, **kw) -> Camera:
         return dataclasses.replace(self, **kw)
 
 
@@ -114,5 +113,5 @@ class Tracks:
     def num_points(self) -> int:
         return int(self.xyz.shape[1])
 
-    def replace(self, **kw) -> "Tracks":
+    def replace(self, **kw) -> Tracks:
         return dataclasses.replace(self, **kw)

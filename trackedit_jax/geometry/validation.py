@@ -4,9 +4,10 @@ The commands call `validate_inputs` before doing any work, so a user learns what
 files (non-finite coordinates, N = 0, mismatched frame counts, singular or non-rigid extrinsics) instead
 of getting NaN videos. All checks run on the host with numpy (they need concrete values).
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def check_extrinsics(E, name: str = "extrinsics", *, rigid_tolerance: float = RI
     return E
 
 
-def check_frame_counts(**counts: Optional[int]) -> int:
+def check_frame_counts(**counts: int | None) -> int:
     """All given frame counts (None entries skipped) must agree; returns the common F.
 
     Example: check_frame_counts(tracks=81, camera=81, video=80) raises

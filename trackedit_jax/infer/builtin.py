@@ -2,6 +2,7 @@
 
 It is the default `--checkpoint` of `trackedit edit`, `trackedit eval` and `trackedit demo`.
 """
+
 from __future__ import annotations
 
 import pathlib

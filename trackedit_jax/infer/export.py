@@ -11,13 +11,14 @@ it, so the exported model computes the same function as the model the run traine
 
 LoRA adapters are merged into the kernels by `save_pretrained` (via `export_wan_transformer`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import pathlib
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -87,10 +88,10 @@ def _fill_state(abstract: nnx.State, tree: Any, where: str) -> nnx.State:
 def restore_trained(
     workdir: str | os.PathLike,
     *,
-    step: Optional[int] = None,
+    step: int | None = None,
     ema: bool = False,
-    wan_path: Optional[str] = None,
-    vae_path: Optional[str] = None,
+    wan_path: str | None = None,
+    vae_path: str | None = None,
 ) -> TrainedModel:
     """Rebuild a run's model with its trained parameters (module docstring).
 
@@ -153,12 +154,12 @@ def export_run(
     workdir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    step: Optional[int] = None,
+    step: int | None = None,
     ema: bool = False,
     text_encoder=None,
     tokenizer=None,
-    wan_path: Optional[str] = None,
-    vae_path: Optional[str] = None,
+    wan_path: str | None = None,
+    vae_path: str | None = None,
     overwrite: bool = False,
 ) -> tuple[pathlib.Path, TrainedModel]:
     """`restore_trained` then `save_pretrained(out_dir, ...)`; returns (out_dir, the restored model)."""

@@ -32,6 +32,7 @@ What happens, in order:
    (`output_size="input"` resizes them back to the input's scale: the input size for "stretch", the
    crop window's size in input pixels for "crop").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,7 @@ import functools
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +116,7 @@ def fit_video(frames: np.ndarray, fit: GridFit) -> np.ndarray:
 
     out = resize_video(frames, fit.resized)
     (oy, ox), (h, w) = fit.offset, fit.out_size
-    return np.ascontiguousarray(out[:, oy:oy + h, ox:ox + w])
+    return np.ascontiguousarray(out[:, oy : oy + h, ox : ox + w])
 
 
 def padded_frame_count(num_frames: int) -> int:
@@ -151,17 +152,20 @@ class EditInputs:
     target_camera: Camera
     num_frames: int
     fit: GridFit
-    point_indices: Optional[np.ndarray] = None
+    point_indices: np.ndarray | None = None
 
-    def trimmed(self) -> "EditInputs":
+    def trimmed(self) -> EditInputs:
         """The same inputs without the padding frames (num_frames frames)."""
         n = self.num_frames
         cut_t = lambda t: Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)  # noqa: E731
         cut_c = lambda c: Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size)  # noqa: E731
         return dataclasses.replace(
-            self, video=self.video[:n],
-            source_tracks=cut_t(self.source_tracks), source_camera=cut_c(self.source_camera),
-            target_tracks=cut_t(self.target_tracks), target_camera=cut_c(self.target_camera),
+            self,
+            video=self.video[:n],
+            source_tracks=cut_t(self.source_tracks),
+            source_camera=cut_c(self.source_camera),
+            target_tracks=cut_t(self.target_tracks),
+            target_camera=cut_c(self.target_camera),
         )
 
 
@@ -187,8 +191,9 @@ class EditOutput:
         inp = self.inputs.trimmed()
         depths, valids = [], []
         for tr, cam in ((inp.source_tracks, inp.source_camera), (inp.target_tracks, inp.target_camera)):
-            cam64 = Camera(np.asarray(cam.intrinsics, np.float64), np.asarray(cam.extrinsics, np.float64),
-                           cam.image_size)
+            cam64 = Camera(
+                np.asarray(cam.intrinsics, np.float64), np.asarray(cam.extrinsics, np.float64), cam.image_size
+            )
             _, z = project(np.asarray(tr.xyz, np.float64), cam64)
             depths.append(z)
             valids.append(z > 1e-3)
@@ -290,7 +295,7 @@ class EditPipeline:
         self.velocity_fn = EditVelocity(self.graphdef, getattr(config, "prediction", "velocity"))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, dtype=None) -> "EditPipeline":
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype=None) -> EditPipeline:
         """Load a directory written by `trackedit export` / `save_pretrained`."""
         from trackedit_jax.infer.pretrained import load_pretrained
 
@@ -318,7 +323,7 @@ class EditPipeline:
         emb, _ = encode_prompts(self.text_encoder, self.tokenizer, [prompt], batch_size=1)
         return jnp.asarray(emb, jnp.float32)
 
-    def _text(self, prompt: str, prompt_embedding) -> Optional[jax.Array]:
+    def _text(self, prompt: str, prompt_embedding) -> jax.Array | None:
         if prompt_embedding is not None:
             if prompt:
                 raise ValueError("give either prompt or prompt_embedding, not both")
@@ -340,10 +345,10 @@ class EditPipeline:
         target_tracks,
         target_camera: Camera,
         *,
-        max_frames: Optional[int] = None,
-        size: Optional[tuple[int, int]] = None,
+        max_frames: int | None = None,
+        size: tuple[int, int] | None = None,
         resize: str = "crop",
-        max_tracks: Optional[int] = None,
+        max_tracks: int | None = None,
     ) -> EditInputs:
         """Validate and bring the inputs onto the model grid (steps 1-4 of the module docstring)."""
         from trackedit_jax.geometry.validation import check_frame_counts, validate_inputs
@@ -356,21 +361,27 @@ class EditPipeline:
                 raise ValueError(f"{name} must be a Camera; got {type(cam).__name__}")
         validate_inputs(source_tracks, source_camera, name="source tracks")
         validate_inputs(target_tracks, target_camera, name="target tracks")
-        check_frame_counts(video=video.shape[0], source_tracks=source_tracks.num_frames,
-                           target_tracks=target_tracks.num_frames)
+        check_frame_counts(
+            video=video.shape[0], source_tracks=source_tracks.num_frames, target_tracks=target_tracks.num_frames
+        )
         if tuple(source_camera.image_size) != tuple(target_camera.image_size):
-            raise ValueError(f"source and target cameras must share image_size; got {source_camera.image_size} "
-                             f"and {target_camera.image_size}")
+            raise ValueError(
+                f"source and target cameras must share image_size; got {source_camera.image_size} "
+                f"and {target_camera.image_size}"
+            )
 
         # pairing: target point i <-> source point ids[i]
         Ns, Nt = source_tracks.num_points, target_tracks.num_points
         ids = None if target_tracks.ids is None else np.asarray(target_tracks.ids, np.int64)
         if ids is None and Nt != Ns:
-            raise ValueError(f"target tracks have N={Nt} points and source tracks N={Ns}, and the target has no "
-                             "ids mapping its points to source points")
+            raise ValueError(
+                f"target tracks have N={Nt} points and source tracks N={Ns}, and the target has no "
+                "ids mapping its points to source points"
+            )
         if ids is not None and (ids.shape != (Nt,) or ids.min() < 0 or ids.max() >= Ns):
-            raise ValueError(f"target track ids must index the N={Ns} source points; got range "
-                             f"[{ids.min()}, {ids.max()}]")
+            raise ValueError(
+                f"target track ids must index the N={Ns} source points; got range [{ids.min()}, {ids.max()}]"
+            )
         src_xyz = np.asarray(source_tracks.xyz, np.float32)
         src_vis = np.asarray(source_tracks.visibility, bool)
         if ids is not None:
@@ -402,8 +413,9 @@ class EditPipeline:
 
         def cam_of(c: Camera) -> Camera:
             c = fit_camera(Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size), fit)
-            return Camera(_pad_frames(np.asarray(c.intrinsics), F_pad), _pad_frames(np.asarray(c.extrinsics), F_pad),
-                          c.image_size)
+            return Camera(
+                _pad_frames(np.asarray(c.intrinsics), F_pad), _pad_frames(np.asarray(c.extrinsics), F_pad), c.image_size
+            )
 
         def tracks_of(xyz, vis) -> Tracks:
             return Tracks(_pad_frames(xyz[:n], F_pad), _pad_frames(vis[:n], F_pad))
@@ -430,7 +442,7 @@ class EditPipeline:
         guidance: float = 5.0,
         seed: int = 0,
         solver: str = "unipc",
-        shift: Optional[float] = None,
+        shift: float | None = None,
         progress: bool = False,
     ) -> EditOutput:
         """Encode, sample and decode prepared inputs (steps 5-7 of the module docstring)."""
@@ -459,10 +471,18 @@ class EditPipeline:
         timings["vae_encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        cond = prepare_track_condition(inputs.source_tracks, inputs.source_camera,
-                                       inputs.target_tracks, inputs.target_camera)
-        cache = _encode_source(self.graphdef, self.state, latents.astype(jnp.float32), cond.source[None],
-                               cond.target[None], cond.source_valid[None], cond.target_valid[None])
+        cond = prepare_track_condition(
+            inputs.source_tracks, inputs.source_camera, inputs.target_tracks, inputs.target_camera
+        )
+        cache = _encode_source(
+            self.graphdef,
+            self.state,
+            latents.astype(jnp.float32),
+            cond.source[None],
+            cond.target[None],
+            cond.source_valid[None],
+            cond.target_valid[None],
+        )
         cache = jax.block_until_ready(cache)
         timings["source_cache"] = time.perf_counter() - t0
 
@@ -472,10 +492,15 @@ class EditPipeline:
         noise = initial_noise(int(seed), tuple(latents.shape), jnp.float32)
         t0 = time.perf_counter()
         x0 = sample(
-            velocity, noise, {"context": context},
+            velocity,
+            noise,
+            {"context": context},
             uncond={"context": jnp.zeros_like(context)} if use_cfg else None,
             guidance=float(guidance) if use_cfg else 1.0,
-            solver=solver, num_steps=int(num_steps), shift=shift, progress=progress,
+            solver=solver,
+            num_steps=int(num_steps),
+            shift=shift,
+            progress=progress,
         )
         x0 = jax.block_until_ready(x0)
         timings["sampling"] = time.perf_counter() - t0
@@ -486,14 +511,25 @@ class EditPipeline:
         timings["vae_decode"] = time.perf_counter() - t0
 
         settings = {
-            "num_steps": int(num_steps), "guidance": float(guidance) if use_cfg else 1.0,
-            "guidance_requested": float(guidance), "cfg": use_cfg, "seed": int(seed), "solver": solver,
-            "shift": shift, "prompt": prompt, "prompt_embedding": prompt_embedding is not None,
-            "model_grid": [int(s) for s in inputs.video.shape[1:3]], "frames_used": inputs.num_frames,
-            "frames_padded_to": int(inputs.video.shape[0]), "latent_shape": [int(s) for s in latents.shape],
+            "num_steps": int(num_steps),
+            "guidance": float(guidance) if use_cfg else 1.0,
+            "guidance_requested": float(guidance),
+            "cfg": use_cfg,
+            "seed": int(seed),
+            "solver": solver,
+            "shift": shift,
+            "prompt": prompt,
+            "prompt_embedding": prompt_embedding is not None,
+            "model_grid": [int(s) for s in inputs.video.shape[1:3]],
+            "frames_used": inputs.num_frames,
+            "frames_padded_to": int(inputs.video.shape[0]),
+            "latent_shape": [int(s) for s in latents.shape],
             "num_tracks": int(inputs.target_tracks.num_points),
-            "resize": {"in_size": list(inputs.fit.in_size), "resized": list(inputs.fit.resized),
-                       "offset": list(inputs.fit.offset)},
+            "resize": {
+                "in_size": list(inputs.fit.in_size),
+                "resized": list(inputs.fit.resized),
+                "offset": list(inputs.fit.offset),
+            },
         }
         return EditOutput(video=frames, latents=x0, inputs=inputs, settings=settings, timings=timings)
 
@@ -511,20 +547,38 @@ class EditPipeline:
         guidance: float = 5.0,
         seed: int = 0,
         solver: str = "unipc",
-        shift: Optional[float] = None,
-        max_frames: Optional[int] = None,
-        size: Optional[tuple[int, int]] = None,
+        shift: float | None = None,
+        max_frames: int | None = None,
+        size: tuple[int, int] | None = None,
         resize: str = "crop",
-        max_tracks: Optional[int] = None,
+        max_tracks: int | None = None,
         progress: bool = False,
     ) -> EditOutput:
         """`prepare` then `generate`; returns the `EditOutput` (video, inputs, settings, timings)."""
         t0 = time.perf_counter()
-        inputs = self.prepare(video, source_tracks, source_camera, target_tracks, target_camera,
-                              max_frames=max_frames, size=size, resize=resize, max_tracks=max_tracks)
+        inputs = self.prepare(
+            video,
+            source_tracks,
+            source_camera,
+            target_tracks,
+            target_camera,
+            max_frames=max_frames,
+            size=size,
+            resize=resize,
+            max_tracks=max_tracks,
+        )
         t_prep = time.perf_counter() - t0
-        out = self.generate(inputs, prompt, prompt_embedding=prompt_embedding, num_steps=num_steps,
-                            guidance=guidance, seed=seed, solver=solver, shift=shift, progress=progress)
+        out = self.generate(
+            inputs,
+            prompt,
+            prompt_embedding=prompt_embedding,
+            num_steps=num_steps,
+            guidance=guidance,
+            seed=seed,
+            solver=solver,
+            shift=shift,
+            progress=progress,
+        )
         out.timings = {"prepare": t_prep, **out.timings}
         out.settings.update(resize_mode=resize, max_frames=max_frames, max_tracks=max_tracks)
         return out

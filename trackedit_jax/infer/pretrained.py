@@ -19,6 +19,7 @@
 failure never leaves a half-written directory. `load_pretrained` names the missing piece when the
 directory is incomplete.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,7 @@ class PretrainedConfig:
 
     # -------------------------------------------------------------------------------- conversions
     @classmethod
-    def from_train_config(cls, config, *, source: Optional[dict] = None) -> "PretrainedConfig":
+    def from_train_config(cls, config, *, source: dict | None = None) -> PretrainedConfig:
         """From a training `ConfigDict` (a run's config.json): LoRA dropped (it is merged on export)."""
         from trackedit_jax.train import build
 
@@ -118,8 +119,11 @@ class PretrainedConfig:
 
     def to_json(self) -> dict:
         wan = dataclasses.asdict(self.wan)
-        wan.update(param_dtype=_dtype_name(self.wan.param_dtype), dtype=_dtype_name(self.wan.dtype),
-                   patch_size=list(self.wan.patch_size))
+        wan.update(
+            param_dtype=_dtype_name(self.wan.param_dtype),
+            dtype=_dtype_name(self.wan.dtype),
+            patch_size=list(self.wan.patch_size),
+        )
         cond = dataclasses.asdict(self.conditioner)
         cond.update(dtype=_dtype_name(self.conditioner.dtype), param_dtype=_dtype_name(self.conditioner.param_dtype))
         vae = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.vae).items()}
@@ -129,20 +133,23 @@ class PretrainedConfig:
             "model": {"wan": wan, "conditioner": cond, "rope_mode": self.rope_mode},
             "vae": vae,
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
-            "grid": {"num_frames": self.num_frames, "height": self.height, "width": self.width,
-                     "max_tracks": self.max_tracks},
+            "grid": {
+                "num_frames": self.num_frames,
+                "height": self.height,
+                "width": self.width,
+                "max_tracks": self.max_tracks,
+            },
             "sampling": {"shift": self.sample_shift, "prediction": self.prediction},
             "source": self.source,
         }
 
     @classmethod
-    def from_json(cls, data: dict, *, where: str = CONFIG_NAME) -> "PretrainedConfig":
+    def from_json(cls, data: dict, *, where: str = CONFIG_NAME) -> PretrainedConfig:
         from trackedit_jax.models.track_conditioner import ConditionerConfig
         from trackedit_jax.models.wan.config import WanConfig
-        from trackedit_jax.models.wan.vae import WanVAEConfig
 
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PretrainedError(f"{where}: not a trackedit pretrained config (no \"format\": \"{FORMAT}\")")
+            raise PretrainedError(f'{where}: not a trackedit pretrained config (no "format": "{FORMAT}")')
         if int(data.get("version", -1)) > VERSION:
             raise PretrainedError(f"{where}: format version {data.get('version')} is newer than this code ({VERSION})")
         try:
@@ -168,7 +175,8 @@ class PretrainedConfig:
 
 
 def _vae_config_from_json(data: dict):
-    from trackedit_jax.models.space_to_depth import KIND as S2D, SpaceToDepthConfig
+    from trackedit_jax.models.space_to_depth import KIND as S2D
+    from trackedit_jax.models.space_to_depth import SpaceToDepthConfig
     from trackedit_jax.models.wan.vae import WanVAEConfig
 
     if data.get("kind") == S2D:
@@ -185,7 +193,7 @@ class Pretrained:
     vae: Any  # WanVAE
     text_encoder: Any = None  # UMT5Encoder
     tokenizer: Any = None  # PromptTokenizer
-    path: Optional[pathlib.Path] = None
+    path: pathlib.Path | None = None
 
 
 # ------------------------------------------------------------------------------------------------ save
@@ -220,12 +228,20 @@ def _write_umt5(encoder, out_dir: pathlib.Path) -> None:
     write_safetensors(tensors, out_dir, basename="model")
     c = encoder.config
     cfg = {
-        "architectures": ["UMT5EncoderModel"], "model_type": "umt5", "vocab_size": c.vocab_size,
-        "d_model": c.d_model, "d_kv": c.d_kv, "d_ff": c.d_ff, "num_layers": c.num_layers,
-        "num_heads": c.num_heads, "relative_attention_num_buckets": c.relative_attention_num_buckets,
+        "architectures": ["UMT5EncoderModel"],
+        "model_type": "umt5",
+        "vocab_size": c.vocab_size,
+        "d_model": c.d_model,
+        "d_kv": c.d_kv,
+        "d_ff": c.d_ff,
+        "num_layers": c.num_layers,
+        "num_heads": c.num_heads,
+        "relative_attention_num_buckets": c.relative_attention_num_buckets,
         "relative_attention_max_distance": c.relative_attention_max_distance,
-        "layer_norm_epsilon": c.layer_norm_epsilon, "feed_forward_proj": c.feed_forward_proj,
-        "is_encoder_decoder": True, "dropout_rate": 0.0,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "feed_forward_proj": c.feed_forward_proj,
+        "is_encoder_decoder": True,
+        "dropout_rate": 0.0,
     }
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -270,7 +286,7 @@ def save_pretrained(
     tokenizer: str | os.PathLike | None = None,
     *,
     overwrite: bool = False,
-    source: Optional[dict] = None,
+    source: dict | None = None,
 ) -> pathlib.Path:
     """Write the inference directory (module docstring) atomically.
 

@@ -5,6 +5,7 @@
 `trackedit_jax.parallel.attention.attention`, which adds context (sequence) parallelism over the mesh and
 otherwise, or per shard, calls this function.
 """
+
 from __future__ import annotations
 
 import jax

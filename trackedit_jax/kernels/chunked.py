@@ -15,6 +15,7 @@ Masked keys (mask False) get the most negative finite float32 score, so a row wh
 returns the uniform average of the values (the convention of `jax.nn.dot_product_attention`); keys that
 only exist because a length was padded up to a block multiple get -inf and never contribute.
 """
+
 from __future__ import annotations
 
 import functools

@@ -12,6 +12,7 @@ gradient into q or k. `split_fully_masked` hands such elements to the kernel unm
 finite) and `merge_fully_masked` replaces their rows by mean(v) afterwards; their kernel rows then get a
 zero cotangent, so the backward kernels contribute nothing for them either.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +63,7 @@ class BlockSizes:
     def k_multiple(self) -> int:
         return math.lcm(self.block_k, self.dkv[1], self.dq[1])
 
-    def clipped(self, len_q: int, len_kv: int, *, fit) -> "BlockSizes":
+    def clipped(self, len_q: int, len_kv: int, *, fit) -> BlockSizes:
         """Shrinks tiles larger than `fit(length)` (the smallest legal tile covering the sequence)."""
 
         def clip(block, length):
@@ -91,9 +92,7 @@ def next_pow2(n: int) -> int:
 def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> None:
     """Validates (B, L, H, D) q/k/v and a (B, L_kv) key-padding mask; raises ValueError naming the argument."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(
-            f"attention expects q, k, v of shape (B, L, H, D); got q{q.shape}, k{k.shape}, v{v.shape}"
-        )
+        raise ValueError(f"attention expects q, k, v of shape (B, L, H, D); got q{q.shape}, k{k.shape}, v{v.shape}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape (B, L_kv, H, D); got k{k.shape}, v{v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:

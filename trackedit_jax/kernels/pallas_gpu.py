@@ -13,6 +13,7 @@ the logits nor the output columns we keep.
 `interpret=True` runs the same kernels with the Pallas interpreter (CPU tests). Lowering for CUDA emits
 the `__gpu$xla.gpu.triton` custom call; `tests/kernels/test_lowering.py` exports it from a CPU machine.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,7 +42,6 @@ from trackedit_jax.kernels.flash_common import (
 
 TRITON_CUSTOM_CALL = "__gpu$xla.gpu.triton"
 DEFAULT_BLOCKS = BlockSizes(block_q=64, block_k=64)
-
 
 
 def _is_pow2(n: int) -> bool:
@@ -262,8 +262,18 @@ def _flash_fwd(q, k, v, bias, scale, blocks, interpret, num_warps, num_stages):
 def _flash_bwd(scale, blocks, interpret, num_warps, num_stages, residuals, do):
     q, k, v, bias, o, lse = residuals
     dq, dk, dv = _backward(
-        q, k, v, bias, o, lse, do,
-        scale=scale, blocks=blocks, interpret=interpret, num_warps=num_warps, num_stages=num_stages,
+        q,
+        k,
+        v,
+        bias,
+        o,
+        lse,
+        do,
+        scale=scale,
+        blocks=blocks,
+        interpret=interpret,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return dq, dk, dv, (None if bias is None else jnp.zeros_like(bias))
 
@@ -315,4 +325,3 @@ def flash_attention_gpu(
     bias = key_bias(kernel_mask, batch, len_kv, len_kv_pad)
     out = _flash(qp, kp, vp, bias, scale, blocks, interpret, num_warps, num_stages)
     return merge_fully_masked(out[:, :len_q, :, :head_dim], v, has_key)
-

@@ -17,6 +17,7 @@ D = 128), otherwise from a (B, H, L, D) transpose.
 Sequence lengths are padded to the tiles and masked (`flash_common`). `interpret=True` (or a
 `pltpu.InterpretParams`) runs on CPU. Lowering emits `tpu_custom_call`; see tests/kernels/test_lowering.py.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,7 +44,6 @@ from trackedit_jax.kernels.flash_common import (
 MOSAIC_CUSTOM_CALL = "tpu_custom_call"
 DEFAULT_BLOCKS = BlockSizes(block_q=512, block_k=512, block_q_dkv=512, block_k_dkv=512, block_q_dq=512, block_k_dq=512)
 LANES = 128
-
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -300,8 +300,18 @@ def _flash_fwd(q, k, v, bias, heads, head_dim, scale, blocks, interpret):
 def _flash_bwd(heads, head_dim, scale, blocks, interpret, residuals, do):
     q, k, v, bias, o, lse = residuals
     dq, dk, dv = _backward(
-        q, k, v, bias, o, lse, do,
-        layout=_Layout(head_dim), heads=heads, scale=scale, blocks=blocks, interpret=interpret,
+        q,
+        k,
+        v,
+        bias,
+        o,
+        lse,
+        do,
+        layout=_Layout(head_dim),
+        heads=heads,
+        scale=scale,
+        blocks=blocks,
+        interpret=interpret,
     )
     return dq, dk, dv, (None if bias is None else jnp.zeros_like(bias))
 

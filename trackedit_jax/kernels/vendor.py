@@ -4,6 +4,7 @@ These are not ours; they adapt the project's (B, L, H, D) + (B, L_kv) key-paddin
 `jax.experimental.pallas.ops.tpu.splash_attention` and to `jax.nn.dot_product_attention(implementation=
 "cudnn")`.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,9 +63,14 @@ def splash_attention(
     kernel = splash.make_splash_mha(
         splash_mask.MultiHeadMask([splash_mask.FullMask((len_q_pad, len_kv_pad))] * heads),
         block_sizes=splash.BlockSizes(
-            block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
-            block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
-            block_q_dq=block_q, block_kv_dq=block_kv,
+            block_q=block_q,
+            block_kv=block_kv,
+            block_kv_compute=block_kv,
+            block_q_dkv=block_q,
+            block_kv_dkv=block_kv,
+            block_kv_dkv_compute=block_kv,
+            block_q_dq=block_q,
+            block_kv_dq=block_kv,
         ),
         head_shards=1,
         q_seq_shards=1,

@@ -11,6 +11,7 @@
 The source path (patchify of z_src, the conditioner) does not depend on the noise level, so
 `encode_source` computes it once and `__call__` reuses it at every sampling step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,9 @@ class EditByTrack(nnx.Module):
       rope_mode: "sequential" or "shared" (see module docstring).
     """
 
-    def __init__(self, wan: WanConfig, conditioner: ConditionerConfig, *, rope_mode: str = "sequential", rngs: nnx.Rngs):
+    def __init__(
+        self, wan: WanConfig, conditioner: ConditionerConfig, *, rope_mode: str = "sequential", rngs: nnx.Rngs
+    ):
         if rope_mode not in ROPE_MODES:
             raise ValueError(f"rope_mode must be one of {ROPE_MODES}; got {rope_mode!r}")
         self.wan_config = wan

@@ -4,18 +4,18 @@ Every parameter is made by `trackedit_jax.parallel.rules.param` (logical axis na
 sharding off): a model can be built without a mesh (tests, conversion) and the training / loading code
 places the state onto a mesh through the one rules table.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from trackedit_jax.parallel.rules import param
-
 
 # --------------------------------------------------------------------------------------------------
 # float32 norms and broadcast products with hand-written backward passes
@@ -127,7 +127,9 @@ def _dense_bwd(saved_transposed, res, g):
     saved, kernel, bias_dtype = res
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
         g = jnp.zeros(g.shape, g.dtype)
-    dx = jnp.einsum("...o,io->...i", g.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32).astype(kernel.dtype)
+    dx = jnp.einsum("...o,io->...i", g.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32).astype(
+        kernel.dtype
+    )
     dk = None
     lead = "abcdefgh"[: g.ndim - 2]  # contract over every leading axis and the tokens
     if saved is not None and saved_transposed:  # (..., in, L) x (..., L, out)

@@ -9,9 +9,10 @@ adapters and "LoRA only" selects them by type.
 The same code works on stacked blocks (created under `nnx.vmap`): every helper here contracts with
 `...` so a leading layer axis is carried along.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -13,6 +13,7 @@ latent_frames / video_frames`), so the edit model, training and the pipelines us
 no parameters: a model trained on it works in pixel space, which is what a small CPU-trained model
 needs to produce watchable edits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,7 @@ class SpaceToDepthConfig:
 
     @property
     def z_dim(self) -> int:
-        return 3 * self.temporal_factor * self.spatial_factor ** 2
+        return 3 * self.temporal_factor * self.spatial_factor**2
 
     def latent_frames(self, num_frames: int) -> int:
         return 1 + (num_frames - 1) // self.temporal_factor

@@ -9,11 +9,12 @@ Two backends, both already constructed by the caller (models never read files; s
 `trackedit_jax.convert.umt5.load_tokenizer`): a HF `tokenizers.Tokenizer` (from `tokenizer.json`) or a
 `sentencepiece.SentencePieceProcessor` (from a `.model` file, e.g. umt5's `spiece.model`).
 """
+
 from __future__ import annotations
 
 import html
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,8 +42,9 @@ class PromptTokenizer:
       clean: apply `clean_prompt` first (the Wan pipelines do).
     """
 
-    def __init__(self, backend, *, text_len: int = 512, pad_id: int | None = None, eos_id: int | None = None,
-                 clean: bool = True):
+    def __init__(
+        self, backend, *, text_len: int = 512, pad_id: int | None = None, eos_id: int | None = None, clean: bool = True
+    ):
         if text_len < 2:
             raise ValueError(f"text_len must be >= 2 (room for a token and EOS); got {text_len}")
         self.text_len = int(text_len)
@@ -61,7 +63,7 @@ class PromptTokenizer:
         elif kind == "sentencepiece":
             self.kind = "sentencepiece"
             self._sp = backend
-            lookup = lambda piece: (i if (i := backend.piece_to_id(piece)) != backend.unk_id() else None)  # noqa: E731
+            lookup = lambda piece: i if (i := backend.piece_to_id(piece)) != backend.unk_id() else None  # noqa: E731
             self.vocab_size = backend.get_piece_size()
         else:
             raise ValueError(

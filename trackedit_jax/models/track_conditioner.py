@@ -23,6 +23,7 @@ attention) are ours and are configuration. Padded tracks and points behind the c
 through the `valid` masks; the output is invariant to the order of the tracks and to appended
 padding (attention over tracks is a masked sum).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -106,8 +107,17 @@ class _Linear(nnx.Module):
     and checkpoints are those of the `nnx.Linear` this layer replaces.
     """
 
-    def __init__(self, din: int, dout: int, axes: tuple[str | None, str | None], cfg: ConditionerConfig, *,
-                 rngs: nnx.Rngs, zero: bool = False, bias: bool = True):
+    def __init__(
+        self,
+        din: int,
+        dout: int,
+        axes: tuple[str | None, str | None],
+        cfg: ConditionerConfig,
+        *,
+        rngs: nnx.Rngs,
+        zero: bool = False,
+        bias: bool = True,
+    ):
         init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
         self.kernel = param(rngs, init, (din, dout), axes, cfg.param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros_init(), (dout,), axes[1:], cfg.param_dtype) if bias else None

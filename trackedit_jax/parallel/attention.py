@@ -5,6 +5,7 @@ the mesh set by ``jax.set_mesh`` (`context_attention.plan`): when the sequence i
 axis it runs `context_attention.context_parallel_attention`, otherwise the local kernel dispatch
 `kernels.attention.attention` on the whole arrays. `kernels/` itself knows nothing of meshes.
 """
+
 from __future__ import annotations
 
 import jax

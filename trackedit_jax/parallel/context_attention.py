@@ -30,6 +30,7 @@ Lengths not divisible by C are padded: q/k/v get zero rows up to a multiple of C
 and padded query rows are dropped from the output. A batch element whose keys are all masked returns
 mean(v) over its real keys with no q/k gradient, the convention of the "xla" impl.
 """
+
 from __future__ import annotations
 
 import functools
@@ -422,7 +423,10 @@ def context_parallel_attention(
     if mask is None:
         fn = jax.shard_map(
             lambda q, k, v: body(q, k, v, None),
-            mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=check_vma,
+            mesh=mesh,
+            in_specs=(q_spec, kv_spec, kv_spec),
+            out_specs=q_spec,
+            check_vma=check_vma,
         )
         out = fn(q, k_in, v_in)
     else:

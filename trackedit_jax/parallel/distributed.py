@@ -7,6 +7,7 @@ Detection order:
   3. otherwise a single process: nothing to do.
 Must run before anything touches a JAX backend.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,10 +4,11 @@ Sizes come from `config.mesh` (`data`, `fsdp`, `context`, `tensor`); one of them
 all remaining devices. Axis types are Auto (classic GSPMD propagation), so sharding constraints by
 logical name (`parallel.rules`) work on 1 device, on simulated CPU meshes and on pods alike.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np

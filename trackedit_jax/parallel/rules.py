@@ -20,9 +20,10 @@ Activations:
   act_heads    attention heads                -> tensor
   act_embed, act_kv, act_mlp                  -> replicated (act_mlp -> tensor)
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -6,13 +6,16 @@ Parameters carry logical axis names as NNX metadata (`rules.param(rngs, init, sh
 divide (e.g. 12 heads on a tensor axis of 8), so every config runs on every mesh; what was dropped is
 reported by `describe_shardings`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from trackedit_jax.parallel.rules import fit_spec, logical_axes_of, logical_to_mesh_spec
 

@@ -6,6 +6,7 @@ real TPU/GPU host compiles for the real devices. What is compiled is `TrainingSe
 `train` runs, on `TrainingSetup.abstract_arguments`: the batch holds precomputed latents and text
 embeddings (the frozen VAE encode is planned separately), which is how the paper-size run is fed.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -2,6 +2,7 @@
 
 `validate_config` runs before anything is compiled and names the offending field in its error.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,11 @@ def vae_config(config: ConfigDict) -> WanVAEConfig | SpaceToDepthConfig:
     if v.preset == "tiny":
         return WanVAEConfig.tiny(base_dim=int(v.base_dim), z_dim=int(v.z_dim))
     if v.preset == "space_to_depth":
-        return SpaceToDepthConfig(spatial_factor=int(v.get("spatial_factor", 4)),
-                                  temporal_factor=int(v.get("temporal_factor", 4)), scale=float(v.get("scale", 0.5)))
+        return SpaceToDepthConfig(
+            spatial_factor=int(v.get("spatial_factor", 4)),
+            temporal_factor=int(v.get("temporal_factor", 4)),
+            scale=float(v.get("scale", 0.5)),
+        )
     raise ConfigError(f"vae.preset must be one of {VAE_PRESETS}; got {v.preset!r}")
 
 
@@ -127,8 +131,7 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
         raise ConfigError(f"train.grad_accum must be >= 1; got {t.grad_accum}")
     if t.batch_size % (dp * t.grad_accum):
         raise ConfigError(
-            f"train.batch_size={t.batch_size} must be divisible by data*fsdp={dp} times "
-            f"train.grad_accum={t.grad_accum}"
+            f"train.batch_size={t.batch_size} must be divisible by data*fsdp={dp} times train.grad_accum={t.grad_accum}"
         )
     if config.diffusion.get("prediction", "velocity") not in PREDICTIONS:
         raise ConfigError(f"diffusion.prediction must be one of {PREDICTIONS}; got {config.diffusion.prediction!r}")
@@ -157,11 +160,13 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
     for field, patch in (("height", config.model.wan.patch_size[1]), ("width", config.model.wan.patch_size[2])):
         if d[field] % (sf * patch):
             raise ConfigError(
-                f"data.{field} must be a multiple of {sf * patch} (VAE x{sf}, patch x{patch}); got {d[field]}")
+                f"data.{field} must be a multiple of {sf * patch} (VAE x{sf}, patch x{patch}); got {d[field]}"
+            )
     if vae.z_dim != config.model.wan.in_dim:
         raise ConfigError(
             f"model.wan.in_dim must equal the VAE's latent channels {vae.z_dim} (vae.preset={config.vae.preset!r}); "
-            f"got {config.model.wan.in_dim}")
+            f"got {config.model.wan.in_dim}"
+        )
     if not 1 <= d.min_tracks <= d.max_tracks:
         raise ConfigError(f"data.min_tracks ({d.min_tracks}) must be in [1, data.max_tracks={d.max_tracks}]")
     if d.train_path and not os.path.exists(d.train_path):

@@ -9,6 +9,7 @@ Saving is asynchronous (`save` returns after the device-to-host copy; `wait` blo
 takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a checkpoint written on one mesh
 restores onto any other mesh or device count.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,11 @@ def read_state_numpy(checkpoint_dir: str | os.PathLike, step: int | None = None)
     inspection, tests and export.
     """
     directory = pathlib.Path(checkpoint_dir)
-    steps = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()) if directory.is_dir() else []
+    steps = (
+        sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+        if directory.is_dir()
+        else []
+    )
     if not steps:
         raise FileNotFoundError(f"no checkpoints in {directory}")
     step = steps[-1] if step is None else int(step)

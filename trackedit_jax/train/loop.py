@@ -7,6 +7,7 @@ from `init_from`), take the setup's jitted step (explicit in/out shardings, dona
 progress bar, metrics (TensorBoard + JSONL), periodic validation, periodic checkpoints and a final
 checkpoint on SIGTERM or at the end, plus a loss-curve PNG.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,11 +88,19 @@ def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
     gen_train = workdir / "data" / "train"
     gen_val = workdir / "data" / "val"
     if _is_main():
-        for out, n, seed in ((gen_train, d.synthetic_pairs, config.train.seed),
-                             (gen_val, min(64, max(2, d.synthetic_pairs // 8)), config.train.seed + 10_000)):
+        for out, n, seed in (
+            (gen_train, d.synthetic_pairs, config.train.seed),
+            (gen_val, min(64, max(2, d.synthetic_pairs // 8)), config.train.seed + 10_000),
+        ):
             if not (out / "manifest.json").exists():
-                make_dataset(out, num_pairs=int(n), num_frames=int(d.num_frames), size=(int(d.height), int(d.width)),
-                             seed=int(seed), workers=int(d.get("synthetic_workers", 1)))
+                make_dataset(
+                    out,
+                    num_pairs=int(n),
+                    num_frames=int(d.num_frames),
+                    size=(int(d.height), int(d.width)),
+                    seed=int(seed),
+                    workers=int(d.get("synthetic_workers", 1)),
+                )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("trackedit:synthetic-data")
     return str(gen_train), str(val_path or gen_val)
@@ -99,11 +108,17 @@ def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
 
 def make_iterator(config: ConfigDict, path: str, *, seed: int, repeat: bool = True):
     """This process's share of the global batches from the shards at `path` (a grain iterator)."""
-    from data_pipeline.loader import LoaderConfig, make_iterator as make_grain_iterator
+    from data_pipeline.loader import LoaderConfig
+    from data_pipeline.loader import make_iterator as make_grain_iterator
 
     loader_cfg = LoaderConfig.from_config(
-        config.data, batch_size=config.train.batch_size // jax.process_count(), seed=seed, shuffle=True,
-        repeat=repeat, process_index=jax.process_index(), process_count=jax.process_count(),
+        config.data,
+        batch_size=config.train.batch_size // jax.process_count(),
+        seed=seed,
+        shuffle=True,
+        repeat=repeat,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
     return make_grain_iterator(path, loader_cfg)
 
@@ -165,8 +180,9 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
 
     # --- data and checkpoints ----------------------------------------------------------------------
     train_iter = make_iterator(config, train_path, seed=seed)
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
-                        async_save=config.checkpoint.async_save)
+    ckpt = Checkpointer(
+        workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save
+    )
     latest = ckpt.latest_step()
     if latest is not None:
         state = ckpt.restore(latest, abstract_like(abs_state, state_sh), train_iter)
@@ -183,8 +199,10 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     eval_fn = setup.jit_eval(vae_graphdef)
 
     flops_per_step = train_step_flops(
-        build.wan_config(config), latent_shape=build.latent_grid(config),
-        text_tokens=config.text.text_len, batch_size=config.train.batch_size,
+        build.wan_config(config),
+        latent_shape=build.latent_grid(config),
+        text_tokens=config.text.text_len,
+        batch_size=config.train.batch_size,
     )
     tokens_per_step = 2 * build.tokens_per_clip(config) * config.train.batch_size
     peak = float(config.hardware.peak_flops_per_device)
@@ -196,9 +214,12 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     start = int(jax.device_get(state.step))
     end = int(config.train.num_steps) if max_steps is None else min(int(config.train.num_steps), start + max_steps)
     if _is_main():
-        print(f"[trackedit train] {resumed_from}; steps {start} -> {end}; mesh {dict(mesh.shape)}; "
-              f"{jax.device_count()} devices, {jax.process_count()} processes; peak {peak / 1e9:.0f} GFLOP/s "
-              f"per device ({peak_source})", flush=True)
+        print(
+            f"[trackedit train] {resumed_from}; steps {start} -> {end}; mesh {dict(mesh.shape)}; "
+            f"{jax.device_count()} devices, {jax.process_count()} processes; peak {peak / 1e9:.0f} GFLOP/s "
+            f"per device ({peak_source})",
+            flush=True,
+        )
 
     from tqdm.auto import tqdm
 
@@ -248,8 +269,13 @@ def _log(writer, step, metrics, timing, fingerprint, bar, rates) -> dict:
     m["model_flops_per_step"] = rates["flops"]
     if timing is not None:
         dt, _, t_data = timing
-        m.update(step_time=dt, data_time=t_data, flops_per_second=rates["flops"] / dt,
-                 tokens_per_second=rates["tokens"] / dt, mfu=rates["flops"] / dt / rates["peak"])
+        m.update(
+            step_time=dt,
+            data_time=t_data,
+            flops_per_second=rates["flops"] / dt,
+            tokens_per_second=rates["tokens"] / dt,
+            mfu=rates["flops"] / dt / rates["peak"],
+        )
     if fingerprint is not None:
         m["data_fingerprint"] = float(fingerprint)  # exact: a 32-bit int in a float64
     writer.write(step, m)

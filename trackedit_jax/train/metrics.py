@@ -3,6 +3,7 @@
 Only process 0 writes. Event files are written with tensorboard's own writer (no TensorFlow needed)
 and read back by TensorBoard or `tensorboard.backend.event_processing.event_accumulator`.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
@@ -42,7 +43,9 @@ class MetricsWriter:
 
         clean = {f"{prefix}/{k}": float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
         values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()]
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
+        self._tb.add_event(
+            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values))
+        )
         self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
 
     def flush(self) -> None:

@@ -1,4 +1,5 @@
 """The optimiser: AdamW with linear warm-up and cosine decay, global-norm clipping (optax)."""
+
 from __future__ import annotations
 
 import optax

@@ -6,14 +6,17 @@ donated). The training loop (`train.loop.train`) runs it on real arrays and the 
 (`train.aot.plan_training_step`) lowers the same object on `abstract_arguments`, so what is planned is
 what is trained.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from trackedit_jax.parallel.sharding import batch_sharding, state_shardings
@@ -44,7 +47,7 @@ class TrainingSetup:
     use_ema: bool
 
     @classmethod
-    def create(cls, config: ConfigDict, mesh) -> "TrainingSetup":
+    def create(cls, config: ConfigDict, mesh) -> TrainingSetup:
         seed = int(config.train.seed)
         trainable = build.trainable(config)
         abstract = nnx.eval_shape(lambda: build.build_edit_model(config, seed=seed))
@@ -52,8 +55,11 @@ class TrainingSetup:
         params_sh = state_shardings(abs_params, mesh)
         frozen_sh = state_shardings(abs_frozen, mesh)
         tx, schedule = make_optimizer(
-            peak_lr=config.train.lr, warmup_steps=config.train.warmup_steps, total_steps=config.train.num_steps,
-            weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
+            peak_lr=config.train.lr,
+            warmup_steps=config.train.warmup_steps,
+            total_steps=config.train.num_steps,
+            weight_decay=config.train.weight_decay,
+            clip_norm=config.train.clip_norm,
         )
         use_ema = config.train.ema_decay > 0
         abs_state = jax.eval_shape(lambda p: init_train_state(p, tx, seed, use_ema), abs_params)
@@ -65,8 +71,22 @@ class TrainingSetup:
             rng=replicated,
             ema=params_sh if use_ema else None,
         )
-        return cls(config, mesh, trainable, graphdef, abs_params, abs_frozen, params_sh, frozen_sh, tx,
-                   schedule, abs_state, state_sh, replicated, use_ema)
+        return cls(
+            config,
+            mesh,
+            trainable,
+            graphdef,
+            abs_params,
+            abs_frozen,
+            params_sh,
+            frozen_sh,
+            tx,
+            schedule,
+            abs_state,
+            state_sh,
+            replicated,
+            use_ema,
+        )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -88,8 +108,9 @@ class TrainingSetup:
         """The jitted `(state, frozen, vae_state, batch) -> (state, metrics)` of `make_train_step`:
         state on `state_sh` (donated: updated in place), frozen on `frozen_sh`, the VAE replicated,
         the batch as given (split over (data, fsdp), see `abstract_batch`); metrics replicated."""
-        step = make_train_step(self.graphdef, vae_graphdef, self.tx, self.schedule, self.config, self.image_size,
-                               self.trainable)
+        step = make_train_step(
+            self.graphdef, vae_graphdef, self.tx, self.schedule, self.config, self.image_size, self.trainable
+        )
         return jax.jit(
             step,
             in_shardings=(self.state_sh, self.frozen_sh, self.replicated, None),
@@ -108,19 +129,29 @@ class TrainingSetup:
         from data_pipeline.loader import LoaderConfig, batch_spec
 
         config = self.config
-        loader = LoaderConfig.from_config(config.data, batch_size=int(config.train.batch_size),
-                                          text_len=int(config.text.text_len))
-        spec = batch_spec(loader, text_dim=int(config.model.wan.text_dim),
-                          latent_shape=(*build.latent_grid(config), int(config.model.wan.in_dim)))
-        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(self.mesh, len(shape)))
-                for k, (shape, dtype) in spec.items()}
+        loader = LoaderConfig.from_config(
+            config.data, batch_size=int(config.train.batch_size), text_len=int(config.text.text_len)
+        )
+        spec = batch_spec(
+            loader,
+            text_dim=int(config.model.wan.text_dim),
+            latent_shape=(*build.latent_grid(config), int(config.model.wan.in_dim)),
+        )
+        return {
+            k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(self.mesh, len(shape)))
+            for k, (shape, dtype) in spec.items()
+        }
 
     def abstract_arguments(self, abs_vae_state: nnx.State) -> tuple:
         """The four arguments of `jit_step` as sharded `jax.ShapeDtypeStruct`s (nothing allocated):
         (state, frozen, vae_state, batch), for `jit_step(...).lower(*args)`."""
         vae = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abs_vae_state)
-        return (abstract_like(self.abs_state, self.state_sh), abstract_like(self.abs_frozen, self.frozen_sh), vae,
-                self.abstract_batch())
+        return (
+            abstract_like(self.abs_state, self.state_sh),
+            abstract_like(self.abs_frozen, self.frozen_sh),
+            vae,
+            self.abstract_batch(),
+        )
 
 
 def _opt_state_shardings(tx, abs_opt_state, params_sh, replicated):
@@ -128,7 +159,10 @@ def _opt_state_shardings(tx, abs_opt_state, params_sh, replicated):
     import optax
 
     return optax.tree_map_params(
-        tx, lambda _, s: s, abs_opt_state, params_sh,
+        tx,
+        lambda _, s: s,
+        abs_opt_state,
+        params_sh,
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )

@@ -11,10 +11,12 @@ Text embeddings are replaced by the null (all-zero) embedding with probability `
 (classifier-free guidance). Gradients flow only into the trainable parameters; the step is
 jitted once with explicit shardings and donates the old state.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +25,12 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from trackedit_jax.diffusion.flow import (
-    flow_matching_loss, noisy_sample, sample_sigmas, sigmas_to_timesteps, velocity_from_output, velocity_target,
+    flow_matching_loss,
+    noisy_sample,
+    sample_sigmas,
+    sigmas_to_timesteps,
+    velocity_from_output,
+    velocity_target,
 )
 from trackedit_jax.geometry.conditioning import prepare_track_condition_batch
 
@@ -69,9 +76,14 @@ def batch_latents(vae, batch: dict) -> tuple[jax.Array, jax.Array]:
 
 def batch_condition(batch: dict, image_size: tuple[int, int]):
     return prepare_track_condition_batch(
-        batch["source_xyz"], batch["source_intrinsics"], batch["source_extrinsics"],
-        batch["target_xyz"], batch["target_intrinsics"], batch["target_extrinsics"],
-        image_size=image_size, point_mask=batch["point_mask"],
+        batch["source_xyz"],
+        batch["source_intrinsics"],
+        batch["source_extrinsics"],
+        batch["target_xyz"],
+        batch["target_intrinsics"],
+        batch["target_extrinsics"],
+        image_size=image_size,
+        point_mask=batch["point_mask"],
     )
 
 
@@ -97,9 +109,11 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     drop = jax.vmap(lambda k: jax.random.uniform(k))(k_drop) < config.text.dropout
     text = jnp.where(drop[:, None, None], 0.0, text)
     d = config.diffusion
-    sigma = jax.vmap(lambda k: sample_sigmas(
-        k, (), distribution=d.distribution, logit_mean=d.logit_mean, logit_std=d.logit_std, shift=d.shift
-    ))(k_sigma)
+    sigma = jax.vmap(
+        lambda k: sample_sigmas(
+            k, (), distribution=d.distribution, logit_mean=d.logit_mean, logit_std=d.logit_std, shift=d.shift
+        )
+    )(k_sigma)
     noise = jax.vmap(lambda k: jax.random.normal(k, z_tgt.shape[1:], jnp.float32))(k_noise)
     x_t = noisy_sample(z_tgt, noise, sigma)
     target = velocity_target(z_tgt, noise)

@@ -5,6 +5,7 @@ A jitted step returns before its work is done; timing at dispatch measures the h
 window's wall time divided by its steps. MFU is model FLOPs per second over `measure_peak_flops`,
 a matmul probe run on this machine at start-up (or a peak the user gives).
 """
+
 from __future__ import annotations
 
 import time
@@ -26,16 +27,16 @@ def measure_peak_flops(dtype=jnp.float32, *, size: int = 2048, repeats: int = 4)
         t0 = time.perf_counter()
         matmul(a, b).block_until_ready()
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * size ** 3 / best
+    return 2.0 * size**3 / best
 
 
 class StepWindow:
     """Wall time per step over windows that end when a step's outputs exist.
 
-        window = StepWindow()
-        window.start(step, outputs)       # waits for `outputs`, then starts the clock
-        ... run steps ...
-        seconds_per_step, steps = window.lap(step, outputs)   # waits, reads the clock, restarts it
+    window = StepWindow()
+    window.start(step, outputs)       # waits for `outputs`, then starts the clock
+    ... run steps ...
+    seconds_per_step, steps = window.lap(step, outputs)   # waits, reads the clock, restarts it
     """
 
     def __init__(self):

@@ -3,10 +3,12 @@
 The official Wan2.1 `config.json` (`dim`, `num_heads`, `in_dim`, ...) and the diffusers one
 (`num_attention_heads`, `attention_head_dim`, `in_channels`, ...) both map onto `WanConfig`.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -136,18 +138,20 @@ class WanConfig:
         alpha = self.lora_rank if self.lora_alpha is None else self.lora_alpha
         return float(alpha) / self.lora_rank
 
-    def replace(self, **changes) -> "WanConfig":
+    def replace(self, **changes) -> WanConfig:
         return dataclasses.replace(self, **changes)
 
     # ----------------------------------------------------------------------------------------------
     # JSON formats
     # ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_official_json(cls, d: Mapping[str, Any], **overrides) -> "WanConfig":
+    def from_official_json(cls, d: Mapping[str, Any], **overrides) -> WanConfig:
         """From the official Wan2.1 `config.json` (`dim`, `num_heads`, `num_layers`, `ffn_dim`, ...)."""
         model_type = d.get("model_type", "t2v")
         if model_type != "t2v":
-            raise ValueError(f"only Wan 2.1 text-to-video checkpoints are supported; config has model_type={model_type!r}")
+            raise ValueError(
+                f"only Wan 2.1 text-to-video checkpoints are supported; config has model_type={model_type!r}"
+            )
         window = tuple(d.get("window_size", (-1, -1)))
         if window != (-1, -1):
             raise ValueError(f"windowed attention is not supported; config has window_size={window}")
@@ -173,7 +177,7 @@ class WanConfig:
         return cls(**kw)
 
     @classmethod
-    def from_diffusers_json(cls, d: Mapping[str, Any], **overrides) -> "WanConfig":
+    def from_diffusers_json(cls, d: Mapping[str, Any], **overrides) -> WanConfig:
         """From a diffusers `WanTransformer3DModel` `config.json`."""
         for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
             if d.get(key) is not None:
@@ -198,7 +202,7 @@ class WanConfig:
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], **overrides) -> "WanConfig":
+    def from_json(cls, d: Mapping[str, Any], **overrides) -> WanConfig:
         """Either format, told apart by its keys (`dim` = official, `num_attention_heads` = diffusers)."""
         if "num_attention_heads" in d or d.get("_class_name") == "WanTransformer3DModel":
             return cls.from_diffusers_json(d, **overrides)
@@ -209,7 +213,9 @@ class WanConfig:
     def to_diffusers_json(self) -> dict[str, Any]:
         """The diffusers `WanTransformer3DModel` config (what `export_wan_transformer` writes)."""
         if not self.qk_norm:
-            raise ValueError("diffusers' WanTransformer3DModel always has q/k RMS norms; qk_norm=False cannot be exported")
+            raise ValueError(
+                "diffusers' WanTransformer3DModel always has q/k RMS norms; qk_norm=False cannot be exported"
+            )
         return {
             "_class_name": "WanTransformer3DModel",
             "patch_size": list(self.patch_size),

@@ -18,6 +18,7 @@ matmuls and attention run in `config.dtype`. Blocks are created stacked (`nnx.vm
 axis) and run with `nnx.scan`, so compile time does not grow with depth; `config.remat_policy`
 selects what the backward pass recomputes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -151,13 +152,17 @@ class WanBlock(nnx.Module):
         d = config.dim
         self.eps = config.eps
         self.modulation = param(
-            rngs, lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / math.sqrt(d),
-            (6, d), (None, "embed"), config.param_dtype,
+            rngs,
+            lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / math.sqrt(d),
+            (6, d),
+            (None, "embed"),
+            config.param_dtype,
         )
         self.self_attn = SelfAttention(config, rngs=rngs)
         self.cross_norm = (
             LayerNorm(d, eps=config.eps, param_dtype=config.param_dtype, axis_name="embed")
-            if config.cross_attn_norm else None
+            if config.cross_attn_norm
+            else None
         )
         self.cross_attn = CrossAttention(config, rngs=rngs)
         self.ffn = FeedForward(config, rngs=rngs)
@@ -187,8 +192,11 @@ class WanHead(nnx.Module):
         d = config.dim
         self.eps = config.eps
         self.modulation = param(
-            rngs, lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / math.sqrt(d),
-            (2, d), (None, "embed"), config.param_dtype,
+            rngs,
+            lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / math.sqrt(d),
+            (2, d),
+            (None, "embed"),
+            config.param_dtype,
         )
         self.linear = _linear(config, d, config.out_dim * config.patch_volume, ("embed", "patch"), rngs)
 
@@ -249,17 +257,23 @@ class WanDiT(nnx.Module):
         c = self.config
         pt, ph, pw = c.patch_size
         if getattr(x, "ndim", None) != 5 or x.shape[-1] != c.in_dim:
-            raise ValueError(f"x must be latents of shape (B, F, H, W, {c.in_dim}) (channels last); got {getattr(x, 'shape', type(x))}")
+            raise ValueError(
+                f"x must be latents of shape (B, F, H, W, {c.in_dim}) (channels last); "
+                f"got {getattr(x, 'shape', type(x))}"
+            )
         b, f, h, w, _ = x.shape
         if f % pt or h % ph or w % pw:
             raise ValueError(
                 f"x (B, F, H, W, C) needs F, H, W divisible by patch_size {c.patch_size}; got F, H, W = {(f, h, w)}"
             )
         if getattr(t, "ndim", None) != 1 or t.shape[0] != b:
-            raise ValueError(f"t must have shape (B,) = ({b},), one timestep per sample; got {getattr(t, 'shape', type(t))}")
+            raise ValueError(
+                f"t must have shape (B,) = ({b},), one timestep per sample; got {getattr(t, 'shape', type(t))}"
+            )
         if getattr(context, "ndim", None) != 3 or context.shape[0] != b or context.shape[2] != c.text_dim:
             raise ValueError(
-                f"context must have shape (B, L_text, text_dim) = ({b}, L_text, {c.text_dim}); got {getattr(context, 'shape', type(context))}"
+                f"context must have shape (B, L_text, text_dim) = ({b}, L_text, {c.text_dim}); "
+                f"got {getattr(context, 'shape', type(context))}"
             )
         if context.shape[1] < 1:
             raise ValueError("context must hold at least one text token; got L_text = 0")

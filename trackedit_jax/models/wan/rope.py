@@ -8,6 +8,7 @@ The angle tables are computed once in float64 numpy and rounded to float32 (exac
 reference does), then gathered by integer positions, so positions may be traced values (e.g. target
 frames placed after the source frames) without losing precision to float32 angle arithmetic.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,14 +39,16 @@ def grid_positions(frames: int, height: int, width: int, frame_offset: int = 0) 
     """(frames*height*width, 3) int32 (frame, row, col) of a token grid in row-major (f, h, w) order,
     frames numbered from `frame_offset` (the order `WanDiT.patchify` emits tokens in)."""
     if min(frames, height, width) < 1 or frame_offset < 0:
-        raise ValueError(f"grid sizes must be positive and frame_offset >= 0; got {(frames, height, width)}, {frame_offset}")
-    f, h, w = np.meshgrid(
-        np.arange(frames) + frame_offset, np.arange(height), np.arange(width), indexing="ij"
-    )
+        raise ValueError(
+            f"grid sizes must be positive and frame_offset >= 0; got {(frames, height, width)}, {frame_offset}"
+        )
+    f, h, w = np.meshgrid(np.arange(frames) + frame_offset, np.arange(height), np.arange(width), indexing="ij")
     return np.stack([f.ravel(), h.ravel(), w.ravel()], axis=-1).astype(np.int32)
 
 
-def rope_frequencies(positions, head_dim: int, max_len: int = 1024, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+def rope_frequencies(
+    positions, head_dim: int, max_len: int = 1024, theta: float = 10000.0
+) -> tuple[jax.Array, jax.Array]:
     """cos and sin, each (L, head_dim // 2) float32, for integer positions (L, 3) = (frame, row, col).
 
     Concrete (numpy) positions are range-checked; traced positions outside [0, max_len) give NaN.
@@ -56,7 +59,8 @@ def rope_frequencies(positions, head_dim: int, max_len: int = 1024, theta: float
             raise ValueError(f"positions must be (L, 3) integer (frame, row, col); got shape {pos_np.shape}")
         if pos_np.size and (pos_np.min() < 0 or pos_np.max() >= max_len):
             raise ValueError(
-                f"RoPE positions must lie in [0, {max_len}) (rope_max_seq_len); got range [{pos_np.min()}, {pos_np.max()}]"
+                f"RoPE positions must lie in [0, {max_len}) (rope_max_seq_len); "
+                f"got range [{pos_np.min()}, {pos_np.max()}]"
             )
     elif positions.ndim != 2 or positions.shape[1] != 3:
         raise ValueError(f"positions must be (L, 3) integer (frame, row, col); got shape {positions.shape}")

@@ -9,12 +9,13 @@ RMS norm closes the stack. Matches transformers' `UMT5EncoderModel`.
 to `text_len` (512) with EOS, encoded with the padding mask, and every position past the prompt's
 length set to zero.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,13 +47,23 @@ class UMT5Config:
     feed_forward_proj: str = "gated-gelu"
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
-                     "relative_attention_num_buckets", "relative_attention_max_distance"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_layers",
+            "num_heads",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.feed_forward_proj.removeprefix("gated-") not in ACTIVATIONS:
-            raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} not supported; known: gated-gelu, "
-                             f"gated-relu, gated-silu, relu, gelu")
+            raise ValueError(
+                f"feed_forward_proj {self.feed_forward_proj!r} not supported; known: gated-gelu, "
+                f"gated-relu, gated-silu, relu, gelu"
+            )
 
     @property
     def is_gated(self) -> bool:
@@ -65,19 +76,27 @@ class UMT5Config:
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
 
     @classmethod
-    def umt5_xxl(cls) -> "UMT5Config":
+    def umt5_xxl(cls) -> UMT5Config:
         """google/umt5-xxl, the text encoder of Wan 2.1 (5.7B parameters in the encoder)."""
         return cls()
 
     @classmethod
-    def tiny(cls, **overrides) -> "UMT5Config":
-        kw = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                  relative_attention_num_buckets=32, relative_attention_max_distance=128)
+    def tiny(cls, **overrides) -> UMT5Config:
+        kw = dict(
+            vocab_size=128,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+        )
         kw.update(overrides)
         return cls(**kw)
 
     @classmethod
-    def from_hf(cls, cfg: Mapping) -> "UMT5Config":
+    def from_hf(cls, cfg: Mapping) -> UMT5Config:
         """From a transformers `config.json` dict (extra fields ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in cfg.items() if k in names})
@@ -145,8 +164,11 @@ class UMT5Attention(nnx.Module):
         self.v = Dense(cfg.d_model, inner, ("embed", "heads"), **kw)
         self.o = Dense(inner, cfg.d_model, ("heads", "embed"), **kw)
         self.relative_attention_bias = param(
-            rngs, host_normal(lambda _: 0.02), (cfg.relative_attention_num_buckets, cfg.num_heads),
-            (None, None), param_dtype,
+            rngs,
+            host_normal(lambda _: 0.02),
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            (None, None),
+            param_dtype,
         )
         self.num_heads = cfg.num_heads
         self.d_kv = cfg.d_kv
@@ -198,12 +220,12 @@ class UMT5Block(nnx.Module):
 class UMT5Encoder(nnx.Module):
     """UMT5 encoder: token ids (B, L) + padding mask -> hidden states (B, L, d_model)."""
 
-    def __init__(self, config: UMT5Config | None = None, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32):
+    def __init__(self, config: UMT5Config | None = None, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.config = config or UMT5Config()
         cfg = self.config
-        self.embed_tokens = param(rngs, host_normal(lambda _: 1.0), (cfg.vocab_size, cfg.d_model),
-                                  ("vocab", "embed"), param_dtype)
+        self.embed_tokens = param(
+            rngs, host_normal(lambda _: 1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), param_dtype
+        )
         self.blocks = nnx.List([UMT5Block(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_layers)])
         self.final_norm = T5RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, rngs=rngs, param_dtype=param_dtype)
         self.dtype = dtype
@@ -212,8 +234,9 @@ class UMT5Encoder(nnx.Module):
         """Traceable forward (see `__call__`)."""
         cfg = self.config
         L = input_ids.shape[1]
-        buckets = jnp.asarray(relative_position_buckets(
-            L, L, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance))
+        buckets = jnp.asarray(
+            relative_position_buckets(L, L, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+        )
         mask = attention_mask.astype(bool)
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
         for block in self.blocks:
@@ -275,7 +298,7 @@ def encode_prompts(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     embeds, lengths = [], []
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
+        batch = prompts[start : start + batch_size]
         ids, mask = tokenizer(batch)
         n = len(batch)
         if n < batch_size and len(prompts) > batch_size:

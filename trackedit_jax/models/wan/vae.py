@@ -21,12 +21,14 @@ Cache convention used by every module below: ``module(x, cache) -> (y, new_cache
 convolutions). The cache pytree returned by the first chunk has the same structure and shapes as the
 one returned by every later chunk, which is what lets the later chunks run under `lax.scan`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +41,40 @@ from trackedit_jax.parallel.rules import param
 # The 16 per-channel statistics of Wan 2.1 posterior means (official `WanVAE`, diffusers
 # `AutoencoderKLWan` config defaults). Normalised latents are (mu - mean) / std.
 WAN21_LATENTS_MEAN = (
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    -0.7571,
+    -0.7089,
+    -0.9113,
+    0.1075,
+    -0.1745,
+    0.9653,
+    -0.1517,
+    1.5508,
+    0.4134,
+    -0.0715,
+    0.5517,
+    -0.3632,
+    -0.1922,
+    -0.9497,
+    0.2503,
+    -0.2921,
 )
 WAN21_LATENTS_STD = (
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    2.8184,
+    1.4541,
+    2.3275,
+    2.6558,
+    1.2196,
+    1.7708,
+    2.6052,
+    2.0743,
+    3.2687,
+    2.1526,
+    2.8652,
+    1.5579,
+    1.6382,
+    1.1253,
+    2.8251,
+    1.9160,
 )
 
 # Frames per encoder chunk after the first frame (the reference's temporal grouping).
@@ -116,12 +146,12 @@ class WanVAEConfig:
         return 2 ** sum(self.temperal_downsample)
 
     @classmethod
-    def wan21(cls) -> "WanVAEConfig":
+    def wan21(cls) -> WanVAEConfig:
         """The released Wan 2.1 VAE (`Wan2.1_VAE.pth`, diffusers `Wan-AI/Wan2.1-*-Diffusers/vae`)."""
         return cls()
 
     @classmethod
-    def tiny(cls, **overrides) -> "WanVAEConfig":
+    def tiny(cls, **overrides) -> WanVAEConfig:
         """A few-thousand-parameter VAE with the Wan 2.1 topology (tests, CPU demos)."""
         kw = dict(base_dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
         kw.update(overrides)
@@ -243,11 +273,11 @@ class CausalConv3d(nnx.Module):
     frames as its cache: ``y, cache = conv(x, cache)``; x (B, T, H, W, Cin) -> y (B, T, H, W, Cout).
     """
 
-    def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32):
+    def __init__(
+        self, cin: int, cout: int, kernel=(3, 3, 3), *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32
+    ):
         kernel = tuple(kernel)
-        self.kernel = param(rngs, fan_in_normal, (*kernel, cin, cout),
-                            (None, None, None, "conv", "conv"), param_dtype)
+        self.kernel = param(rngs, fan_in_normal, (*kernel, cin, cout), (None, None, None, "conv", "conv"), param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.dtype = dtype
         self.history = kernel[0] - 1
@@ -258,19 +288,28 @@ class CausalConv3d(nnx.Module):
             if cache is None:
                 cache = jnp.zeros((x.shape[0], self.history, *x.shape[2:]), x.dtype)
             x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
-            cache = x[:, -self.history:]
-        y = _conv(x, self.kernel[...], self.bias[...], (1, 1, 1),
-                  ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), self.dtype)
+            cache = x[:, -self.history :]
+        y = _conv(
+            x, self.kernel[...], self.bias[...], (1, 1, 1), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)), self.dtype
+        )
         return y, (cache if self.history else None)
 
 
 class TimeConv(nnx.Module):
     """Convolution over time only, kernel (kt, 1, 1, Cin, Cout), no padding (callers supply history)."""
 
-    def __init__(self, cin: int, cout: int, kt: int = 3, *, stride: int = 1, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = param(rngs, fan_in_normal, (kt, 1, 1, cin, cout),
-                            (None, None, None, "conv", "conv"), param_dtype)
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kt: int = 3,
+        *,
+        stride: int = 1,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
+        self.kernel = param(rngs, fan_in_normal, (kt, 1, 1, cin, cout), (None, None, None, "conv", "conv"), param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.stride = stride
         self.dtype = dtype
@@ -282,10 +321,18 @@ class TimeConv(nnx.Module):
 class FrameConv2d(nnx.Module):
     """A 2D convolution applied to every frame: (B, T, H, W, Cin) -> (B, T, H', W', Cout)."""
 
-    def __init__(self, cin: int, cout: int, *, stride: int = 1, padding=((1, 1), (1, 1)), rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
-        self.kernel = param(rngs, fan_in_normal, (3, 3, cin, cout),
-                            (None, None, "conv", "conv"), param_dtype)
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        *,
+        stride: int = 1,
+        padding=((1, 1), (1, 1)),
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
+        self.kernel = param(rngs, fan_in_normal, (3, 3, cin, cout), (None, None, "conv", "conv"), param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros_init(), (cout,), ("conv",), param_dtype)
         self.stride = stride
         self.padding = tuple(tuple(p) for p in padding)
@@ -293,8 +340,14 @@ class FrameConv2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         B, T = x.shape[:2]
-        y = _conv(x.reshape(B * T, *x.shape[2:]), self.kernel[...], self.bias[...], (self.stride,) * 2,
-                  self.padding, self.dtype)
+        y = _conv(
+            x.reshape(B * T, *x.shape[2:]),
+            self.kernel[...],
+            self.bias[...],
+            (self.stride,) * 2,
+            self.padding,
+            self.dtype,
+        )
         return y.reshape(B, T, *y.shape[1:])
 
 
@@ -479,8 +532,17 @@ class Encoder3d(nnx.Module):
 class UpBlock(nnx.Module):
     """num_res_blocks + 1 residual blocks, then an optional Resample (upsample2d/3d)."""
 
-    def __init__(self, cin: int, cout: int, num_res_blocks: int, upsample_mode: str | None, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        num_res_blocks: int,
+        upsample_mode: str | None,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         resnets = []
         for _ in range(num_res_blocks + 1):
@@ -569,8 +631,9 @@ class WanVAE(nnx.Module):
     `trackedit_jax.convert.wan_vae` maps from both the diffusers and the official key layouts.
     """
 
-    def __init__(self, config: WanVAEConfig | None = None, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32):
+    def __init__(
+        self, config: WanVAEConfig | None = None, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32
+    ):
         self.config = config or WanVAEConfig()
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         z = self.config.z_dim
@@ -595,7 +658,8 @@ class WanVAE(nnx.Module):
             raise ValueError(
                 f"video has F={F} frames; the Wan VAE needs F = 4k + 1 (1, 5, 9, ..., 81). Use "
                 f"`trim_to_valid_frames` to keep the first {largest_valid_frame_count(F)} frames."
-                if F >= 1 else f"video has no frames: shape {video.shape}"
+                if F >= 1
+                else f"video has no frames: shape {video.shape}"
             )
         if H % f or W % f or H == 0 or W == 0:
             raise ValueError(f"video height and width must be positive multiples of {f}; got (H, W) = ({H}, {W})")
@@ -728,7 +792,7 @@ def _tiled(model: WanVAE, x: jax.Array, spec: TileSpec, *, encode: bool, chunked
     blend_h, blend_w = out_tile_h - out_st_h, out_tile_w - out_st_w
     rows = []
     for i in range(0, H, st_h):
-        rows.append([np.array(fn(x[:, :, i:i + tin_h, j:j + tin_w])) for j in range(0, W, st_w)])
+        rows.append([np.array(fn(x[:, :, i : i + tin_h, j : j + tin_w])) for j in range(0, W, st_w)])
     out_rows = []
     for i, row in enumerate(rows):
         out_row = []
@@ -738,12 +802,12 @@ def _tiled(model: WanVAE, x: jax.Array, spec: TileSpec, *, encode: bool, chunked
                 above = rows[i - 1][j]
                 n = min(above.shape[2], tile.shape[2], blend_h)
                 r = _blend_ramp(n)[:, None, None]
-                tile[:, :, :n] = above[:, :, above.shape[2] - n:] * (1 - r) + tile[:, :, :n] * r
+                tile[:, :, :n] = above[:, :, above.shape[2] - n :] * (1 - r) + tile[:, :, :n] * r
             if j > 0:
                 left = row[j - 1]
                 n = min(left.shape[3], tile.shape[3], blend_w)
                 r = _blend_ramp(n)[:, None]
-                tile[:, :, :, :n] = left[:, :, :, left.shape[3] - n:] * (1 - r) + tile[:, :, :, :n] * r
+                tile[:, :, :, :n] = left[:, :, :, left.shape[3] - n :] * (1 - r) + tile[:, :, :, :n] * r
             out_row.append(tile[:, :, :out_st_h, :out_st_w])
         out_rows.append(np.concatenate(out_row, axis=3))
     out = np.concatenate(out_rows, axis=2)[:, :, : int(round(H * out_scale)), : int(round(W * out_scale))]
