@@ -4,8 +4,10 @@
 for TPU, including Mosaic's block-shape rules) for the forward AND the backward pass (value_and_grad:
 one forward kernel plus the dK/dV and dQ kernels). The only safety check disabled is the custom-call
 serialisation check for the kernel's custom-call target. Compiling the result needs the real hardware.
+GPU exports run inside `lowering_for_gpu()`, which names the target GPU (an H100) for Triton.
 """
 
+import contextlib
 import re
 
 import jax
@@ -13,15 +15,16 @@ import jax.numpy as jnp
 import pytest
 
 from trackedit_jax.kernels import attention
-from trackedit_jax.kernels.pallas_gpu import TRITON_CUSTOM_CALL, flash_attention_gpu
+from trackedit_jax.kernels.pallas_gpu import TRITON_CUSTOM_CALL, flash_attention_gpu, lowering_for_gpu
 from trackedit_jax.kernels.pallas_tpu import MOSAIC_CUSTOM_CALL, flash_attention_tpu
 from trackedit_jax.kernels.vendor import splash_attention
 
 
 def _export(fn, platform, target, shapes):
-    exported = jax.export.export(
-        jax.jit(fn), platforms=[platform], disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)]
-    )(*shapes)
+    with lowering_for_gpu() if platform == "cuda" else contextlib.nullcontext():
+        exported = jax.export.export(
+            jax.jit(fn), platforms=[platform], disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)]
+        )(*shapes)
     assert exported.platforms == (platform,)
     return re.findall(r"stablehlo\.custom_call @([\w$.]+)", exported.mlir_module())
 
@@ -54,7 +57,7 @@ def test_pallas_gpu_lowers_to_triton(dtype):
 
 def test_pallas_gpu_without_the_check_disabled_is_refused():
     # Documents why the one check is disabled: Triton custom calls carry no compatibility guarantee.
-    with pytest.raises(ValueError, match="custom calls"):
+    with lowering_for_gpu(), pytest.raises(ValueError, match="custom calls"):
         jax.export.export(jax.jit(flash_attention_gpu), platforms=["cuda"])(
             *_shapes(1, 64, 64, 1, 64, jnp.bfloat16)[:3]
         )

@@ -5,6 +5,7 @@ with no mesh: forward values and the gradients of a random projection of the out
 The compiled HLO shows which collectives each path uses.
 """
 
+import contextlib
 import re
 
 import jax
@@ -255,7 +256,7 @@ def test_bad_arguments():
 def test_ulysses_with_pallas_kernels_exports_for_hardware(impl, platform):
     # The shard_map around our Pallas kernels lowers for 8 TPU chips / GPUs from this CPU machine (forward
     # plus the backward kernels); running it needs the hardware.
-    from trackedit_jax.kernels.pallas_gpu import TRITON_CUSTOM_CALL
+    from trackedit_jax.kernels.pallas_gpu import TRITON_CUSTOM_CALL, lowering_for_gpu
     from trackedit_jax.kernels.pallas_tpu import MOSAIC_CUSTOM_CALL
 
     target = MOSAIC_CUSTOM_CALL if platform == "tpu" else TRITON_CUSTOM_CALL
@@ -273,7 +274,7 @@ def test_ulysses_with_pallas_kernels_exports_for_hardware(impl, platform):
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), lowering_for_gpu() if platform == "cuda" else contextlib.nullcontext():
         exported = jax.export.export(
             jax.jit(fn, in_shardings=(qs, qs, qs, ms)),
             platforms=[platform],

@@ -11,13 +11,16 @@ the head dim is zero-padded to a power of two (Triton tiles must be powers of tw
 the logits nor the output columns we keep.
 
 `interpret=True` runs the same kernels with the Pallas interpreter (CPU tests). Lowering for CUDA emits
-the `__gpu$xla.gpu.triton` custom call; `tests/kernels/test_lowering.py` exports it from a CPU machine.
+the `__gpu$xla.gpu.triton` custom call; on a machine without a GPU, lower inside `lowering_for_gpu(...)`
+(which names the target GPU); `tests/kernels/test_lowering.py` exports this way from a CPU machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +45,24 @@ from trackedit_jax.kernels.flash_common import (
 
 TRITON_CUSTOM_CALL = "__gpu$xla.gpu.triton"
 DEFAULT_BLOCKS = BlockSizes(block_q=64, block_k=64)
+# The `device_kind` an H100 SXM reports; Triton lowering reads the compute capability (9.0) from it.
+H100_DEVICE_KIND = "NVIDIA H100 80GB HBM3"
+
+
+@contextlib.contextmanager
+def lowering_for_gpu(device_kind: str = H100_DEVICE_KIND) -> Iterator[None]:
+    """Lower the Pallas GPU kernels for `device_kind` (e.g. "NVIDIA A100-SXM4-80GB") inside this context.
+
+    For ahead-of-time export (`jax.export(..., platforms=["cuda"])`) from a machine without that GPU: Triton
+    lowering needs a target architecture, which JAX takes from the abstract device of the current abstract
+    mesh. The context keeps the current mesh's axes (a `jax.set_mesh` mesh stays in force) and only names the
+    device. JAX releases whose Triton lowering does not read it target compute capability 9.0 when no GPU is
+    present.
+    """
+    target = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+    mesh = jax.sharding.get_abstract_mesh().update(abstract_device=target)
+    with jax.sharding.use_abstract_mesh(mesh):
+        yield
 
 
 def _is_pow2(n: int) -> bool:
