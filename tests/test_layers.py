@@ -17,7 +17,7 @@ PACKAGES = ("trackedit_jax", "data_pipeline")
 
 # Top to bottom; a unit may import any unit of a lower layer.
 LAYERS = (
-    ("entry points", ("cli",)),
+    ("entry points", ("cli", "studio")),
     ("pipelines", ("train", "infer", "eval")),
     # Libraries the pipelines assemble. The utilities (media, viz, host_memory, configuration) are used by
     # pipelines and cli only; models must not read files and data_pipeline must not import models.
@@ -32,6 +32,7 @@ SIDEWAYS = {
     ("convert", "models"): "conversion fills the NNX modules' state, so it builds the models",
     ("parallel", "kernels"): "the mesh-aware attention runs the local kernels per shard; kernels know no meshes",
     ("viz", "media"): "pictures are written like videos: atomically, with ordinary file permissions",
+    ("cli", "studio"): "`trackedit studio` starts the studio's server; nothing else imports the studio",
 }
 
 LAYER_OF = {unit: (rank, name) for rank, (name, units) in enumerate(LAYERS) for unit in units}

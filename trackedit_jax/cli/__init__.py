@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "edit": "edit",
     "eval": "eval",
     "demo": "demo",
+    "studio": "studio",
 }
 
 

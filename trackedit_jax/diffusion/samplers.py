@@ -214,7 +214,7 @@ def sample(
     shift: float = 5.0,
     schedule: Schedule | None = None,
     batch_cfg: bool = True,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     chunk_size: int | None = None,
 ) -> jax.Array:
     """Integrates the flow ODE from `noise` (sigma = 1) to a sample (sigma = 0).
@@ -232,7 +232,9 @@ def sample(
         euler)` unless `schedule` is given.
       batch_cfg: evaluate cond and uncond in one call of batch 2B (else two calls).
       progress: run the same jitted loop in chunks of `chunk_size` steps (default ~10% of the steps) and
-        show a tqdm bar between chunks. The default (False) runs the whole loop in one call.
+        show a tqdm bar between chunks. The default (False) runs the whole loop in one call. A callable
+        `progress(done, total)` is called instead of the bar: once before the first step and after each
+        chunk (default 1 step); an exception it raises stops the sampling (cancellation).
     Returns:
       (B, ...) the sample at sigma = 0, in noise's dtype.
     """
@@ -264,6 +266,14 @@ def sample(
     state = _init_state(solver, noise)
     if not progress:
         return run(state, 0, n)[0]
+    if callable(progress):
+        chunk = chunk_size or 1
+        progress(0, n)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            state = jax.block_until_ready(run(state, start, stop))
+            progress(stop, n)
+        return state[0]
 
     from tqdm.auto import tqdm
 
