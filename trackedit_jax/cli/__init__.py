@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 # name -> module under trackedit_jax.cli. Modules import lazily so `trackedit --help` is instant.
@@ -36,8 +37,17 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def is_url(path: str) -> bool:
+    """True for a `scheme://...` location (gs://, s3://, ...): storage that orbax and TensorBoard reach
+    themselves, so it is passed on as written."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
 def absolute_path(path: str) -> str:
-    """`path` with `~` expanded, made absolute against the working directory, `..` folded (links kept)."""
+    """`path` with `~` expanded, made absolute against the working directory, `..` folded (links kept);
+    a URL (`is_url`) is returned unchanged."""
+    if is_url(path):
+        return path
     return os.path.abspath(os.path.expanduser(path))
 
 

@@ -3,7 +3,9 @@
 Detection order:
   1. explicit settings (`coordinator_address`, `num_processes`, `process_id`; e.g. from CLI flags),
   2. TPU pods and Slurm, which `jax.distributed.initialize()` auto-detects from their environment
-     (TPU worker metadata; SLURM_JOB_ID with SLURM_NTASKS > 1),
+     (TPU worker metadata; SLURM_JOB_ID with SLURM_NTASKS > 1); TRACKEDIT_DISTRIBUTED=1 (set by
+     launch/tpu_pod.py) calls it wherever the variables checked here are absent, e.g. a shell opened
+     by `gcloud compute tpus tpu-vm ssh`, where the pod's layout is in the TPU VM metadata,
   3. otherwise a single process: nothing to do.
 Must run before anything touches a JAX backend.
 """
@@ -19,6 +21,10 @@ _initialized = False
 
 def _slurm_multi_task() -> bool:
     return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def _requested() -> bool:
+    return os.environ.get("TRACKEDIT_DISTRIBUTED", "") == "1"
 
 
 def _tpu_pod() -> bool:
@@ -57,7 +63,7 @@ def initialize(
                 local_device_ids=local_device_ids,
             )
             _initialized = True
-    elif _tpu_pod() or _slurm_multi_task():
+    elif _requested() or _tpu_pod() or _slurm_multi_task():
         jax.distributed.initialize()
         _initialized = True
     return _initialized and jax.process_count() > 1

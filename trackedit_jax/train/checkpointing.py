@@ -14,11 +14,30 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # the same rule as trackedit_jax.cli.is_url
+
+
+def storage_path(path: str | os.PathLike) -> pathlib.Path | epath.Path:
+    """A local path as an absolute `pathlib.Path`; a URL (`gs://bucket/run`, ...) as an `etils.epath.Path`,
+    whose `/`, `mkdir`, `exists` and `write_text` reach that storage (gs:// through gcsfs or tf.io.gfile) and
+    which orbax writes to directly."""
+    text = os.fspath(path)
+    if _URL.match(text):
+        return epath.Path(text)
+    return pathlib.Path(text).absolute()
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True when `path` is a URL (see `storage_path`)."""
+    return _URL.match(os.fspath(path)) is not None
 
 
 class Checkpointer:
@@ -33,7 +52,7 @@ class Checkpointer:
     ITEMS = ("state", "data", "config")
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = storage_path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,

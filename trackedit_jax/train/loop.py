@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pathlib
 import signal
+import tempfile
 import threading
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from ml_collections import ConfigDict
 from trackedit_jax.parallel.mesh import make_mesh
 from trackedit_jax.parallel.sharding import batch_sharding
 from trackedit_jax.train import build
-from trackedit_jax.train.checkpointing import Checkpointer, abstract_like
+from trackedit_jax.train.checkpointing import Checkpointer, abstract_like, is_remote, storage_path
 from trackedit_jax.train.flops import train_step_flops
 from trackedit_jax.train.metrics import MetricsWriter, plot_loss_curve
 from trackedit_jax.train.setup import TrainingSetup
@@ -77,8 +78,20 @@ def _global_flag(flag: bool) -> bool:
     return bool(multihost_utils.process_allgather(np.asarray([flag], np.int32)).max())
 
 
-def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
-    """Training and validation shard paths; generates synthetic sets when the preset asks for them."""
+def local_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+    """Where this process writes what must be local files (generated shards, metrics, the loss curve):
+    `workdir` itself, or for a URL workdir a folder under the temp directory named after it (metrics
+    and the loss curve are copied to the URL at the end)."""
+    if not is_remote(workdir):
+        return storage_path(workdir)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(workdir))
+    return pathlib.Path(tempfile.gettempdir()) / "trackedit_runs" / name
+
+
+def prepare_data(config: ConfigDict, workdir: pathlib.Path, *, every_process: bool = False) -> tuple[str, str]:
+    """Training and validation shard paths; generates synthetic sets when the preset asks for them (into
+    `workdir` by process 0, or by every process into its own local `workdir` with `every_process`; the
+    generator is seeded, so the copies are identical)."""
     from data_pipeline.synthetic import make_dataset
 
     train_path, val_path = config.data.train_path, config.data.val_path
@@ -87,7 +100,7 @@ def prepare_data(config: ConfigDict, workdir: pathlib.Path) -> tuple[str, str]:
     d = config.data
     gen_train = workdir / "data" / "train"
     gen_val = workdir / "data" / "val"
-    if _is_main():
+    if _is_main() or every_process:
         for out, n, seed in (
             (gen_train, d.synthetic_pairs, config.train.seed),
             (gen_val, min(64, max(2, d.synthetic_pairs // 8)), config.train.seed + 10_000),
@@ -157,13 +170,14 @@ def _load_base(model, config: ConfigDict, mesh) -> None:
 def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | None = None) -> TrainResult:
     """Run (or resume) training as configured; returns when `train.num_steps` (or `max_steps` more
     steps in this call, a testing aid) are done or on SIGTERM."""
-    workdir = pathlib.Path(workdir).absolute()
+    remote = is_remote(workdir)
+    workdir, files = storage_path(workdir), local_dir(workdir)
     build.validate_config(config)
     mesh = make_mesh(dict(config.mesh))
     if _is_main():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    train_path, val_path = prepare_data(config, workdir)
+    train_path, val_path = prepare_data(config, files, every_process=remote)
     seed = int(config.train.seed)
 
     setup = TrainingSetup.create(config, mesh)
@@ -210,7 +224,7 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     if peak <= 0:
         peak, peak_source = measure_peak_flops(jnp.dtype(config.model.wan.dtype)), "measured"
     rates = dict(flops=flops_per_step, tokens=tokens_per_step, peak=peak * jax.device_count())
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(files)
     start = int(jax.device_get(state.step))
     end = int(config.train.num_steps) if max_steps is None else min(int(config.train.num_steps), start + max_steps)
     if _is_main():
@@ -257,9 +271,20 @@ def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | N
     bar.close()
     ckpt.close()
     writer.close()
-    if _is_main() and (workdir / "metrics.jsonl").exists():
-        plot_loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
+    if _is_main() and (files / "metrics.jsonl").exists():
+        plot_loss_curve(files / "metrics.jsonl", files / "loss_curve.png")
+    if _is_main() and remote:
+        _copy_tree(files, workdir, skip=("data",))
     return TrainResult(step=step, metrics=last_metrics, workdir=workdir, interrupted=interrupted)
+
+
+def _copy_tree(src: pathlib.Path, dst, *, skip: tuple[str, ...] = ()) -> None:
+    """Copy the files under `src` to `dst` (an epath.Path), leaving out the top-level names in `skip`."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_file() and rel.parts[0] not in skip:
+            (dst / rel.as_posix()).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel.as_posix()).write_bytes(path.read_bytes())
 
 
 def _log(writer, step, metrics, timing, fingerprint, bar, rates) -> dict:

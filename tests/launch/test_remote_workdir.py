@@ -1,0 +1,75 @@
+"""What the pod launcher relies on: a gs:// workdir reaches `train` as written (local paths are still made
+absolute), the training loop keeps it a URL for orbax and stages its local files elsewhere, and
+TRACKEDIT_DISTRIBUTED=1 makes `trackedit train` call `jax.distributed.initialize()` with no arguments."""
+
+import pathlib
+import tempfile
+
+import pytest
+from etils import epath
+
+from trackedit_jax import cli
+from trackedit_jax.cli import main
+from trackedit_jax.parallel import distributed
+from trackedit_jax.train import loop
+from trackedit_jax.train.checkpointing import is_remote, storage_path
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The arguments `trackedit train` hands to its library call (the call itself is replaced)."""
+    calls = []
+    monkeypatch.setattr("trackedit_jax.cli.train.run", lambda args: calls.append(args) or 0)
+    return calls
+
+
+@pytest.mark.parametrize("url", ["gs://bkt/runs/s1", "gs://bkt/runs/../s1/", "s3://b/x"])
+def test_cli_passes_urls_through(seen, url):
+    assert main(["train", "--config", "tiny_cpu", "--workdir", url]) == 0
+    assert seen[0].workdir == url
+
+
+def test_cli_still_makes_local_paths_absolute(seen, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "tiny_cpu", "--workdir", "runs/gs:/x"]) == 0
+    assert seen[0].workdir == str(tmp_path / "runs" / "gs:" / "x")
+    assert not cli.is_url("gs:/bkt") and not cli.is_url("/tmp/gs://x") and cli.is_url("gs://bkt")
+
+
+def test_storage_paths(tmp_path, monkeypatch):
+    run = storage_path("gs://bkt/runs/s1")
+    assert isinstance(run, epath.Path) and str(run / "checkpoints") == "gs://bkt/runs/s1/checkpoints"
+    assert is_remote("gs://bkt/runs/s1") and not is_remote(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert storage_path("runs/a") == tmp_path / "runs" / "a"
+    staged = loop.local_dir("gs://bkt/runs/s1")
+    assert staged.parent == pathlib.Path(tempfile.gettempdir()) / "trackedit_runs"
+    assert staged.name == "gs___bkt_runs_s1"
+    assert loop.local_dir("runs/a") == tmp_path / "runs" / "a"
+
+
+def test_copy_tree_skips_the_generated_data(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for rel, text in {"metrics.jsonl": "{}", "tb/events.1": "e", "data/train/0.ar": "x"}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    loop._copy_tree(src, epath.Path(dst), skip=("data",))
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
+        "metrics.jsonl",
+        "tb/events.1",
+    ]
+    assert (dst / "tb" / "events.1").read_text() == "e"
+
+
+def test_requested_multi_process_start(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(distributed.jax, "process_count", lambda: 4)
+    for name in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "_initialized", False)
+    monkeypatch.delenv("TRACKEDIT_DISTRIBUTED", raising=False)
+    assert distributed.initialize() is False and calls == []
+    monkeypatch.setenv("TRACKEDIT_DISTRIBUTED", "1")
+    assert distributed.initialize() is True and calls == [((), {})]
+    monkeypatch.setattr(distributed, "_initialized", False)
