@@ -6,8 +6,8 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
+from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.cli import main
 from trackedit_jax.convert import load_tokenizer, load_umt5_encoder, load_wan_vae
@@ -16,9 +16,14 @@ from trackedit_jax.models.wan.umt5 import encode_prompts
 from trackedit_jax.models.wan.vae import WanVAEConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
+
+if HAVE_TORCH:
+    import diffusers
+    import torch
+    import transformers
+
+pytestmark = needs_torch
 
 
 def read_all(path):

@@ -6,9 +6,9 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from safetensors.numpy import save_file
+from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.convert import (
     CheckpointMismatchError,
@@ -21,8 +21,10 @@ from trackedit_jax.convert import (
 from trackedit_jax.convert.wan_vae import detect_layout, diffusers_to_official, official_to_diffusers
 from trackedit_jax.models.wan.vae import WanVAEConfig
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
+if HAVE_TORCH:
+    import diffusers
+    import torch
+    import transformers
 
 # The Wan 2.1 topology (dim_mult, 2 res blocks, temporal (F, T, T)) at a tiny width.
 WAN_TOPOLOGY = dict(
@@ -44,6 +46,7 @@ def wan_topology_vae(tmp_path_factory):
     return ref, sd, root
 
 
+@needs_torch
 def test_official_mapping_agrees_with_diffusers_converter(wan_topology_vae):
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
@@ -73,6 +76,7 @@ def test_official_mapping_agrees_with_diffusers_converter(wan_topology_vae):
         assert [official_to_diffusers(diffusers_to_official(k, c), c) for k in keys] == keys
 
 
+@needs_torch
 def test_both_layouts_load_the_same_exact_weights(wan_topology_vae, tmp_path):
     ref, sd, root = wan_topology_vae
     cfg_expected = WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in WAN_TOPOLOGY.items()})
@@ -99,6 +103,7 @@ def test_both_layouts_load_the_same_exact_weights(wan_topology_vae, tmp_path):
     np.testing.assert_array_equal(pd["decoder.norm_out.gamma"], sd["decoder.norm_out.gamma"].reshape(-1))
 
 
+@needs_torch
 def test_sharded_bf16_and_errors(wan_topology_vae, tmp_path):
     _, sd, root = wan_topology_vae
     files = write_safetensors(sd, tmp_path / "sharded", max_shard_bytes=20_000)
@@ -156,6 +161,7 @@ def _tiny_t5_config(**kw):
     return transformers.UMT5Config(**base)
 
 
+@needs_torch
 def test_umt5_loader_exact_weights_and_config(tmp_path):
     torch.manual_seed(0)
     ref = transformers.UMT5EncoderModel(_tiny_t5_config()).eval()
@@ -178,6 +184,7 @@ def test_umt5_loader_exact_weights_and_config(tmp_path):
     assert all(v.dtype == jnp.bfloat16 for v in flat_params(bf16).values())
 
 
+@needs_torch
 def test_umt5_loader_accepts_full_seq2seq_and_rejects_others(tmp_path):
     torch.manual_seed(1)
     full = transformers.UMT5ForConditionalGeneration(_tiny_t5_config(num_decoder_layers=1)).eval()
@@ -212,6 +219,7 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer(empty)
 
 
+@needs_torch
 def test_diffusers_vae_with_other_z_dim_keeps_default_statistics_loads_with_a_warning(tmp_path):
     """diffusers saves its 16-entry default latents_mean/latents_std whatever z_dim is: we ignore them
     with a warning (neutral statistics) and encode/decode as diffusers does."""

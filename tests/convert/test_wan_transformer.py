@@ -9,15 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
-from wan_testing import make_reference, random_inputs, reference_forward, rel_l2, write_layouts
+from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.convert import PickleCheckpointError, export_wan_transformer, load_wan_transformer
 from trackedit_jax.models.lora import merge_lora
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.parallel.rules import MESH_AXES
+
+if HAVE_TORCH:
+    import torch
+    from wan_testing import make_reference, random_inputs, reference_forward, rel_l2, write_layouts
+
+pytestmark = needs_torch
 
 # name -> (diffusers config, input (B, F, H, W), text length); text lengths differ from text_len (512)
 CASES = {

@@ -5,11 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.diffusion import flow
+
+if HAVE_TORCH:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 
 def _pair(seed=0, shape=(3, 5, 4)):
@@ -38,6 +41,7 @@ def test_velocity_target_is_the_time_derivative_and_inverts():
     np.testing.assert_allclose(flow.noise_from_velocity(x_t, target, sigma), eps, atol=1e-6)
 
 
+@needs_torch
 def test_shift_matches_diffusers_and_scales_the_snr():
     shift = 5.0
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)  # shifts its training table
@@ -50,6 +54,7 @@ def test_shift_matches_diffusers_and_scales_the_snr():
     assert flow.shift_sigmas(0.0, shift) == 0.0 and flow.shift_sigmas(1.0, shift) == 1.0
 
 
+@needs_torch
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_logit_normal_moments(shift):
     n, mean, std = 200_000, -0.3, 0.8
@@ -81,6 +86,7 @@ def test_uniform_moments_and_range():
     assert abs(sigma.mean() - 0.5) < 0.005 and abs(sigma.var() - 1 / 12) < 0.002
 
 
+@needs_torch
 @pytest.mark.parametrize("scheme", ["none", "cosmap", "sigma_sqrt"])
 def test_loss_weights_match_diffusers(scheme):
     sigma = np.linspace(0.05, 0.95, 19, dtype=np.float32)

@@ -10,10 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.diffusion.samplers import initial_noise, make_schedule, sample
+
+if HAVE_TORCH:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 S0 = 0.5
 SHIFT = 5.0
@@ -39,7 +42,8 @@ def _problem(seed, batch=3, dim=16):
     return noise, mu, mu_uncond
 
 
-def _diffusers_loop(scheduler, noise, mu, mu_uncond, guidance, dtype=torch.float32):
+def _diffusers_loop(scheduler, noise, mu, mu_uncond, guidance, dtype=None):
+    dtype = torch.float32 if dtype is None else dtype
     x = torch.tensor(noise, dtype=dtype)
     mu_c, mu_u = torch.tensor(mu, dtype=dtype), torch.tensor(mu_uncond, dtype=dtype)
     for t in scheduler.timesteps:
@@ -92,6 +96,7 @@ def _unipc_reference(kind, num_steps):
     return sched
 
 
+@needs_torch
 @pytest.mark.parametrize("num_steps", [10, 50])
 @pytest.mark.parametrize("kind", ["diffusers_euler", "wan"])
 def test_euler_matches_diffusers(kind, num_steps):
@@ -107,6 +112,7 @@ def test_euler_matches_diffusers(kind, num_steps):
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
 
 
+@needs_torch
 @pytest.mark.parametrize("num_steps", [10, 50])
 @pytest.mark.parametrize("kind", ["diffusers_unipc", "wan_unipc"])
 def test_unipc_matches_diffusers(kind, num_steps):
@@ -121,6 +127,7 @@ def test_unipc_matches_diffusers(kind, num_steps):
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
 
 
+@needs_torch
 def test_float64_matches_diffusers_without_leaking_x64():
     noise, mu, mu_u = _problem(7)
     with jax.enable_x64(True):

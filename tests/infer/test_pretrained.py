@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from infer_assets import build_model, build_vae, tiny_config
+from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.infer.pretrained import (
     PretrainedConfig,
@@ -19,6 +19,9 @@ from trackedit_jax.infer.pretrained import (
     read_pretrained_config,
     save_pretrained,
 )
+
+if HAVE_TORCH:
+    import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -73,6 +76,7 @@ def test_round_trip_gives_identical_outputs(tiny_parts, tiny_checkpoint):
     assert np.abs(moved - _velocity(loaded.model, inputs)).max() > 1e-4
 
 
+@needs_torch
 def test_lora_is_merged_and_the_backbone_loads_in_diffusers(tmp_path):
     from diffusers import WanTransformer3DModel
 
@@ -105,6 +109,7 @@ def test_lora_is_merged_and_the_backbone_loads_in_diffusers(tmp_path):
     np.testing.assert_allclose(np.asarray(_dit_jit(model.dit, x, t, ctx)), theirs, atol=2e-5, rtol=0)
 
 
+@needs_torch
 def test_text_encoder_is_written_in_the_transformers_layout(tiny_parts, tiny_checkpoint):
     import transformers
 
@@ -120,6 +125,7 @@ def test_text_encoder_is_written_in_the_transformers_layout(tiny_parts, tiny_che
     np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
 
 
+@needs_torch
 def test_vae_is_written_in_the_diffusers_layout(tiny_parts, tiny_checkpoint):
     from diffusers import AutoencoderKLWan
 

@@ -11,8 +11,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
+from torch_reference import HAVE_TORCH, needs_torch
 
-from trackedit_jax.models.layers import dense, gelu_tanh, layer_norm, mul_broadcast, rms_norm, transpose_tokens
+from trackedit_jax.models.layers import (
+    backward_passes,
+    cpu_tuned_backward,
+    dense,
+    gelu_tanh,
+    layer_norm,
+    mul_broadcast,
+    rms_norm,
+    transpose_tokens,
+)
+
+if HAVE_TORCH:
+    import torch
 
 
 def _plain_layer_norm(x, eps, scale=None, bias=None):
@@ -74,9 +87,9 @@ def test_mul_broadcast_gradients_equal_autodiff(x_shape, s_shape):
     _close(_grads(mul_broadcast, x, s), _grads(jnp.multiply, x, s), 1e-6)
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
 def test_gelu_tanh_gradient_equals_autodiff_and_torch(dtype, tol):
-    torch = pytest.importorskip("torch")
     # wide range: the tails, where tanh saturates and the x^3 term dominates, are where a wrong
     # derivative shows
     x32 = np.concatenate([np.linspace(-9, 9, 301), np.random.default_rng(2).standard_normal(211) * 2]).astype(
@@ -134,3 +147,38 @@ def test_dense_gradients_equal_autodiff(dtype, tol, n_out):
     assert sum("transpose" in r for r in res) == 1, res
     # frozen kernels (LoRA): only x is differentiated and no transposed input is kept
     assert not any("transpose" in r for r in _residuals(lambda x: one_xt(x, *kernels), x))
+
+
+def test_backward_mode_follows_the_backend_and_can_be_forced():
+    assert cpu_tuned_backward("cpu") and not cpu_tuned_backward("tpu") and not cpu_tuned_backward("gpu")
+    with backward_passes("autodiff"):
+        assert not cpu_tuned_backward("cpu")
+    with backward_passes("cpu_tuned"):
+        assert cpu_tuned_backward("tpu")
+    assert cpu_tuned_backward("cpu")  # restored on exit
+    with pytest.raises(ValueError, match="backward mode must be one of"):
+        with backward_passes("fast"):
+            pass
+
+
+def test_autodiff_mode_traces_plain_code_with_equal_gradients():
+    """Under "autodiff" no hand-written VJP is traced; every layer's gradients equal the CPU-tuned ones."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((1, 9, 12)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((12, 20)), jnp.float32)
+    s = jnp.asarray(rng.standard_normal((1, 1, 20)), jnp.float32)
+    scale = jnp.asarray(rng.standard_normal(20), jnp.float32)
+
+    def block(x, k, s, scale):
+        h = gelu_tanh(dense(x, k))
+        return mul_broadcast(layer_norm(h, 1e-6), 1.0 + s) + rms_norm(h, 1e-6, scale)
+
+    grads = {}
+    for mode in ("cpu_tuned", "autodiff"):
+        with backward_passes(mode):
+            jaxpr = str(
+                jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(block(*a) ** 2), argnums=(0, 1, 2, 3)))(x, k, s, scale)
+            )
+            assert ("custom_vjp" in jaxpr) == (mode == "cpu_tuned"), mode
+            grads[mode] = _grads(block, x, k, s, scale)
+    _close(grads["autodiff"], grads["cpu_tuned"], 1e-5)

@@ -6,16 +6,21 @@ import types
 
 import numpy as np
 import pytest
-import torch
+from torch_reference import HAVE_TORCH, needs_torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads
 
-transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
 from trackedit_jax.convert.umt5 import load_tokenizer, load_umt5_encoder  # noqa: E402
 from trackedit_jax.models.text_tokenizer import PromptTokenizer, clean_prompt  # noqa: E402
 from trackedit_jax.models.wan.umt5 import encode_prompts, relative_position_buckets  # noqa: E402
+
+if HAVE_TORCH:
+    import torch
+    import transformers
+
+pytestmark = needs_torch
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
