@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test test-latest lint install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,28 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Lint, then the whole suite; 8 simulated CPU devices are set up by tests/conftest.py.
+PYTEST_ARGS := -q -n 2 --dist loadgroup --durations=25 tests
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The second leg: the same suite on Python 3.12 with the newest jax, flax, orbax, grain and optax, in its own
+# venv. No torch wheel for 3.12 is installed, so the tests against the PyTorch reference skip, saying so.
+PY_LATEST ?= $(or $(shell ls -d /root/.pyenv/versions/3.12.*/bin/python 2>/dev/null | sort -V | tail -n 1),python3.12)
+VENV_LATEST := .venv-latest
+BIN_LATEST := $(VENV_LATEST)/bin
+STAMP_LATEST := $(VENV_LATEST)/.installed-test
+
+$(BIN_LATEST)/python:
+	$(PY_LATEST) -m venv $(VENV_LATEST)
+	$(BIN_LATEST)/pip install -q --upgrade pip
+
+$(STAMP_LATEST): pyproject.toml | $(BIN_LATEST)/python
+	$(BIN_LATEST)/pip install -q --upgrade -e '.[test-latest]' jax jaxlib flax optax orbax-checkpoint grain
+	$(BIN_LATEST)/python -c "import sys, jax; print('test-latest: Python', sys.version.split()[0], 'jax', jax.__version__)"
+	touch $(STAMP_LATEST)
+
+test-latest: $(STAMP_LATEST)
+	$(BIN_LATEST)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo_out
+	rm -rf $(VENV) $(VENV_LATEST) .pytest_cache demo_out
