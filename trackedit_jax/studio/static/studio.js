@@ -391,7 +391,7 @@ async function pollJob() {
   if (!S.job) return;
   const j = await api("GET", `/api/jobs/${S.job.id}`);
   S.job = j;
-  document.body.dataset.jobState = j.state;
+  if (j.state !== "done") document.body.dataset.jobState = j.state;
   $("progress").max = Math.max(j.total, 1); $("progress").value = j.done;
   $("job-status").textContent = `job ${j.id}: ${j.state} - ${j.stage}` + (j.total ? ` ${j.done}/${j.total}` : "") + ` (${j.elapsed_s.toFixed(1)} s)` + (j.error ? `: ${j.error}` : "");
   if (j.state === "queued" || j.state === "running") { setTimeout(pollJob, 400); return; }
@@ -404,6 +404,7 @@ async function pollJob() {
     $("result-links").innerHTML = j.files.map((f) => `<a href="/api/jobs/${j.id}/file/${f}?token=${TOKEN}" download>${f}</a>`).join(" ");
     $("job-status").textContent += ` -> ${j.out_dir}`;
     draw();
+    document.body.dataset.jobState = "done";
   }
 }
 
