@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import zlib
 from collections.abc import Sequence
@@ -302,11 +303,15 @@ def _unpack_array(d: Any, field: str) -> np.ndarray:
     if not isinstance(d, dict) or d.get("__nd__") != 1:
         raise RecordError(f"field {field!r} is not an encoded array")
     dtype = d.get("dtype")
-    if dtype not in _ALLOWED_DTYPES:
-        raise RecordError(f"field {field!r} has disallowed dtype {dtype!r}")
-    shape = tuple(int(s) for s in d["shape"])
-    data = d["data"]
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
+        raise RecordError(f"field {field!r} has disallowed dtype {dtype!r:.40}")
+    shape, data = d.get("shape"), d.get("data")
+    if not isinstance(shape, list) or len(shape) > 8 or any(type(s) is not int or s < 0 for s in shape):
+        raise RecordError(f"field {field!r}: shape must be a list of at most 8 integers >= 0; got {shape!r:.80}")
+    if not isinstance(data, bytes):
+        raise RecordError(f"field {field!r}: data must be bytes; got {type(data).__name__}")
+    shape = tuple(shape)
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow to a small number
     if len(data) != expected:
         raise RecordError(f"field {field!r}: {len(data)} bytes for shape {shape} {dtype} (expected {expected})")
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
@@ -335,6 +340,15 @@ def encode_record(rec: PairRecord) -> bytes:
     return _HEADER.pack(MAGIC, SCHEMA_VERSION, zlib.crc32(body) & 0xFFFFFFFF) + body
 
 
+def _typed(p: dict, name: str, types) -> Any:
+    if name not in p:
+        raise RecordError(f"required field {name!r} is missing")
+    v = p[name]
+    if not isinstance(v, types) or isinstance(v, bool):
+        raise RecordError(f"field {name!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
 def decode_record(data: bytes) -> PairRecord:
     """Parse bytes written by `encode_record`. Raises RecordError (never a pickle load)."""
     if len(data) < _HEADER.size:
@@ -349,22 +363,31 @@ def decode_record(data: bytes) -> PairRecord:
         raise RecordError("checksum mismatch: the record is corrupt")
     try:
         p = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack's own errors (ExtraData, FormatError, StackError, ...) and UnicodeDecodeError
+        raise RecordError(f"malformed record payload ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+    if not isinstance(p, dict):
+        raise RecordError(f"malformed record payload (a {type(p).__name__}, not a map)")
+    try:
         fields = {
-            "key": p["key"],
-            "image_size": tuple(int(s) for s in p["image_size"]),
-            "codec": p["codec"],
-            "source_frames": list(p["source_frames"]),
-            "target_frames": list(p["target_frames"]),
-            "edit_family": p["edit_family"],
-            "edit_components": tuple(p["edit_components"]),
-            "prompt": p["prompt"],
-            "fps": float(p["fps"]),
-            "metadata": json.loads(p["metadata"]),
+            "key": _typed(p, "key", str),
+            "image_size": tuple(_typed(p, "image_size", list)),
+            "codec": _typed(p, "codec", str),
+            "source_frames": _typed(p, "source_frames", list),
+            "target_frames": _typed(p, "target_frames", list),
+            "edit_family": _typed(p, "edit_family", str),
+            "edit_components": tuple(_typed(p, "edit_components", list)),
+            "prompt": _typed(p, "prompt", str),
+            "fps": float(_typed(p, "fps", (float, int))),
+            "metadata": json.loads(_typed(p, "metadata", str)),
         }
     except RecordError:
         raise
-    except Exception as e:  # msgpack/KeyError/TypeError: a malformed payload
-        raise RecordError(f"malformed record payload ({type(e).__name__}: {e})") from e
+    except (ValueError, RecursionError) as e:  # metadata JSON that does not parse or nests too deeply
+        raise RecordError(f"field 'metadata' is not valid JSON ({type(e).__name__})") from e
+    if len(fields["image_size"]) != 2 or any(type(s) is not int for s in fields["image_size"]):
+        raise RecordError(f"field 'image_size' must be 2 integers; got {fields['image_size']!r:.80}")
+    if any(not isinstance(c, str) for c in fields["edit_components"]):
+        raise RecordError("field 'edit_components' must be a list of strings")
     for name in _ARRAY_FIELDS:
         fields[name] = _unpack_array(p[name], name) if name in p else None
     for name in _ARRAY_FIELDS[:8]:

@@ -47,8 +47,12 @@ def shard_name(index: int, count: int) -> str:
 
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -76,9 +80,15 @@ def write_shard(path: str | os.PathLike, records: Iterable[bytes | PairRecord]) 
             if isinstance(rec, PairRecord):
                 families[rec.edit_family] += 1
                 rec = encode_record(rec)
-            writer.write(rec)
+            try:
+                writer.write(rec)
+            except RuntimeError as e:  # array_record's C++ I/O errors (a full disk) arrive as RuntimeError
+                raise OSError(f"{path}: cannot write the shard ({' '.join(str(e).split())})") from e
             n += 1
-        writer.close()
+        try:
+            writer.close()
+        except RuntimeError as e:
+            raise OSError(f"{path}: cannot write the shard ({' '.join(str(e).split())})") from e
         writer = None
         os.replace(tmp, path)
     except BaseException:

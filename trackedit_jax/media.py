@@ -25,32 +25,60 @@ def _mediapy():
     return mediapy
 
 
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+# Decoded frames a video may fill (uint8 bytes): far above any clip the models take, and a bound on what a
+# small file that declares hours of frames can make us allocate.
+MAX_DECODED_VIDEO_BYTES = 8 << 30
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _ffmpeg_reason(e: BaseException) -> str:
+    """The last line of an ffmpeg failure (mediapy puts all of ffmpeg's log, banner first, in the error)."""
+    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1][:300]}" if lines else type(e).__name__
+
+
+def read_video(path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_VIDEO_BYTES) -> tuple[np.ndarray, float]:
     """Decode a video file.
 
     Returns:
       frames: (F, H, W, 3) uint8 RGB.
       fps: frames per second stored in the file.
     Raises:
-      FileNotFoundError if missing; ValueError if the file cannot be decoded or has no frames.
+      FileNotFoundError if missing; ValueError (one line naming the file) if the file cannot be decoded,
+      has no frames, or would decode to more than `max_bytes` of frames (checked before allocating).
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     media = _mediapy()
     try:
-        video = media.read_video(str(path))
+        with media.VideoReader(str(path)) as reader:
+            fps = float(reader.metadata.fps or 0.0)
+            (h, w), n = reader.shape, int(reader.num_images)
+            frame_bytes = h * w * 3
+            if max(n, 1) * frame_bytes > max_bytes:
+                raise _TooLarge(f"{path}: {n} frames of {w}x{h} exceed the {max_bytes}-byte decoding bound")
+            frames = np.empty((max(n, 0), h, w, 3), np.uint8)
+            count = 0
+            for image in reader:
+                if count == len(frames):  # more frames than the header pass counted
+                    if (count + 1) * frame_bytes > max_bytes:
+                        raise _TooLarge(f"{path}: more than {count} frames of {w}x{h} exceed the decoding bound")
+                    frames = np.concatenate([frames, np.empty((max(count, 1), h, w, 3), np.uint8)])
+                frames[count] = np.asarray(image)[..., :3]
+                count += 1
+    except _TooLarge:
+        raise
     except Exception as e:
-        raise ValueError(
-            f"{path}: cannot decode video ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
-    fps = float(getattr(video, "metadata", None).fps) if getattr(video, "metadata", None) else 0.0
-    frames = np.asarray(video)
-    if frames.ndim != 4 or frames.shape[0] == 0:
+        if isinstance(e, MemoryError):
+            raise
+        raise ValueError(f"{path}: cannot decode video ({_ffmpeg_reason(e)})") from e
+    if count == 0:
         raise ValueError(f"{path}: decoded no frames")
-    if frames.shape[-1] == 4:
-        frames = frames[..., :3]
-    return frames.astype(np.uint8, copy=False), fps
+    return frames[:count], fps
 
 
 def readable_by_all(path: str | os.PathLike) -> None:
@@ -83,7 +111,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0) 
     os.close(fd)
     try:
         kw = {"codec": "gif"} if suffix == ".gif" else {}
-        _mediapy().write_video(tmp, frames, fps=fps, **kw)
+        try:
+            _mediapy().write_video(tmp, frames, fps=fps, **kw)
+        except RuntimeError as e:  # ffmpeg failed: a full disk or a file-size limit kills it mid-write
+            raise OSError(f"{path}: cannot write the video ({_ffmpeg_reason(e)})") from e
         readable_by_all(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -13,23 +13,26 @@
 
 Pickle: TAPVid-3D stores `images_jpeg_bytes` as a numpy object array, whose .npy payload is a pickle;
 it is the data set's own format. We read that one member with a restricted unpickler that can only
-rebuild a numpy array of bytes (any other global raises), and every other member with
-allow_pickle=False. No other reader ever unpickles.
+rebuild a numpy array of bytes (every global it meets is an inert stand-in; any other global raises),
+and every other member without pickle (`trackedit_jax.geometry.io.read_npz`). No other reader unpickles.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pathlib
 import pickle
+import struct
 import zipfile
 
 import numpy as np
 
 from data_pipeline.real.clip import Clip, IngestError, checked
 from trackedit_jax.geometry import Camera, Tracks, invert_extrinsics, load_track_file
+from trackedit_jax.geometry.io import read_npz
 
 
 # ----------------------------------------------------------------------------- TAPIP3D / SpaTrackerV2
@@ -45,57 +48,99 @@ def read_tapip3d(path: str | os.PathLike, fps: float = 10.0) -> Clip:
 
 
 # ----------------------------------------------------------------------------- TAPVid-3D
-class _BytesArrayUnpickler(pickle.Unpickler):
-    """Rebuilds only numpy arrays (of bytes); refuses every other global."""
+class _Tag:
+    """What the restricted unpickler hands out for `numpy.ndarray` and `numpy.dtype`: inert markers that
+    only `_reconstruct` and BUILD below accept (calling them does nothing, so no gadget can allocate)."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, *args):
+        if self.name == "dtype" and args[:1] == ("O8",):
+            return _Tag("object dtype")
+        raise pickle.UnpicklingError(f"refusing to call numpy.{self.name}{args!r:.80}")
+
+    def __setstate__(self, state):  # the dtype's BUILD (byte order, flags): nothing to keep
+        if self.name != "object dtype":
+            raise pickle.UnpicklingError(f"refusing to set the state of numpy.{self.name}")
+
+
+class _PendingObjectArray:
+    """The array `_reconstruct` starts; BUILD fills it from (version, shape, dtype, fortran, items)."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("unexpected object-array state")
+        _, shape, dtype, _, items = state
+        if not (isinstance(dtype, _Tag) and dtype.name == "object dtype"):
+            raise pickle.UnpicklingError("the array's dtype is not object")
+        if not (isinstance(shape, tuple) and all(type(s) is int and s >= 0 for s in shape)):
+            raise pickle.UnpicklingError(f"bad array shape {shape!r:.80}")
+        if not isinstance(items, list) or len(items) != math.prod(shape):
+            raise pickle.UnpicklingError(f"shape {shape} does not match the number of items")
+        if any(not isinstance(b, bytes) for b in items):
+            raise pickle.UnpicklingError("the array holds something other than byte strings")
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = items
+        self.array = arr.reshape(shape)
+
+
+def _reconstruct(cls, shape, typecode):
+    if not (isinstance(cls, _Tag) and cls.name == "ndarray" and shape == (0,) and typecode in (b"b", "b")):
+        raise pickle.UnpicklingError("refusing an array reconstruction other than numpy's own")
+    return _PendingObjectArray()
+
+
+def _latin1(text, encoding):  # protocol-2 pickles spell bytes as _codecs.encode(str, "latin1")
+    if not (isinstance(text, str) and encoding == "latin1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than str -> latin1")
+    return text.encode("latin1")
+
+
+class _BytesArrayUnpickler(pickle._Unpickler):
+    """Rebuilds only a numpy object array of byte strings, the layout numpy writes for one; every
+    global resolves to an inert stand-in above and any other global raises. The pure-Python unpickler
+    is the base because its memo is a dict (the C one sizes an array by the largest memo index)."""
+
+    GLOBALS = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): _Tag("ndarray"),
+        ("numpy", "dtype"): _Tag("dtype"),
+        ("_codecs", "encode"): _latin1,
     }
 
     def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        return super().find_class(module, name)
+        try:
+            return self.GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refusing persistent ids")
 
 
-def _read_npy_member(zf: zipfile.ZipFile, name: str, allow_bytes_pickle: bool = False) -> np.ndarray:
-    with zf.open(name) as f:
-        data = f.read()
-    buf = io.BytesIO(data)
-    version = np.lib.format.read_magic(buf)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-    if dtype.hasobject:
-        if not allow_bytes_pickle:
-            raise ValueError(f"member {name!r} is a pickled object array; refused")
-        arr = _BytesArrayUnpickler(buf).load()
-        if not isinstance(arr, np.ndarray) or any(not isinstance(b, (bytes, bytearray)) for b in arr.ravel()):
-            raise ValueError(f"member {name!r} is not an array of byte strings")
-        return arr
-    buf.seek(0)
-    return np.lib.format.read_array(buf, allow_pickle=False)
+def load_bytes_object_array(data: bytes) -> np.ndarray:
+    """The pickle payload of a `.npy` object array of byte strings (TAPVid-3D's `images_jpeg_bytes`)
+    -> (T,) object array of bytes. Raises `pickle.UnpicklingError` for anything else."""
+    try:
+        out = _BytesArrayUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError:
+        raise
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError) as e:
+        raise pickle.UnpicklingError(f"malformed pickle ({type(e).__name__}: {' '.join(str(e).split())})") from e
+    if not isinstance(out, _PendingObjectArray) or out.array is None:
+        raise pickle.UnpicklingError("the pickle is not a numpy object array of byte strings")
+    return out.array
 
 
 def _load_npz_members(path: pathlib.Path, bytes_pickle_members=()) -> dict:
     try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise IngestError(f"{path}: not an .npz file ({e})") from e
-    with zf:
-        out = {}
-        for info in zf.infolist():
-            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            try:
-                out[key] = _read_npy_member(zf, info.filename, allow_bytes_pickle=key in bytes_pickle_members)
-            except (ValueError, pickle.UnpicklingError, EOFError, OSError, zipfile.BadZipFile) as e:
-                raise IngestError(f"{path}: cannot read {key!r}: {e}") from e
-    return out
+        return read_npz(path, object_loaders={k: load_bytes_object_array for k in bytes_pickle_members})
+    except ValueError as e:
+        raise IngestError(str(e)) from e
 
 
 def _decode_jpegs(blobs, path) -> np.ndarray:
@@ -121,6 +166,13 @@ def read_tapvid3d(path: str | os.PathLike, fps: float = 10.0) -> Clip:
     for k in ("images_jpeg_bytes", "tracks_XYZ", "visibility", "fx_fy_cx_cy"):
         if k not in d:
             raise IngestError(f"{path}: missing key {k!r} (TAPVid-3D files have {sorted(d)})")
+    for k in ("tracks_XYZ", "visibility", "fx_fy_cx_cy", "extrinsics_w2c"):
+        if k in d and d[k].dtype.kind not in "biuf":
+            raise IngestError(f"{path}: {k!r} must be numeric; got dtype {d[k].dtype.str}")
+    if d["fx_fy_cx_cy"].size < 4:
+        raise IngestError(f"{path}: fx_fy_cx_cy must hold 4 numbers; got shape {d['fx_fy_cx_cy'].shape}")
+    if d["images_jpeg_bytes"].ndim != 1 or d["images_jpeg_bytes"].size == 0:
+        raise IngestError(f"{path}: images_jpeg_bytes must be (T,) >= 1 JPEGs; got {d['images_jpeg_bytes'].shape}")
     video = _decode_jpegs(d["images_jpeg_bytes"], path)
     T, H, W = video.shape[:3]
     xyz_cam = np.asarray(d["tracks_XYZ"], np.float64)

@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     absolute_paths(args, args._path_args)
     try:
         return int(args._run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (UserError, ValueError, OSError) as e:  # OSError: missing files, permissions, a full disk
         if args.debug:
             raise
-        print(f"trackedit {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the library's message holds
+        print(f"trackedit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

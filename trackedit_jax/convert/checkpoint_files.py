@@ -47,7 +47,7 @@ class CheckpointReader:
 
     def _handle(self, file: pathlib.Path):
         if file not in self._handles:
-            self._handles[file] = safe_open(str(file), framework="np")
+            self._handles[file] = _checked(file, lambda: safe_open(str(file), framework="np"))
         return self._handles[file]
 
     def keys(self) -> list[str]:
@@ -60,13 +60,15 @@ class CheckpointReader:
         return len(self.files)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handle(self.files[key]).get_slice(key).get_shape())
+        file = self.files[key]
+        return tuple(_checked(file, lambda: self._handle(file).get_slice(key).get_shape(), key))
 
     def get(self, key: str) -> np.ndarray:
         """The tensor `key` as a numpy array in its stored dtype (bf16 as ml_dtypes.bfloat16)."""
         if key not in self.files:
             raise KeyError(f"{self.path}: no tensor named {key!r}")
-        return self._handle(self.files[key]).get_tensor(key)
+        file = self.files[key]
+        return _checked(file, lambda: self._handle(file).get_tensor(key), key)
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         """Stream (key, tensor) pairs, one tensor in memory at a time, file by file."""
@@ -83,8 +85,13 @@ class CheckpointReader:
         cfg = self.config_path
         if not cfg.is_file():
             return None
-        with open(cfg) as f:
-            return json.load(f)
+        try:
+            data = json.loads(cfg.read_text())
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+            raise ValueError(f"{cfg}: not a readable JSON file ({_one_line(e)})") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{cfg}: expected a JSON object; got {type(data).__name__}")
+        return data
 
     def close(self) -> None:
         self._handles.clear()
@@ -96,13 +103,36 @@ class CheckpointReader:
         self.close()
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+def _checked(file: pathlib.Path, fn, key: str | None = None):
+    """fn() with the errors safetensors raises for a malformed file (`SafetensorError`, not a ValueError)
+    turned into one-line ValueErrors naming the file (and tensor)."""
+    try:
+        return fn()
+    except MemoryError:
+        raise
+    except Exception as e:
+        what = f"{file}: tensor {key!r}" if key is not None else f"{file}"
+        raise ValueError(f"{what}: not a readable safetensors file ({_one_line(e)})") from e
+
+
 def _files_of_index(index_path: pathlib.Path) -> dict[str, pathlib.Path]:
-    with open(index_path) as f:
-        index = json.load(f)
-    if "weight_map" not in index:
-        raise ValueError(f"{index_path}: not a safetensors index (no 'weight_map')")
+    try:
+        index = json.loads(index_path.read_text())
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+        raise ValueError(f"{index_path}: not a readable JSON index ({_one_line(e)})") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_path}: not a safetensors index (no 'weight_map' mapping)")
     out = {}
-    for key, name in index["weight_map"].items():
+    for key, name in weight_map.items():
+        # a shard is a file name beside the index: no folders, so an index cannot point elsewhere
+        if not isinstance(name, str) or pathlib.PurePath(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"{index_path}: weight_map[{key!r:.80}] must be a file name beside the index")
         file = index_path.parent / name
         if not file.is_file():
             raise FileNotFoundError(f"{index_path}: shard {name} (holding {key!r}) is missing")
@@ -117,7 +147,9 @@ def _files_of_safetensors(files: list[pathlib.Path]) -> dict[str, pathlib.Path]:
             with safe_open(str(file), framework="np") as f:
                 keys = list(f.keys())
         except Exception as e:
-            raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
+            if isinstance(e, MemoryError):
+                raise
+            raise ValueError(f"{file}: not a readable safetensors file ({_one_line(e)})") from e
         for key in keys:
             if key in out:
                 raise ValueError(f"tensor {key!r} appears in both {out[key]} and {file}")
@@ -194,7 +226,12 @@ def write_safetensors(
         fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=out_dir)
         os.close(fd)
         try:
-            save_file(shard, tmp, metadata=meta)
+            try:
+                save_file(shard, tmp, metadata=meta)
+            except Exception as e:  # SafetensorError wraps the OSError of a full disk
+                if isinstance(e, MemoryError):
+                    raise
+                raise OSError(f"{out_dir / name}: cannot write ({_one_line(e)})") from e
             os.replace(tmp, out_dir / name)
         except BaseException:
             pathlib.Path(tmp).unlink(missing_ok=True)
@@ -205,6 +242,12 @@ def write_safetensors(
             "metadata": {"total_size": int(sum(a.nbytes for s in shards for a in s.values()))},
             "weight_map": {k: n for n, s in zip(names, shards) for k in s},
         }
-        with open(out_dir / f"{basename}.safetensors.index.json", "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
+        index_path = out_dir / f"{basename}.safetensors.index.json"
+        tmp = index_path.with_name(f".{index_path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
+            os.replace(tmp, index_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return written

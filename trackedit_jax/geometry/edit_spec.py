@@ -76,12 +76,19 @@ def _type_name(v) -> str:
     if isinstance(v, list):
         return f"a list of length {len(v)}"
     if isinstance(v, dict):
-        return f"a mapping with keys {list(v)}"
-    return "null" if v is None else f"{type(v).__name__} {v!r}"
+        return f"a mapping with keys {list(v)!r:.120}"
+    return "null" if v is None else f"{type(v).__name__} {v!r:.80}"
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or float (not a bool) that a float holds: 10**400 is an int but no float."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
 
 
 class _Validator:
@@ -92,14 +99,14 @@ class _Validator:
         if not isinstance(v, list) or not all(_is_number(x) for x in v) or (n is not None and len(v) != n):
             exp = f"a list of {n} numbers" if n else "a list of numbers"
             raise self.w.error(path, f"expected {exp} ({what}), got {_type_name(v)}")
-        if not all(np.isfinite(x) for x in v):
-            raise self.w.error(path, f"values must be finite; got {v}")
+        if not all(np.isfinite(float(x)) for x in v):
+            raise self.w.error(path, f"values must be finite; got {v!r:.120}")
         return [float(x) for x in v]
 
     def value(self, f: Field, v, path):
         k = f.kind
         if k in ("number", "positive", "fraction"):
-            if not _is_number(v) or not np.isfinite(v):
+            if not _is_number(v) or not np.isfinite(float(v)):
                 raise self.w.error(path, f"expected a number, got {_type_name(v)}")
             if k == "positive" and not v > 0:
                 raise self.w.error(path, f"must be > 0; got {v}")

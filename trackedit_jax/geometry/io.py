@@ -9,15 +9,18 @@ Keys (T frames, N tracks):
   depths      optional: (T, H, W) float32
   image_size  optional (2,) int: (H, W); written by us so files without video keep their grid size
   source_ids  optional (N,) int32: `Tracks.ids` (which source point each track came from)
-The file is read with ``allow_pickle=False``: object arrays are refused.
+The file is read by `read_npz`: no pickle (object arrays are refused) and no allocation beyond what the
+file holds (each member's declared shape is checked against its bytes before reading).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -46,10 +49,105 @@ def _video_to_uint8(video: np.ndarray) -> np.ndarray:
         raise ValueError(f"video must have 3 colour channels; got {video.shape}")
     if video.dtype == np.uint8:
         return video
-    v = video.astype(np.float32)
+    if video.dtype.kind == "f" and not np.isfinite(video).all():
+        raise ValueError("video contains NaN or inf")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range clips to 255 below
+        v = video.astype(np.float32)
     if v.max(initial=0.0) <= 1.0 + 1e-6:
         v = v * 255.0
     return np.clip(np.round(v), 0, 255).astype(np.uint8)
+
+
+# Element kinds a member may hold: bool, ints, floats, complex, bytes and str (never objects, which need
+# pickle, nor zero-size or structured items, whose element count costs no bytes).
+_NPZ_KINDS = "biufcSU"
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _read_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, object_loader) -> np.ndarray:
+    """One `.npy` member, its declared size checked against the bytes the member holds before any
+    allocation (numpy's own reader allocates what the header declares first)."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+        available = info.file_size - f.tell()
+        if dtype.hasobject:
+            if object_loader is None:
+                raise ValueError("holds a pickled object array, which is refused (no pickle is loaded)")
+            arr = object_loader(f.read(max(available, 0)))
+            if not isinstance(arr, np.ndarray) or arr.shape != shape:
+                raise ValueError(f"the object array does not match its header shape {shape}")
+            return arr
+        if dtype.kind not in _NPZ_KINDS or dtype.itemsize == 0 or dtype.fields is not None or dtype.subdtype:
+            raise ValueError(f"dtype {dtype.str} is not a plain numeric or string dtype")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > available:
+            raise ValueError(
+                f"header declares shape {shape} {dtype.str} ({nbytes} bytes) but the member holds {available} bytes"
+            )
+        buf = bytearray(nbytes)
+        view, got = memoryview(buf), 0
+        while got < nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise ValueError(f"truncated: {got} of {nbytes} array bytes")
+            got += n
+    arr = np.frombuffer(buf, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz(path: str | os.PathLike, *, object_loaders: dict | None = None) -> dict[str, np.ndarray]:
+    """Every member of an `.npz` file as a numpy array, read without pickle and without allocating more
+    than the file holds.
+
+    Args:
+      path: the file.
+      object_loaders: {member name: function(bytes) -> ndarray} for members that are pickled object
+        arrays (only the restricted loaders of data set formats that need them); any other object
+        member is refused.
+    Raises:
+      FileNotFoundError if missing; ValueError (one line naming the file and member) for anything else.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    loaders = object_loaders or {}
+    try:
+        zf = zipfile.ZipFile(path)
+    except Exception as e:
+        if isinstance(e, MemoryError):
+            raise
+        raise ValueError(f"{path}: not a readable .npz (zip) file ({_one_line(e)})") from e
+    out: dict[str, np.ndarray] = {}
+    with zf:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if key in out:
+                raise ValueError(f"{path}: member {key!r} appears twice")
+            try:
+                out[key] = _read_npy_member(zf, info, loaders.get(key))
+            except MemoryError:
+                raise
+            except Exception as e:  # zipfile, zlib, numpy header or loader errors: a malformed member
+                raise ValueError(f"{path}: member {key!r}: {_one_line(e)}") from e
+    return out
+
+
+def _member(data: dict, key: str, path: pathlib.Path, *, kinds: str = "biuf") -> np.ndarray:
+    a = data[key]
+    if a.dtype.kind not in kinds:
+        raise ValueError(f"{path}: {key!r} must be numeric; got dtype {a.dtype.str}")
+    return a
 
 
 def load_track_file(path: str | os.PathLike) -> TrackFile:
@@ -57,43 +155,51 @@ def load_track_file(path: str | os.PathLike) -> TrackFile:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"track file not found: {path}")
+    data = read_npz(path)
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; the file has {sorted(data)}")
+    coords = _member(data, "coords", path).astype(np.float32)
+    if coords.ndim != 3 or coords.shape[-1] != 3:
+        raise ValueError(f"{path}: 'coords' must be (T, N, 3); got {coords.shape}")
+    T, N = coords.shape[:2]
+    visibs = _member(data, "visibs", path) if "visibs" in data else np.ones((T, N), bool)
+    if visibs.ndim == 3 and visibs.shape[-1] == 1:
+        visibs = visibs[..., 0]
+    visibs = visibs > 0.5 if visibs.dtype != bool else visibs
     try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError as e:  # object arrays need pickle; we never load pickle
-        raise ValueError(f"{path}: holds pickled object arrays, which are refused ({e})") from e
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable .npz track file ({type(e).__name__}: {e})") from e
-    with data:
-        missing = [k for k in REQUIRED_KEYS if k not in data.files]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {missing}; the file has {sorted(data.files)}")
-        coords = data["coords"].astype(np.float32)
-        if coords.ndim != 3 or coords.shape[-1] != 3:
-            raise ValueError(f"{path}: 'coords' must be (T, N, 3); got {coords.shape}")
-        T, N = coords.shape[:2]
-        visibs = data["visibs"] if "visibs" in data.files else np.ones((T, N), bool)
-        visibs = np.asarray(visibs)
-        if visibs.ndim == 3 and visibs.shape[-1] == 1:
-            visibs = visibs[..., 0]
-        visibs = visibs > 0.5 if visibs.dtype != bool else visibs
-        video = _video_to_uint8(data["video"]) if "video" in data.files else None
-        depths = data["depths"].astype(np.float32) if "depths" in data.files else None
-        if "image_size" in data.files:
-            image_size = tuple(int(s) for s in data["image_size"])
-        elif video is not None:
-            image_size = video.shape[1:3]
-        elif depths is not None:
-            image_size = depths.shape[1:3]
-        else:
-            raise ValueError(f"{path}: no 'video', 'depths' or 'image_size' key, so the image size is unknown")
-        ids = data["source_ids"].astype(np.int32) if "source_ids" in data.files else None
-        intr = data["intrinsics"].astype(np.float32)
-        extr = data["extrinsics"].astype(np.float32)
+        video = _video_to_uint8(_member(data, "video", path)) if "video" in data else None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    depths = _member(data, "depths", path).astype(np.float32) if "depths" in data else None
+    if depths is not None and depths.ndim != 3:
+        raise ValueError(f"{path}: 'depths' must be (T, H, W); got {depths.shape}")
+    if "image_size" in data:
+        size = _member(data, "image_size", path, kinds="iu")
+        if size.shape != (2,):
+            raise ValueError(f"{path}: 'image_size' must be 2 integers (H, W); got shape {size.shape}")
+        image_size = tuple(int(s) for s in size)
+    elif video is not None:
+        image_size = video.shape[1:3]
+    elif depths is not None:
+        image_size = depths.shape[1:3]
+    else:
+        raise ValueError(f"{path}: no 'video', 'depths' or 'image_size' key, so the image size is unknown")
+    ids = None
+    if "source_ids" in data:
+        ids = _member(data, "source_ids", path, kinds="iu")
+        if ids.shape != (N,) or (N and (ids.min() < 0 or ids.max() >= N)):
+            raise ValueError(f"{path}: 'source_ids' must be (N,) = ({N},) indices in [0, {N}); got shape {ids.shape}")
+        ids = ids.astype(np.int32)
+    intr = _member(data, "intrinsics", path).astype(np.float32)
+    extr = _member(data, "extrinsics", path).astype(np.float32)
     for name, arr in (("intrinsics", intr), ("extrinsics", extr), ("visibs", visibs)):
-        if arr.shape[0] != T:
-            raise ValueError(f"{path}: '{name}' has {arr.shape[0]} frames but 'coords' has {T}")
+        if arr.ndim == 0 or arr.shape[0] != T:
+            raise ValueError(f"{path}: '{name}' has shape {arr.shape} but 'coords' has {T} frames")
     if video is not None and video.shape[0] != T:
         raise ValueError(f"{path}: 'video' has {video.shape[0]} frames but 'coords' has {T}")
+    if depths is not None and depths.shape[0] != T:
+        raise ValueError(f"{path}: 'depths' has {depths.shape[0]} frames but 'coords' has {T}")
     try:
         tracks = Tracks(coords, visibs, ids)
         camera = Camera(intr, extr, image_size)

@@ -12,6 +12,7 @@ restores onto any other mesh or device count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -38,6 +39,11 @@ def storage_path(path: str | os.PathLike) -> pathlib.Path | epath.Path:
 def is_remote(path: str | os.PathLike) -> bool:
     """True when `path` is a URL (see `storage_path`)."""
     return _URL.match(os.fspath(path)) is not None
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit, lost storage); the earlier
+    checkpoints are intact (orbax writes each step to a temporary directory and renames it when complete)."""
 
 
 class Checkpointer:
@@ -71,7 +77,8 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+        with self._write_errors():
+            return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """Restore the state onto the shardings in `abstract_state` and, if given, the iterator in place."""
@@ -85,11 +92,27 @@ class Checkpointer:
         return self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        with self._write_errors():
+            self._mngr.wait_until_finished()
 
     def close(self) -> None:
-        self._mngr.wait_until_finished()
+        with self._write_errors():
+            self._mngr.wait_until_finished()
         self._mngr.close()
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """Turn orbax's write failures (ValueErrors wrapping tensorstore's I/O errors, raised by the save
+        that started them or, when asynchronous, by the next save or wait) into one `CheckpointWriteError`."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            steps = [s for s in self.all_steps()]
+            reason = " ".join(str(e).split())
+            raise CheckpointWriteError(
+                f"{self.directory}: a checkpoint could not be written ({reason[-300:]}); the last complete "
+                f"checkpoint is {'step ' + str(max(steps)) if steps else 'none'}"
+            ) from e
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

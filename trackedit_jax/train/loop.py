@@ -35,6 +35,7 @@ from trackedit_jax.train.metrics import MetricsWriter, plot_loss_curve
 from trackedit_jax.train.setup import TrainingSetup
 from trackedit_jax.train.step import TrainState, init_train_state
 from trackedit_jax.train.throughput import StepWindow, measure_peak_flops
+from trackedit_jax.train.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -169,7 +170,21 @@ def _load_base(model, config: ConfigDict, mesh) -> None:
 
 def train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | None = None) -> TrainResult:
     """Run (or resume) training as configured; returns when `train.num_steps` (or `max_steps` more
-    steps in this call, a testing aid) are done or on SIGTERM."""
+    steps in this call, a testing aid) are done or on SIGTERM.
+
+    The main process holds the lock of a local `workdir` (`WorkdirLock`) throughout: a second run on the
+    same directory raises `WorkdirBusyError` while this one lives (a killed run's lock is free).
+    """
+    local = "://" not in str(workdir)  # object stores (gs://...) have no file locks
+    lock = WorkdirLock(pathlib.Path(workdir).absolute()) if local and _is_main() else None
+    try:
+        return _train(config, workdir, max_steps=max_steps)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: ConfigDict, workdir: str | pathlib.Path, *, max_steps: int | None = None) -> TrainResult:
     remote = is_remote(workdir)
     workdir, files = storage_path(workdir), local_dir(workdir)
     build.validate_config(config)
