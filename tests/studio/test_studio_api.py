@@ -184,3 +184,15 @@ def test_bad_job_settings(studio):
         assert status == 400 and msg in res["error"]
     status, res = request(studio, "/api/preview", None)  # a GET
     assert status == 404 and "no such resource" in res["error"]
+
+
+def test_concurrent_tabs_get_their_own_previews(studio):
+    """Several tabs previewing at once: each answer is the one its own spec gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = [f"camera:\n  - {{op: arc, degrees: {d}}}\n" for d in (5, 10, 15, 20, 25, 30)]
+    alone = [request(studio, "/api/preview", {"spec": s})[1]["extrinsics"] for s in specs]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda s: request(studio, "/api/preview", {"spec": s})[1]["extrinsics"], specs))
+    assert together == alone
+    assert all(a != b for a, b in zip(alone, alone[1:]))

@@ -23,7 +23,10 @@ from trackedit_jax.geometry.io import load_tracks
 from trackedit_jax.geometry.projection import in_image, project
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install -y chromium)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install -y chromium)"),
+    pytest.mark.xdist_group("studio_browser"),  # one browser and one server for the module under -n
+]
 SCREENSHOT = os.environ.get("TRACKEDIT_STUDIO_SCREENSHOT")  # also copy the screenshot there
 
 
