@@ -1,6 +1,7 @@
 """Forward+backward of our WanDiT against diffusers' WanTransformer3DModel: same weights, inputs, threads.
 
     PYTHONPATH=$PWD python benchmarks/bench_dit.py [--threads 2] [--repeats 5] [--remat none] [--host-memory keep]
+        [--backward both]
 
 Config (issue 2): dim 512, 8 heads of 64, 8 layers, FFN 2048, 2048 video tokens (latents 8 x 32 x 32 x 16,
 patch 1x2x2), 64 text tokens of width 4096, batch 1, float32. The loss is the mean square of the output;
@@ -19,6 +20,10 @@ the ~0.9 GB block XLA allocates per step is reused instead of page-faulted in af
 `trackedit_jax/host_memory.py`). `--host-memory default` leaves glibc's defaults (as a library user who
 does not call it gets). The torch worker runs with glibc's defaults either way; its activations are
 small blocks that glibc already reuses.
+
+`--backward both` (the default) adds a third worker: our model traced with plain autodiff backward passes
+(`trackedit_jax.models.layers.backward_passes("autodiff")`, what TPU/GPU run) beside the CPU-tuned ones
+("auto" on CPU), so one run gives the ratio of the two on this machine.
 """
 
 from __future__ import annotations
@@ -66,12 +71,13 @@ def _torch_step_fn(weights: str, threads: int):
     return step
 
 
-def _jax_step_fn(weights: str, remat: str, attention: str):
+def _jax_step_fn(weights: str, remat: str, attention: str, backward: str):
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from trackedit_jax.convert import load_wan_transformer
+    from trackedit_jax.models.layers import backward_passes
     from trackedit_jax.models.wan.config import WanConfig
 
     cfg = WanConfig.from_diffusers_json(_read_config(weights), remat_policy=remat, attention_impl=attention)
@@ -83,6 +89,8 @@ def _jax_step_fn(weights: str, remat: str, attention: str):
     def grads(params, x, t, c):
         return jax.value_and_grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(x, t, c) ** 2))(params)
 
+    with backward_passes(backward):  # the mode is read when the step is traced, on this first call
+        jax.block_until_ready(grads(params, jx, jt, jc))
     return lambda: jax.block_until_ready(grads(params, jx, jt, jc))
 
 
@@ -96,7 +104,8 @@ def _read_config(weights: str) -> dict:
 def _make_step(lib: str, weights: str, args):
     if lib == "torch":
         return _torch_step_fn(weights, args.threads)
-    return _jax_step_fn(weights, args.remat, args.attention)
+    backward = "autodiff" if lib == "jax-autodiff" else "auto"
+    return _jax_step_fn(weights, args.remat, args.attention, backward)
 
 
 def _timed(step) -> tuple[float, float, int]:
@@ -116,11 +125,12 @@ def _set_host_memory(args) -> None:
 
 
 def _worker(conn, lib: str, weights: str, args) -> None:
-    """Build the step, run it once (jax: compiles), then on each request: one untimed step, one timed."""
-    if lib == "jax":
+    """Build the step and run it once (jax: compiles), then on each request: one untimed step, one timed."""
+    if lib.startswith("jax"):
         _set_host_memory(args)
+    t0 = time.perf_counter()
     step = _make_step(lib, weights, args)
-    conn.send(_timed(step)[0])
+    conn.send(time.perf_counter() - t0)
     while conn.recv() == "step":
         step()
         conn.send(_timed(step))
@@ -159,11 +169,19 @@ def main() -> None:
         help="keep: our worker calls trackedit_jax.host_memory.keep_freed_host_memory() first, as "
         "the trackedit command does; default: glibc's defaults",
     )
+    ap.add_argument(
+        "--backward",
+        choices=("auto", "both"),
+        default="both",
+        help="auto: our model as trackedit runs it on this backend; both: also a worker with plain autodiff",
+    )
     args = ap.parse_args()
     configure_cpu(args)  # environment first: the workers inherit it
     import numpy as np
 
     names = {"torch": "diffusers (torch)", "jax": "ours (jax)"}
+    if args.backward == "both":
+        names["jax-autodiff"] = "ours, autodiff bwd"
     times = {lib: [] for lib in names}
     load_before = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "n/a"
     with tempfile.TemporaryDirectory() as weights:
@@ -171,10 +189,8 @@ def main() -> None:
         if args.same_process:
             _set_host_memory(args)
             steps = {lib: _make_step(lib, weights, args) for lib in names}
-            t0 = time.perf_counter()
-            steps["jax"]()
-            compile_s = time.perf_counter() - t0
             steps["torch"]()
+            compile_s = float("nan")  # compiled inside _make_step
 
             def measure(lib):
                 steps[lib]()
@@ -213,7 +229,7 @@ def main() -> None:
         f"best of {args.repeats}; "
         f"load average before: {load_before}"
     )
-    print(f"  (jax first call incl. compile: {compile_s:.1f} s)")
+    print(f"  (jax build + first call incl. compile: {compile_s:.1f} s)")
     for lib, name in names.items():
         print(
             f"  {name:18s} {best[lib]:7.2f} s   (all: {', '.join(f'{s:.2f}' for s in times[lib])}; per step: "
@@ -223,6 +239,11 @@ def main() -> None:
         f"  speed-up ours vs diffusers: {best['torch'] / best['jax']:.2f}x (best), "
         f"{med['torch'] / med['jax']:.2f}x (median)"
     )
+    if "jax-autodiff" in names:
+        print(
+            f"  speed-up CPU-tuned vs autodiff backward passes: {best['jax-autodiff'] / best['jax']:.2f}x (best), "
+            f"{med['jax-autodiff'] / med['jax']:.2f}x (median)"
+        )
 
 
 if __name__ == "__main__":

@@ -3,19 +3,53 @@
 Every parameter is made by `trackedit_jax.parallel.rules.param` (logical axis names as metadata, eager
 sharding off): a model can be built without a mesh (tests, conversion) and the training / loading code
 places the state onto a mesh through the one rules table.
+
+Backward passes: on the CPU backend the dense layer, the norms, the broadcast products and GELU use
+hand-written VJPs shaped for XLA:CPU (see the section comments; `benchmarks/bench_backward.py` measures
+each against autodiff). On every other backend (TPU, GPU) they are plain `jnp` code differentiated by
+autodiff, so XLA's own fusion and rematerialisation apply unchanged. The choice is read at trace time
+(`backward_passes` overrides it, e.g. to compare the two or to lower for another platform).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from trackedit_jax.parallel.rules import param
+
+BACKWARD_MODES = ("auto", "cpu_tuned", "autodiff")
+_backward_mode = "auto"
+
+
+@contextlib.contextmanager
+def backward_passes(mode: str) -> Iterator[None]:
+    """Within the block, trace the layers with `mode`: "cpu_tuned" (hand-written VJPs), "autodiff" (plain
+    code) or "auto" (cpu_tuned when `jax.default_backend()` is "cpu", else autodiff). Read at trace time:
+    a function jitted before the block keeps the passes it was traced with."""
+    global _backward_mode
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"backward mode must be one of {BACKWARD_MODES}; got {mode!r}")
+    previous, _backward_mode = _backward_mode, mode
+    try:
+        yield
+    finally:
+        _backward_mode = previous
+
+
+def cpu_tuned_backward(backend: str | None = None) -> bool:
+    """True when the hand-written (XLA:CPU-shaped) backward passes are in force for `backend`
+    (default: `jax.default_backend()`)."""
+    if _backward_mode != "auto":
+        return _backward_mode == "cpu_tuned"
+    return (backend or jax.default_backend()) == "cpu"
+
 
 # --------------------------------------------------------------------------------------------------
 # float32 norms and broadcast products with hand-written backward passes
@@ -43,10 +77,14 @@ def _row_mean(a: jax.Array) -> jax.Array:
     return (jnp.einsum("...d,d->...", a, ones, preferred_element_type=jnp.float32) / a.shape[-1])[..., None]
 
 
-@jax.custom_vjp
 def mul_broadcast(x: jax.Array, s: jax.Array) -> jax.Array:
     """x * s for float32 x (...) and s broadcastable to x (e.g. an adaLN scale or gate (B, 1, D), a
-    norm weight (D,)); its backward pass computes d(s) as a dot (see the section comment)."""
+    norm weight (D,)); with the CPU-tuned passes its backward computes d(s) as a dot (section comment)."""
+    return _mul_broadcast(x, s) if cpu_tuned_backward() else x * s
+
+
+@jax.custom_vjp
+def _mul_broadcast(x: jax.Array, s: jax.Array) -> jax.Array:
     return x * s
 
 
@@ -63,7 +101,7 @@ def _mul_broadcast_bwd(res, dy):
     return (dy * s).astype(x.dtype), ds.astype(s.dtype)
 
 
-mul_broadcast.defvjp(_mul_broadcast_fwd, _mul_broadcast_bwd)
+_mul_broadcast.defvjp(_mul_broadcast_fwd, _mul_broadcast_bwd)
 
 
 def transpose_tokens(x: jax.Array) -> jax.Array:
@@ -90,7 +128,7 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, x_t
       order (FFN fwd+bwd at the bench config: 153 -> 149 ms best, 165 -> 156 ms median).
     When the kernel is not differentiated (frozen base weights under LoRA) nothing extra is saved.
     """
-    if x.ndim < 2:  # a single vector: nothing to gain
+    if x.ndim < 2 or not cpu_tuned_backward():  # autodiff (a single vector: nothing to gain anyway)
         y = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
         return y if bias is None else y + bias.astype(jnp.float32)
     if x_t is None and _narrowing(x.shape, kernel.shape):
@@ -154,13 +192,17 @@ _dense.defvjp(_dense_fwd, _dense_bwd, symbolic_zeros=True)
 _SQRT_2_OVER_PI = 0.7978845608028654
 
 
-@jax.custom_vjp
 def gelu_tanh(x: jax.Array) -> jax.Array:
     """GELU, tanh approximation (torch `gelu(approximate="tanh")`, transformers "gelu_new"), any float
-    dtype, same shape. The forward is `jax.nn.gelu(x, approximate=True)`; the backward saves only x and
-    recomputes tanh, where autodiff would keep five activation-sized intermediates (x^3, tanh, 1 + tanh,
-    ...) alive until the backward pass: 4 extra (tokens x ffn) float32 arrays per block, copied in and out
-    of the layer scan's residual stacks."""
+    dtype, same shape: `jax.nn.gelu(x, approximate=True)`. With the CPU-tuned passes the backward saves
+    only x and recomputes tanh, where autodiff would keep five activation-sized intermediates (x^3, tanh,
+    1 + tanh, ...) alive until the backward pass: 4 extra (tokens x ffn) float32 arrays per block, copied
+    in and out of the layer scan's residual stacks."""
+    return _gelu_tanh(x) if cpu_tuned_backward() else jax.nn.gelu(x, approximate=True)
+
+
+@jax.custom_vjp
+def _gelu_tanh(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=True)
 
 
@@ -176,7 +218,7 @@ def _gelu_tanh_bwd(x, g):
     return ((g.astype(jnp.float32) * dgelu).astype(x.dtype),)
 
 
-gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+_gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -206,9 +248,14 @@ def _normalize_bwd(eps, centre, res, g):
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+def _normalized(x: jax.Array, eps: float, centre: bool) -> jax.Array:
+    """`_normalize` of float32 x, with the backward pass of the mode in force."""
+    return _normalize(x, eps, centre) if cpu_tuned_backward() else _normalize_fwd(x, eps, centre)[0]
+
+
 def layer_norm(x: jax.Array, eps: float, scale: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
     """LayerNorm over the last axis, computed in float32 (biased variance, as torch)."""
-    y = _normalize(x.astype(jnp.float32), eps, True)
+    y = _normalized(x.astype(jnp.float32), eps, True)
     if scale is not None:
         y = mul_broadcast(y, scale.astype(jnp.float32))
     if bias is not None:
@@ -218,7 +265,7 @@ def layer_norm(x: jax.Array, eps: float, scale: jax.Array | None = None, bias: j
 
 def rms_norm(x: jax.Array, eps: float, scale: jax.Array) -> jax.Array:
     """RMSNorm over the last axis in float32: x / sqrt(mean(x^2) + eps) * scale."""
-    return mul_broadcast(_normalize(x.astype(jnp.float32), eps, False), scale.astype(jnp.float32))
+    return mul_broadcast(_normalized(x.astype(jnp.float32), eps, False), scale.astype(jnp.float32))
 
 
 class LayerNorm(nnx.Module):

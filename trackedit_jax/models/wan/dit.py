@@ -30,7 +30,15 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from trackedit_jax.models.layers import LayerNorm, RMSNorm, gelu_tanh, layer_norm, mul_broadcast, transpose_tokens
+from trackedit_jax.models.layers import (
+    LayerNorm,
+    RMSNorm,
+    cpu_tuned_backward,
+    gelu_tanh,
+    layer_norm,
+    mul_broadcast,
+    transpose_tokens,
+)
 from trackedit_jax.models.lora import LoRALinear
 from trackedit_jax.models.wan import rope as rope_lib
 from trackedit_jax.models.wan.config import WanConfig, remat_policy_fn
@@ -95,7 +103,8 @@ class SelfAttention(_Attention):
         """x (B, L, D) -> (B, L, D); rope = (cos, sin) each (L, head_dim // 2)."""
         dtype = self.q.dtype
         x = x.astype(dtype)
-        x_t = transpose_tokens(x)  # one saved input for the three kernel gradients
+        # one saved input for the three kernel gradients (only the CPU-tuned backward passes read it)
+        x_t = transpose_tokens(x) if cpu_tuned_backward() else None
         q, k, v = self.q(x, x_t), self.k(x, x_t), self.v(x, x_t)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
@@ -113,7 +122,7 @@ class CrossAttention(_Attention):
         """x (B, L, D), context (B, L_text, D) -> (B, L, D)."""
         dtype = self.q.dtype
         context = context.astype(dtype)
-        context_t = transpose_tokens(context)
+        context_t = transpose_tokens(context) if cpu_tuned_backward() else None
         q, k, v = self.q(x), self.k(context, context_t), self.v(context, context_t)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
