@@ -51,9 +51,8 @@ from trackedit_jax.kernels.flash_common import (
     split_fully_masked,
     varying_axes,
 )
-from trackedit_jax.parallel.rules import activation_spec
+from trackedit_jax.parallel.rules import CONTEXT_AXIS, TENSOR_AXIS, activation_spec
 
-CONTEXT_AXIS = "context"
 STRATEGIES = ("auto", "ulysses", "ring")
 
 # "auto" only engages context parallelism for query sequences at least this long (global tokens);
@@ -93,7 +92,7 @@ def context_size() -> int:
 
 def heads_per_tensor_shard(num_heads: int, mesh) -> int:
     """Heads one device sees: H / tensor when tensor divides H, else H (heads replicated)."""
-    tensor = dict(zip(mesh.axis_names, mesh.axis_sizes)).get("tensor", 1)
+    tensor = dict(zip(mesh.axis_names, mesh.axis_sizes)).get(TENSOR_AXIS, 1)
     return num_heads // tensor if num_heads % tensor == 0 else num_heads
 
 

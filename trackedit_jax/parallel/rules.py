@@ -58,6 +58,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 _RULES = dict(LOGICAL_AXIS_RULES)
 
+# The mesh axes that context parallelism and tensor parallelism run over, read from the table: the
+# axis that shards the token sequence and the one that shards attention heads.
+CONTEXT_AXIS: str = _RULES["act_length"]
+TENSOR_AXIS: str = _RULES["act_heads"]
+
 # NNX variable metadata key that holds a parameter's logical axis names (one per dimension).
 LOGICAL_AXES_KEY = "out_sharding"
 
