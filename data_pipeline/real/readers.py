@@ -121,6 +121,11 @@ class _BytesArrayUnpickler(pickle._Unpickler):
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("refusing persistent ids")
 
+    def _refuse_bytearray8(self):  # it allocates the length it declares before reading: not in numpy's pickles
+        raise pickle.UnpicklingError("refusing BYTEARRAY8")
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray8}
+
 
 def load_bytes_object_array(data: bytes) -> np.ndarray:
     """The pickle payload of a `.npy` object array of byte strings (TAPVid-3D's `images_jpeg_bytes`)
