@@ -56,3 +56,64 @@ def keep_freed_host_memory() -> bool:
     )
     _applied = ok
     return ok
+
+
+_MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (*_MALLINFO2_FIELDS, "keepcost")]
+
+
+_mallinfo2 = []  # the libc function, looked up once
+
+
+def heap_in_use_bytes() -> int | None:
+    """Bytes the C allocator has handed out and not yet taken back (glibc `mallinfo2`: heap chunks in use
+    plus mmapped blocks), or None without glibc >= 2.33. XLA:CPU allocates its buffers with malloc."""
+    if not _mallinfo2:
+        fn = None
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallinfo2", None)
+            if fn is not None:
+                fn.restype = _MallInfo2
+        _mallinfo2.append(fn)
+    fn = _mallinfo2[0]
+    if fn is None:
+        return None
+    info = fn()
+    return int(info.uordblks + info.hblkhd)
+
+
+class HeapPeak:
+    """Peak growth of `heap_in_use_bytes` while the block runs, sampled by a background thread (which runs
+    whenever the main thread waits, e.g. in `jax.block_until_ready`):
+
+        with HeapPeak() as peak:
+            jax.block_until_ready(step(*args))
+        peak.bytes   # the largest in-use heap seen, minus the in-use heap at entry
+
+    For a measured counterpart of XLA:CPU's buffer assignment (`compiled.memory_analysis()`), whose
+    temporaries are allocated when an execution starts and freed when it ends. Needs glibc >= 2.33.
+    """
+
+    def __enter__(self) -> HeapPeak:
+        import threading
+
+        base = heap_in_use_bytes()
+        if base is None:
+            raise RuntimeError("HeapPeak needs glibc >= 2.33 (mallinfo2)")
+        self._base, self._peak, self._stop = base, base, threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, heap_in_use_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bytes = self._peak - self._base

@@ -202,6 +202,67 @@ def initial_noise(seed: int | jax.Array, shape: tuple[int, ...], dtype=jnp.float
     return jax.random.normal(key, shape, dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingProgram:
+    """The jitted sampling loop with everything but the state bound: `program(state, start, stop)` runs
+    steps [start, stop) (traced bounds: one compiled program for any range), `program.lower(...)` lowers
+    it without running (the planner compiles it on abstract arguments). Built by `sampling_program`."""
+
+    velocity_fn: Any
+    cond: Any
+    uncond: Any
+    tables: dict
+    solver: str
+    guidance: float
+    batch_cfg: bool
+    num_steps: int
+
+    def init_state(self, noise: jax.Array) -> tuple:
+        """The loop state at sigma = 1: (x,) for Euler, (x, x_prev, m_1, m_2) for UniPC."""
+        return _init_state(self.solver, noise)
+
+    def _args(self, state, start, stop):
+        return (self.velocity_fn, state, self.cond, self.uncond, self.tables, jnp.int32(start), jnp.int32(stop))
+
+    def _static(self) -> dict:
+        return dict(solver=self.solver, guidance=float(self.guidance), batch_cfg=self.batch_cfg)
+
+    def __call__(self, state, start, stop):
+        return _run_steps_jit(*self._args(state, start, stop), **self._static())
+
+    def lower(self, state, start=0, stop=1):
+        """`jax.stages.Lowered` of the loop for `state` (arrays or `jax.ShapeDtypeStruct`s)."""
+        return _run_steps_jit.lower(*self._args(state, start, stop), **self._static())
+
+
+def sampling_program(
+    velocity_fn: VelocityFn,
+    cond: Any,
+    *,
+    uncond: Any = None,
+    guidance: float = 1.0,
+    solver: str = "unipc",
+    num_steps: int = 50,
+    shift: float = 5.0,
+    schedule: Schedule | None = None,
+    batch_cfg: bool = True,
+) -> SamplingProgram:
+    """The `SamplingProgram` `sample` runs (arguments as there)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
+    if schedule is None:
+        schedule = make_schedule(num_steps, shift=shift, kind="wan_unipc" if solver == "unipc" else "wan")
+    tables = _euler_coefficients(schedule) if solver == "euler" else _unipc_coefficients(schedule)
+    tables = {k: jnp.asarray(v) for k, v in tables.items()}
+    tables["t"] = jnp.asarray(schedule.timesteps)
+    tables["sigma"] = jnp.asarray(schedule.sigmas[:-1])
+    if not isinstance(velocity_fn, jax.tree_util.Partial):
+        velocity_fn = jax.tree_util.Partial(velocity_fn)
+    return SamplingProgram(
+        velocity_fn, cond, uncond, tables, solver, float(guidance), batch_cfg, int(schedule.num_steps)
+    )
+
+
 def sample(
     velocity_fn: VelocityFn,
     noise: jax.Array,
@@ -240,30 +301,21 @@ def sample(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
-    if schedule is None:
-        schedule = make_schedule(num_steps, shift=shift, kind="wan_unipc" if solver == "unipc" else "wan")
     if not jnp.issubdtype(noise.dtype, jnp.floating) or noise.ndim < 1:
         raise ValueError(f"noise must be a floating (B, ...) array; got {noise.dtype}{noise.shape}")
-    tables = _euler_coefficients(schedule) if solver == "euler" else _unipc_coefficients(schedule)
-    tables = {k: jnp.asarray(v) for k, v in tables.items()}
-    tables["t"] = jnp.asarray(schedule.timesteps)
-    tables["sigma"] = jnp.asarray(schedule.sigmas[:-1])
-    if not isinstance(velocity_fn, jax.tree_util.Partial):
-        velocity_fn = jax.tree_util.Partial(velocity_fn)
-    run = lambda state, a, b: _run_steps_jit(  # noqa: E731
+    run = sampling_program(
         velocity_fn,
-        state,
         cond,
-        uncond,
-        tables,
-        jnp.int32(a),
-        jnp.int32(b),
+        uncond=uncond,
+        guidance=guidance,
         solver=solver,
-        guidance=float(guidance),
+        num_steps=num_steps,
+        shift=shift,
+        schedule=schedule,
         batch_cfg=batch_cfg,
     )
-    n = schedule.num_steps
-    state = _init_state(solver, noise)
+    n = run.num_steps
+    state = run.init_state(noise)
     if not progress:
         return run(state, 0, n)[0]
     if callable(progress):

@@ -253,6 +253,18 @@ class EditVelocity:
         return velocity_from_output(out, x_t, t / NUM_TRAIN_TIMESTEPS, self.prediction)
 
 
+def cache_shardings(cache, mesh):
+    """`NamedSharding`s of a `SourceCache` (arrays (B, L, D)) on `mesh`, from the rules table's activation
+    names ("act_batch", "act_length", "act_embed"): split over the sequence on a context axis, over the
+    batch on (data, fsdp) where it divides (`parallel.rules.fit_spec`), else replicated."""
+    from jax.sharding import NamedSharding
+
+    from trackedit_jax.parallel.rules import fit_spec
+
+    axes = ("act_batch", "act_length", "act_embed")
+    return jax.tree.map(lambda a: NamedSharding(mesh, fit_spec(a.shape, axes[: a.ndim], mesh)), cache)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _vae_encode(graphdef, state, video):
     """(1, F, H, W, 3) in [-1, 1] -> normalised latents, chunked causal encoding (memory independent of F)."""
@@ -281,26 +293,47 @@ class EditPipeline:
     Args:
       model: `EditByTrack` (LoRA merged or not); vae: `WanVAE`; config: `PretrainedConfig`;
       text_encoder, tokenizer: optional `UMT5Encoder` + `PromptTokenizer` (needed for `prompt=` text).
+      mesh: optional `jax.sharding.Mesh` (axes data, fsdp, context, tensor; `parallel.mesh.make_mesh`).
+        The model's parameters are split over it by the training rules table (`parallel.sharding.
+        state_shardings`: width over fsdp, heads and FFN over tensor), the source cache over the paired
+        sequence on a context axis (`cache_shardings`), and every model call runs under the mesh, so the
+        activation constraints of the model (`parallel.rules.shard_activation`) apply as in training.
+        The VAE and text encoder are replicated. None: one device, as before.
     """
 
-    def __init__(self, model, vae, config, text_encoder=None, tokenizer=None):
+    def __init__(self, model, vae, config, text_encoder=None, tokenizer=None, *, mesh=None):
         self.config = config
         self.vae = vae
+        self.mesh = mesh
         # jitted through (graphdef, state) like the model: nnx.jit on the module would recompile after
         # its state is written back between encode and decode calls
         self.vae_graphdef, self.vae_state = nnx.split(vae)
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.graphdef, self.state = nnx.split(model)
+        if mesh is not None:
+            from jax.sharding import NamedSharding
+            from jax.sharding import PartitionSpec as P
+
+            from trackedit_jax.parallel.sharding import state_shardings
+
+            self.state = jax.device_put(self.state, state_shardings(self.state, mesh))
+            self.vae_state = jax.device_put(self.vae_state, NamedSharding(mesh, P()))
         self.velocity_fn = EditVelocity(self.graphdef, getattr(config, "prediction", "velocity"))
 
+    def _on_mesh(self):
+        """The context model calls run in: the pipeline's mesh (`jax.set_mesh`) or nothing."""
+        import contextlib
+
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, dtype=None) -> EditPipeline:
-        """Load a directory written by `trackedit export` / `save_pretrained`."""
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype=None, mesh=None) -> EditPipeline:
+        """Load a directory written by `trackedit export` / `save_pretrained` (sharded over `mesh` if given)."""
         from trackedit_jax.infer.pretrained import load_pretrained
 
         p = load_pretrained(path, dtype=dtype)
-        return cls(p.model, p.vae, p.config, p.text_encoder, p.tokenizer)
+        return cls(p.model, p.vae, p.config, p.text_encoder, p.tokenizer, mesh=mesh)
 
     @property
     def model(self):
@@ -446,9 +479,7 @@ class EditPipeline:
         progress: bool = False,
     ) -> EditOutput:
         """Encode, sample and decode prepared inputs (steps 5-7 of the module docstring)."""
-        from trackedit_jax.diffusion.samplers import SOLVERS, initial_noise, sample
-        from trackedit_jax.geometry.conditioning import prepare_track_condition
-        from trackedit_jax.media import from_model_range, to_model_range
+        from trackedit_jax.diffusion.samplers import SOLVERS
 
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
@@ -464,6 +495,28 @@ class EditPipeline:
         t0 = time.perf_counter()
         text = self._text(prompt, prompt_embedding)
         timings["text"] = time.perf_counter() - t0
+
+        with self._on_mesh():
+            return self._generate(
+                inputs,
+                text,
+                timings,
+                num_steps=num_steps,
+                guidance=guidance,
+                seed=seed,
+                solver=solver,
+                shift=shift,
+                progress=progress,
+                prompt=prompt,
+                prompt_embedding=prompt_embedding,
+            )
+
+    def _generate(
+        self, inputs, text, timings, *, num_steps, guidance, seed, solver, shift, progress, prompt, prompt_embedding
+    ) -> EditOutput:
+        from trackedit_jax.diffusion.samplers import initial_noise, sample
+        from trackedit_jax.geometry.conditioning import prepare_track_condition
+        from trackedit_jax.media import from_model_range, to_model_range
 
         t0 = time.perf_counter()
         video = jnp.asarray(to_model_range(inputs.video))[None]
@@ -483,6 +536,8 @@ class EditPipeline:
             cond.source_valid[None],
             cond.target_valid[None],
         )
+        if self.mesh is not None:
+            cache = jax.device_put(cache, cache_shardings(cache, self.mesh))
         cache = jax.block_until_ready(cache)
         timings["source_cache"] = time.perf_counter() - t0
 

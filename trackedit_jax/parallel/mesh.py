@@ -64,3 +64,21 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = N
 def data_parallel_size(mesh: Mesh) -> int:
     """Number of ways the batch is split: the product of the "act_batch" mesh axes (data x fsdp)."""
     return math.prod(mesh.shape[a] for a in mesh_axes("act_batch"))
+
+
+def parse_mesh_spec(text: str, *, name: str = "--mesh") -> dict[str, int]:
+    """`"fsdp=8,context=2"` -> {"data": 1, "fsdp": 8, "context": 2, "tensor": 1} (unnamed axes 1; one
+    axis may be -1). ValueError naming `name` on a malformed entry or an unknown axis."""
+    sizes = dict.fromkeys(MESH_AXES, 1)
+    for entry in filter(None, (e.strip() for e in str(text).split(","))):
+        axis, sep, value = entry.partition("=")
+        axis = axis.strip()
+        if not sep or axis not in MESH_AXES:
+            raise ValueError(f"{name}: expected AXIS=SIZE entries with AXIS in {MESH_AXES}; got {entry!r}")
+        try:
+            sizes[axis] = int(value)
+        except ValueError:
+            raise ValueError(f"{name}: {axis} must be an integer; got {value!r}") from None
+        if sizes[axis] == 0 or sizes[axis] < -1:
+            raise ValueError(f"{name}: {axis} must be a positive size or -1; got {sizes[axis]}")
+    return sizes
