@@ -25,7 +25,7 @@ PIP_ARGS = ["--dry-run", "--no-deps", "--no-build-isolation", "-e", CHECKOUT]
 DEMO_STEPS = 1
 EDIT_STEPS = 1
 TRAIN_STEPS = {TRAIN_STEPS}
-TRAIN_OVERRIDES = ["--config.data.synthetic_pairs=4", "--config.checkpoint.async_save=False"]
+TRAIN_OVERRIDES = ["--config.data.synthetic_pairs=4", "--config.hardware.peak_flops_per_device=1e11"]
 """
 
 

@@ -1,8 +1,13 @@
 """What the pod launcher relies on: a gs:// workdir reaches `train` as written (local paths are still made
 absolute), the training loop keeps it a URL for orbax and stages its local files elsewhere, and
-TRACKEDIT_DISTRIBUTED=1 makes `trackedit train` call `jax.distributed.initialize()` with no arguments."""
+TRACKEDIT_DISTRIBUTED=1 makes `trackedit train` call `jax.distributed.initialize()` with no arguments.
+The run with a remote workdir uses a local folder in the bucket's place."""
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -13,6 +18,8 @@ from trackedit_jax.cli import main
 from trackedit_jax.parallel import distributed
 from trackedit_jax.train import loop
 from trackedit_jax.train.checkpointing import is_remote, storage_path
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -73,3 +80,45 @@ def test_requested_multi_process_start(monkeypatch):
     monkeypatch.setenv("TRACKEDIT_DISTRIBUTED", "1")
     assert distributed.initialize() is True and calls == [((), {})]
     monkeypatch.setattr(distributed, "_initialized", False)
+
+
+# `train` as it runs for a URL workdir, with the URL swapped for a local folder: `is_remote` says yes,
+# `storage_path` gives the folder (orbax cannot reach a bucket from a test)
+REMOTE_AS_LOCAL = """
+import pathlib, sys
+from trackedit_jax.configuration import load_config
+from trackedit_jax.train import loop
+loop.is_remote = lambda path: True
+loop.storage_path = lambda path: pathlib.Path(path)
+config = load_config("tiny_cpu", sys.argv[2:])
+print(loop.train(config, sys.argv[1]).step)
+"""
+
+
+@pytest.mark.slow
+def test_train_with_a_remote_workdir_stages_local_files_and_copies_them(tmp_path):
+    bucket, tmp = tmp_path / "bucket" / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "XLA_FLAGS": "", "PYTHONPATH": str(REPO)}
+    overrides = [
+        *["--config.data.num_frames=9", "--config.data.height=32", "--config.data.width=32"],
+        *["--config.data.synthetic_pairs=4", "--config.train.num_steps=2", "--config.train.log_every=1"],
+        *[
+            "--config.train.val_every=0",
+            "--config.hardware.peak_flops_per_device=1e11",
+            "--config.model.wan.num_layers=1",
+        ],
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", REMOTE_AS_LOCAL, str(bucket), *overrides], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "2"
+    (staged,) = (tmp / "trackedit_runs").iterdir()  # named after the workdir, '/' replaced
+    assert staged.name == str(bucket).replace("/", "_")
+    # generated shards stay in the staging folder; checkpoints, config, metrics and curve are in the "bucket"
+    assert (staged / "data" / "train" / "manifest.json").is_file() and not (bucket / "data").exists()
+    assert (bucket / "checkpoints" / "2").is_dir() and (bucket / "config.json").is_file()
+    assert (bucket / "metrics.jsonl").read_bytes() == (staged / "metrics.jsonl").read_bytes()
+    assert [json.loads(line)["step"] for line in (bucket / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (bucket / "loss_curve.png").is_file() and any((bucket / "tb").iterdir())
