@@ -7,7 +7,8 @@ worker, and run the same `trackedit train` on all of them with the workdir on a 
 
 Everything after `--` goes to `trackedit train`. Steps (each one gcloud command; `--dry-run` prints them
 and runs nothing):
-  1. `tpu-vm describe` the pod; `tpu-vm create` it when it does not exist (`--skip-create`: must exist);
+  1. `tpu-vm describe` the pod; `tpu-vm create` it when it does not exist (`--skip-create`: must exist); a pod
+     that exists but is not READY (creating, preempted, ...) stops the launcher with exit code 2;
   2. `tpu-vm ssh --worker=all`: Python 3.12 venv (uv), jax[tpu], the package, gcsfs (`--skip-install`: skip);
   3. `tpu-vm ssh --worker=all`: `trackedit train ... --workdir gs://...` with TRACKEDIT_DISTRIBUTED=1, so
      every worker calls `jax.distributed.initialize()`, which reads the pod's layout from the TPU VM metadata.
@@ -120,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         for cmd in plan(args, pod_exists=False):
             print(shlex.join(cmd))
         return 0
-    exists = subprocess.run(describe, capture_output=True, text=True).returncode == 0
+    found = subprocess.run(describe, capture_output=True, text=True)
+    exists = found.returncode == 0
+    state = found.stdout.strip()
+    if exists and state != "READY":
+        print(
+            f"tpu_pod: error: pod {args.name!r} exists in state {state or '?'}, not READY; wait, or delete it",
+            file=sys.stderr,
+        )
+        return 2
     print(f"[tpu_pod] {args.name}: {'reusing the existing pod' if exists else 'creating the pod'}", flush=True)
     for cmd in plan(args, pod_exists=exists):
         print(f"[tpu_pod] {shlex.join(cmd)}", flush=True)

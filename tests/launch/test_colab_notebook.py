@@ -22,6 +22,7 @@ PARAMETERS = f"""
 REPO_URL = "unused: the checkout exists"
 CHECKOUT = {str(REPO)!r}
 PIP_ARGS = ["--dry-run", "--no-deps", "--no-build-isolation", "-e", CHECKOUT]
+JAX_EXTRA = ""
 DEMO_STEPS = 1
 EDIT_STEPS = 1
 TRAIN_STEPS = {TRAIN_STEPS}

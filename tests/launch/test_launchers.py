@@ -204,3 +204,26 @@ def test_slurm_script_refuses_bad_settings(tmp_path):
     assert r.returncode == 2 and "give the trackedit train arguments" in r.stderr
     r = _sbatch(tmp_path, {"PROCS_PER": "socket"}, "--config", "c", "--workdir", "/s/r")
     assert r.returncode == 2 and "PROCS_PER must be gpu or node" in r.stderr
+
+
+@pytest.mark.parametrize("describe_rc,state", [(0, "READY"), (1, ""), (0, "PREEMPTED")])
+def test_tpu_pod_runs_the_plan_for_the_pod_it_finds(monkeypatch, capsys, describe_rc, state):
+    """Without --dry-run: `describe` decides between reuse and create; a pod not READY stops the launcher."""
+    ran = []
+
+    def fake_run(cmd, **kw):
+        ran.append(cmd)
+        verb = cmd[4]
+        return subprocess.CompletedProcess(cmd, describe_rc if verb == "describe" else 0, state + "\n", "")
+
+    monkeypatch.setattr(tpu_pod.subprocess, "run", fake_run)
+    code = tpu_pod.main(_tpu_args())
+    args = tpu_pod.parse_args(_tpu_args())
+    describe = tpu_pod.describe_command("pod1", "us-east5-a", "proj")
+    if state == "PREEMPTED":
+        assert code == 2 and ran == [describe] and "state PREEMPTED, not READY" in capsys.readouterr().err
+    else:
+        assert code == 0 and ran == [describe, *tpu_pod.plan(args, pod_exists=describe_rc == 0)]
+        assert [c[4] for c in ran] == (
+            ["describe", "ssh", "ssh"] if describe_rc == 0 else ["describe", "create", "ssh", "ssh"]
+        )
