@@ -94,11 +94,13 @@ def _versions() -> dict:
 def _load_prompt_embedding(path: str, index: int):
     import numpy as np
 
+    from trackedit_jax.geometry.io import read_npy
+
     p = pathlib.Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--prompt-embedding not found: {p}")
     if p.suffix == ".npy":
-        emb = np.load(p, allow_pickle=False)
+        emb = read_npy(p)  # no pickle, no allocation beyond what the file holds
         return emb[index] if emb.ndim == 3 else emb
     from trackedit_jax.convert.checkpoint_files import open_checkpoint
 

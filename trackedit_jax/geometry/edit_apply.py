@@ -14,6 +14,7 @@ import numpy as np
 
 from trackedit_jax.geometry import edits as E
 from trackedit_jax.geometry.dycheck import load_dycheck_cameras
+from trackedit_jax.geometry.io import read_npz
 from trackedit_jax.geometry.spec_schema import EditSpec, Op, Selection
 from trackedit_jax.geometry.spec_source import EditSpecError, Path, SpecSource, format_path
 from trackedit_jax.geometry.types import Camera, Tracks
@@ -31,21 +32,26 @@ def load_camera_path(path: str | os.PathLike, *, camera_id: int = 0) -> Camera |
         raise FileNotFoundError(f"camera path file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as d:
-            if "extrinsics" not in d.files:
-                raise ValueError(f"{path}: no 'extrinsics' key (has {sorted(d.files)})")
-            extr = check_extrinsics(d["extrinsics"].astype(np.float64), f"{path}: extrinsics")
-            if "intrinsics" in d.files:
-                K = check_intrinsics(d["intrinsics"].astype(np.float64), f"{path}: intrinsics")
-                hw = None
-                if "image_size" in d.files:
-                    hw = tuple(int(s) for s in d["image_size"])
-                elif "video" in d.files:
-                    shp = d["video"].shape
-                    hw = shp[1:3] if shp[-1] == 3 else shp[2:4]
-                if hw is not None and K.shape[0] == extr.shape[0]:
-                    return Camera(K, extr, hw)
-            return extr
+        d = read_npz(path)  # no pickle, no allocation beyond what the file holds
+        if "extrinsics" not in d:
+            raise ValueError(f"{path}: no 'extrinsics' key (has {sorted(d)})")
+        for key in ("extrinsics", "intrinsics", "image_size"):
+            if key in d and d[key].dtype.kind not in "biuf":
+                raise ValueError(f"{path}: {key!r} must be numeric; got dtype {d[key].dtype.str}")
+        extr = check_extrinsics(d["extrinsics"].astype(np.float64), f"{path}: extrinsics")
+        if "intrinsics" in d:
+            K = check_intrinsics(d["intrinsics"].astype(np.float64), f"{path}: intrinsics")
+            hw = None
+            if "image_size" in d:
+                if d["image_size"].shape != (2,):
+                    raise ValueError(f"{path}: 'image_size' must be (H, W); got shape {d['image_size'].shape}")
+                hw = tuple(int(s) for s in d["image_size"])
+            elif "video" in d and d["video"].ndim == 4:
+                shp = d["video"].shape
+                hw = shp[1:3] if shp[-1] == 3 else shp[2:4]
+            if hw is not None and K.shape[0] == extr.shape[0]:
+                return Camera(K, extr, hw)
+        return extr
     if suffix == ".json":
         with open(path) as f:
             try:

@@ -69,39 +69,41 @@ def _one_line(e: BaseException) -> str:
 
 
 def _read_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, object_loader) -> np.ndarray:
-    """One `.npy` member, its declared size checked against the bytes the member holds before any
-    allocation (numpy's own reader allocates what the header declares first)."""
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f".npy format version {version} is not supported")
-        available = info.file_size - f.tell()
-        if dtype.hasobject:
-            if object_loader is None:
-                raise ValueError("holds a pickled object array, which is refused (no pickle is loaded)")
-            arr = object_loader(f.read(max(available, 0)))
-            if not isinstance(arr, np.ndarray) or arr.shape != shape:
-                raise ValueError(f"the object array does not match its header shape {shape}")
-            return arr
-        if dtype.kind not in _NPZ_KINDS or dtype.itemsize == 0 or dtype.fields is not None or dtype.subdtype:
-            raise ValueError(f"dtype {dtype.str} is not a plain numeric or string dtype")
-        count = math.prod(shape)
-        nbytes = count * dtype.itemsize
-        if nbytes > available:
-            raise ValueError(
-                f"header declares shape {shape} {dtype.str} ({nbytes} bytes) but the member holds {available} bytes"
-            )
-        buf = bytearray(nbytes)
-        view, got = memoryview(buf), 0
-        while got < nbytes:
-            n = f.readinto(view[got:])
-            if not n:
-                raise ValueError(f"truncated: {got} of {nbytes} array bytes")
-            got += n
+        return _read_npy(f, info.file_size, object_loader)
+
+
+def _read_npy(f, size: int, object_loader=None) -> np.ndarray:
+    """A `.npy` stream of `size` bytes, its declared size checked against the bytes it holds before any
+    allocation (numpy's own reader allocates what the header declares first)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    available = size - f.tell()
+    if dtype.hasobject:
+        if object_loader is None:
+            raise ValueError("holds a pickled object array, which is refused (no pickle is loaded)")
+        arr = object_loader(f.read(max(available, 0)))
+        if not isinstance(arr, np.ndarray) or arr.shape != shape:
+            raise ValueError(f"the object array does not match its header shape {shape}")
+        return arr
+    if dtype.kind not in _NPZ_KINDS or dtype.itemsize == 0 or dtype.fields is not None or dtype.subdtype:
+        raise ValueError(f"dtype {dtype.str} is not a plain numeric or string dtype")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if nbytes > available:
+        raise ValueError(f"header declares shape {shape} {dtype.str} ({nbytes} bytes) but holds only {available} bytes")
+    buf = bytearray(nbytes)
+    view, got = memoryview(buf), 0
+    while got < nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            raise ValueError(f"truncated: {got} of {nbytes} array bytes")
+        got += n
     arr = np.frombuffer(buf, dtype=dtype, count=count)
     return arr.reshape(shape, order="F" if fortran else "C")
 
@@ -141,6 +143,21 @@ def read_npz(path: str | os.PathLike, *, object_loaders: dict | None = None) -> 
             except Exception as e:  # zipfile, zlib, numpy header or loader errors: a malformed member
                 raise ValueError(f"{path}: member {key!r}: {_one_line(e)}") from e
     return out
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """A `.npy` file read like the members of `read_npz`: no pickle, no allocation beyond what the file
+    holds. Raises FileNotFoundError, or ValueError (one line naming the file)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return _read_npy(f, os.fstat(f.fileno()).st_size)
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable .npy file ({_one_line(e)})") from e
 
 
 def _member(data: dict, key: str, path: pathlib.Path, *, kinds: str = "biuf") -> np.ndarray:
