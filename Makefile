@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: demo test test-latest lint install bench clean
+.PHONY: demo test test-latest lint install bench clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,13 @@ $(STAMP_LATEST): pyproject.toml | $(BIN_LATEST)/python
 
 test-latest: $(STAMP_LATEST)
 	$(BIN_LATEST)/python -m pytest $(PYTEST_ARGS)
+
+# The long fuzz run of every reader (50,000 examples each, tests/helpers/fuzzing.py); it prints its seed
+# first (FUZZ_SEED=N reruns one). CPU heavy: minutes to hours.
+fuzz: $(STAMP)
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "fuzz seed: $$seed"; \
+	TRACKEDIT_FUZZ=long $(BIN)/python -m pytest -q -n 2 --hypothesis-seed=$$seed \
+		$$(find tests -name 'test_fuzz_*.py' | sort)
 
 clean:
 	rm -rf $(VENV) $(VENV_LATEST) .pytest_cache demo_out
