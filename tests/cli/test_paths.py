@@ -85,6 +85,10 @@ CASES = {
     ),
     "eval": (["eval", "--checkpoint", "m", "--data", "d", "--out", "r"], {"checkpoint": "m", "data": "d", "out": "r"}),
     "demo": (["demo"], {"out": "demo_out"}),  # the default, relative too
+    "studio": (
+        ["studio", "--video", "v.mp4", "--tracks", "t.npz", "--checkpoint", "m", "--allow", "a", "--allow", "../b"],
+        {"video": "v.mp4", "tracks": "t.npz", "checkpoint": "m", "out": "studio_out", "allow": ["a", "../b"]},
+    ),
 }
 
 
