@@ -22,15 +22,16 @@ def clips(tmp_path_factory):
 @st.composite
 def video_bytes(draw, clips):
     suffix = draw(st.sampled_from(sorted(clips)))
-    kind = draw(st.sampled_from(["raw", "truncate", "flip", "flip"]))
+    kind = draw(st.sampled_from(["raw", "truncate", "flip_header", "flip"]))
     if kind == "raw":
         return suffix, draw(st.binary(max_size=300))
     data = clips[suffix]
     if kind == "truncate":
         return suffix, data[: draw(st.integers(0, len(data) - 1))]
     b = bytearray(data)
+    end = 64 if kind == "flip_header" else len(b)  # container headers, then anywhere (mostly frame data)
     for _ in range(draw(st.integers(1, 6))):
-        b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
+        b[draw(st.integers(0, end - 1))] = draw(st.integers(0, 255))
     return suffix, bytes(b)
 
 

@@ -24,7 +24,12 @@ def format_path(path: Path) -> str:
     """A key path as the user wrote it: ("objects", 0, "ops") -> "objects[0].ops"."""
     out = ""
     for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not p.isprintable() or not p or p != p.strip():  # a key with a line break, tab, ... : quoted
+            out += f"[{p!r:.60}]"
+        else:
+            out += f".{p}" if out else p
     return out or "<top>"
 
 
@@ -47,6 +52,7 @@ class SpecSource:
     def error(self, path: Path, msg: str) -> EditSpecError:
         line = self.line_of(path)
         loc = f"{self.source}:{line}" if line is not None else self.source
+        msg = msg.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever text the spec brought in
         return EditSpecError(f"{loc}: {format_path(path)}: {msg}")
 
 
