@@ -24,7 +24,7 @@ from flax import nnx
 
 from trackedit_jax.models.layers import gelu_tanh
 from trackedit_jax.models.text_tokenizer import PromptTokenizer
-from trackedit_jax.models.wan.vae import host_normal  # numpy-drawn init: fast on CPU
+from trackedit_jax.models.wan.vae_layers import host_normal  # numpy-drawn init: fast on CPU
 from trackedit_jax.parallel.attention import attention
 from trackedit_jax.parallel.rules import param
 
