@@ -108,7 +108,9 @@ def _read_npy(f, size: int, object_loader=None) -> np.ndarray:
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
-def read_npz(path: str | os.PathLike, *, object_loaders: dict | None = None) -> dict[str, np.ndarray]:
+def read_npz(
+    path: str | os.PathLike, *, object_loaders: dict | None = None, what: str = ".npz (zip) file"
+) -> dict[str, np.ndarray]:
     """Every member of an `.npz` file as a numpy array, read without pickle and without allocating more
     than the file holds.
 
@@ -117,6 +119,7 @@ def read_npz(path: str | os.PathLike, *, object_loaders: dict | None = None) -> 
       object_loaders: {member name: function(bytes) -> ndarray} for members that are pickled object
         arrays (only the restricted loaders of data set formats that need them); any other object
         member is refused.
+      what: what the file is, for the message when it is no zip file.
     Raises:
       FileNotFoundError if missing; ValueError (one line naming the file and member) for anything else.
     """
@@ -129,7 +132,7 @@ def read_npz(path: str | os.PathLike, *, object_loaders: dict | None = None) -> 
     except Exception as e:
         if isinstance(e, MemoryError):
             raise
-        raise ValueError(f"{path}: not a readable .npz (zip) file ({_one_line(e)})") from e
+        raise ValueError(f"{path}: not a readable {what} ({_one_line(e)})") from e
     out: dict[str, np.ndarray] = {}
     with zf:
         for info in zf.infolist():
@@ -172,7 +175,7 @@ def load_track_file(path: str | os.PathLike) -> TrackFile:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"track file not found: {path}")
-    data = read_npz(path)
+    data = read_npz(path, what=".npz track file")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; the file has {sorted(data)}")
