@@ -100,6 +100,11 @@ def plot_loss_curve(jsonl_path: str | os.PathLike, out_png: str | os.PathLike) -
     ax.legend()
     fig.tight_layout()
     out_png = pathlib.Path(out_png)
-    fig.savefig(out_png)
-    plt.close(fig)
+    tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}.png")
+    try:  # a temporary sibling renamed into place: a killed run never leaves half a picture
+        fig.savefig(tmp)
+        os.replace(tmp, out_png)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return out_png
