@@ -47,18 +47,32 @@ def outcome(reader: str, fn, *args, errors: tuple[type[BaseException], ...] = (V
         if names is not None:
             assert names in msg, f"the message does not name {names!r}: {msg!r}"
         counts["refused"] += 1
+        _progress(reader, counts)
         return None
     counts["ok"] += 1
+    _progress(reader, counts)
     return result
+
+
+def _progress(reader: str, counts: dict) -> None:
+    """In the long profile, the counts so far every 5,000 examples (a run cut short still has figures)."""
+    if PROFILE == "long" and (counts["ok"] + counts["refused"]) % 5_000 == 0:
+        _write(reader, counts, partial=True)
 
 
 def report(reader: str) -> dict[str, int]:
     """The outcome counts of `reader` so far; appended as a JSON line to $TRACKEDIT_FUZZ_REPORT if set."""
-    import json
-
     counts = OUTCOMES.get(reader, {"ok": 0, "refused": 0})
+    _write(reader, counts, partial=False)
+    return counts
+
+
+def _write(reader: str, counts: dict, partial: bool) -> None:
+    import json
+    import time
+
     path = os.environ.get("TRACKEDIT_FUZZ_REPORT")
     if path:
+        line = {"reader": reader, "profile": PROFILE, **counts, "partial": partial, "time": time.strftime("%H:%M:%S")}
         with open(path, "a") as f:
-            f.write(json.dumps({"reader": reader, "profile": PROFILE, **counts}) + "\n")
-    return counts
+            f.write(json.dumps(line) + "\n")
