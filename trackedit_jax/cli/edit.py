@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the edited video on the model grid (default) or resized back to the input's scale",
     )
     parser.add_argument("--fps", type=float, default=None, help="output frame rate (default: the input's)")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        help="shard the model over devices, e.g. fsdp=8 (parameters split) or fsdp=4,context=2 (also the "
+        "paired sequence); axes data, fsdp, context, tensor; default: one device",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -115,6 +121,24 @@ def _load_prompt_embedding(path: str, index: int):
     return emb[index]
 
 
+def _mesh(spec: str | None):
+    """The `--mesh` over the first devices it needs (None: no mesh, one device)."""
+    if spec is None:
+        return None
+    import math
+
+    import jax
+
+    from trackedit_jax.parallel.mesh import make_mesh, parse_mesh_spec
+
+    sizes = parse_mesh_spec(spec)
+    available = jax.device_count()
+    need = available if -1 in sizes.values() else math.prod(sizes.values())
+    if need > available:
+        raise ValueError(f"--mesh {spec} needs {need} devices; {available} are available")
+    return make_mesh(sizes, devices=jax.devices()[:need])
+
+
 def _edit(args) -> int:
 
     from trackedit_jax.geometry.io import load_track_file
@@ -135,6 +159,7 @@ def _edit(args) -> int:
         if p is not None and pathlib.Path(p).resolve() == out.resolve():
             raise ValueError(f"--out would overwrite {name}")
 
+    mesh = _mesh(args.mesh)
     # cheap checks first: the checkpoint, then every input file, before the model is loaded
     from trackedit_jax.infer.builtin import resolve_checkpoint
 
@@ -167,7 +192,7 @@ def _edit(args) -> int:
     from trackedit_jax.infer.pipeline import EditPipeline
 
     t0 = time.perf_counter()
-    pipe = EditPipeline.from_pretrained(args.checkpoint)
+    pipe = EditPipeline.from_pretrained(args.checkpoint, mesh=mesh)
     timings["load_model"] = time.perf_counter() - t0
     result = pipe.edit(
         video,
@@ -226,7 +251,12 @@ def _edit(args) -> int:
                 "source": pre_config.source,
                 "grid": [pre_config.num_frames, pre_config.height, pre_config.width],
             },
-            "settings": {**result.settings, "output_size": args.output_size, "fps": out_fps},
+            "settings": {
+                **result.settings,
+                "output_size": args.output_size,
+                "fps": out_fps,
+                "mesh": None if mesh is None else dict(mesh.shape),
+            },
             "outputs": {
                 "video": str(out.absolute()),
                 "video_shape": list(edited.shape),

@@ -6,7 +6,8 @@ the model's velocity, one model call per step of batch 2 with classifier-free gu
 trains with text dropout) or 1 without. Parameters are placed by `parallel.sharding.state_shardings` and
 the source cache by `cache_shardings`, exactly as a pipeline built with `mesh=` places them. The loop
 runs over traced step bounds, so XLA does not know its trip count: the loop-corrected FLOP count is one
-step, and an edit is `num_steps` of them. The source encoding (run once per edit), the VAE and the text
+step, and an edit is `num_steps` of them. The model is the exported one (LoRA merged into the base, as
+`trackedit export` writes it). The source encoding (run once per edit), the VAE and the text
 encoder are not part of this program.
 """
 
@@ -48,6 +49,8 @@ def plan_edit_step(
     if num_steps < 1:
         raise ValueError(f"--steps must be >= 1; got {num_steps}")
     mesh = make_mesh(dict(config.mesh)) if mesh is None else mesh
+    config = ConfigDict(config.to_dict())
+    config.lora.mode = "full"  # the exported model: LoRA merged into the base (`trackedit export`)
     wan, cond_cfg = build.wan_config(config), build.conditioner_config(config)
     graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: build.build_edit_model(config, seed=0)))
     state = abstract_like(abs_state, state_shardings(abs_state, mesh))

@@ -131,13 +131,20 @@ class StepPlan:
             return []
         h = self.config_hints
         out = []
-        n = self.num_devices
-        fsdp = self.mesh.get("fsdp", 1)
-        if fsdp < n:
-            out.append(f"more fsdp: --mesh fsdp={n} (parameters and optimiser state split {n} ways)")
-        elif n > 1:
-            out.append(f"context parallel: --mesh fsdp={max(1, n // 2)},context=2 (activations split by sequence)")
-        out.append(f"more devices: --devices {2 * n} with fsdp={2 * fsdp}")
+        n, m = self.num_devices, self.mesh
+        data, fsdp, context = m.get("data", 1), m.get("fsdp", 1), m.get("context", 1)
+        rest = {k: v for k, v in m.items() if v > 1 and k not in ("data", "fsdp")}
+
+        def spec(**sizes) -> str:
+            return ",".join(f"{k}={v}" for k, v in {**rest, **sizes}.items() if v > 1) or "data=1"
+
+        if data > 1:
+            out.append(f"more fsdp: --mesh {spec(fsdp=fsdp * data)} (parameters and optimiser state split further)")
+        if fsdp > 1:
+            out.append(
+                f"context parallel: --mesh {spec(fsdp=fsdp // 2, context=context * 2)} (activations split by sequence)"
+            )
+        out.append(f"more devices: --devices {2 * n} --mesh {spec(data=data, fsdp=fsdp * 2)}")
         if self.mode == "train":
             if h.get("remat_policy") != "full":
                 out.append("remat: --config.model.wan.remat_policy=full (recompute each block in the backward pass)")
