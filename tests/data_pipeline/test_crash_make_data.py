@@ -9,7 +9,7 @@ from crashes import cli, kill_when, one_line_error, run
 
 from data_pipeline.shards import verify_dataset
 
-ARGS = ["--num-pairs", "6", "--frames", "5", "--size", "16x16", "--tracks", "32", "--records-per-shard", "1"]
+ARGS = ["--num-pairs", "10", "--frames", "5", "--size", "16x16", "--tracks", "32", "--records-per-shard", "1"]
 
 
 def make_data(out):
@@ -46,4 +46,4 @@ def test_make_data_survives_sigkill_and_a_full_disk(tmp_path):
     assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in reference["shards"]]
     assert shard_files(out) == shard_files(ref)
     report = verify_dataset(out)
-    assert report["num_records"] == 6 and not report["bad_shards"] and not report["bad_records"]
+    assert report["num_records"] == 10 and not report["bad_shards"] and not report["bad_records"]
