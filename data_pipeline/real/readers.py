@@ -116,7 +116,7 @@ class _BytesArrayUnpickler(pickle._Unpickler):
         try:
             return self.GLOBALS[(module, name)]
         except (KeyError, TypeError):
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}") from None
+            raise pickle.UnpicklingError(f"refusing to unpickle {module!s:.80}.{name!s:.80}") from None
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("refusing persistent ids")
@@ -132,8 +132,8 @@ def load_bytes_object_array(data: bytes) -> np.ndarray:
     -> (T,) object array of bytes. Raises `pickle.UnpicklingError` for anything else."""
     try:
         out = _BytesArrayUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError:
-        raise
+    except pickle.UnpicklingError as e:  # one line: STACK_GLOBAL names may hold line breaks
+        raise pickle.UnpicklingError(" ".join(str(e).split())) from e
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError) as e:
         raise pickle.UnpicklingError(f"malformed pickle ({type(e).__name__}: {' '.join(str(e).split())})") from e
     if not isinstance(out, _PendingObjectArray) or out.array is None:

@@ -74,6 +74,13 @@ def test_gadget_pickles_are_refused_and_nothing_runs(tmp_path):
             else:
                 raise AssertionError(f"{name} (protocol {protocol}) was accepted")
     assert not marker.exists()
+    stack_global = b"\x80\x04\x8c\x03os\n\x94\x8c\x06system\x94\x93."  # a module name with a line break
+    try:
+        load_bytes_object_array(stack_global)
+    except pickle.UnpicklingError as e:
+        assert "refusing" in str(e) and "\n" not in str(e), str(e)
+    else:
+        raise AssertionError("STACK_GLOBAL accepted")
 
 
 def test_gadget_inside_a_tapvid3d_file_is_refused_in_one_line(tmp_path):
