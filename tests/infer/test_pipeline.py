@@ -14,15 +14,8 @@ from trackedit_jax.diffusion.samplers import initial_noise, make_schedule
 from trackedit_jax.geometry.conditioning import prepare_track_condition
 from trackedit_jax.geometry.projection import project
 from trackedit_jax.geometry.types import Camera, Tracks
-from trackedit_jax.infer.pipeline import (
-    EditPipeline,
-    EditVelocity,
-    _vae_encode,
-    fit_camera,
-    fit_to_grid,
-    fit_video,
-    padded_frame_count,
-)
+from trackedit_jax.infer.edit_inputs import fit_camera, fit_to_grid, fit_video, padded_frame_count
+from trackedit_jax.infer.pipeline import EditPipeline, EditVelocity, _vae_encode
 from trackedit_jax.media import to_model_range
 
 
