@@ -64,6 +64,7 @@ class Sizes:
     train_repeats: int = 5
     sample_steps: int = 4
     sample_repeats: int = 3
+    model_attention: str = "auto"  # the model's attention impl ("auto": cuDNN on a GPU at these lengths)
     interpret: bool = False
 
 
@@ -166,12 +167,12 @@ def attention_rows(sizes: Sizes) -> list[dict]:
     def forward_backward(name, fn):
         def run():
             q, k, v, cot = inputs()
-            loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32))
-            call = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-            _, (dq, _, _) = call(q, k, v)
+            loss = lambda q, k, v, cot: jnp.sum(fn(q, k, v).astype(jnp.float32) * cot.astype(jnp.float32))
+            call = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))  # cot an argument, not a constant
+            _, (dq, _, _) = call(q, k, v, cot)
             max_err, mean_err = errors(dq[:, :R], reference()[1])
             del dq
-            seconds = median_seconds(lambda: call(q, k, v), sizes.repeats)
+            seconds = median_seconds(lambda: call(q, k, v, cot), sizes.repeats)
             rate = f"{3.5 * fwd_flops / seconds / 1e12:.1f} TFLOP/s"
             return dict(err=(max_err, mean_err), seconds=seconds, rate=rate)
 
@@ -190,6 +191,7 @@ def model_config(sizes: Sizes):
 
     config = load_config(sizes.config)
     config.model.wan.num_layers = sizes.layers
+    config.model.wan.attention_impl = sizes.model_attention
     config.train.batch_size = 1
     config.data.update(num_frames=sizes.frames, height=sizes.height, width=sizes.width)
     return config
@@ -379,6 +381,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tokens", type=int, help="attention sequence length (default 32760)")
     ap.add_argument("--layers", type=int, help="DiT blocks of the training step and sampling model (default 2)")
     ap.add_argument("--frames", type=int, help="clip frames, 4k+1 (default 17)")
+    ap.add_argument("--model-attention", help="attention impl of the training step and sampling model (default auto)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - {"attention", "train", "sample"})
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import jax
 
     sizes = dataclasses.replace(DRY_RUN if args.dry_run else Sizes())
-    for name in ("tokens", "layers", "frames"):
+    for name in ("tokens", "layers", "frames", "model_attention"):
         if getattr(args, name) is not None:
             setattr(sizes, name, getattr(args, name))
     device = jax.devices()[0]
