@@ -59,7 +59,10 @@ def run(args) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    # Both stop it cleanly. SIGINT is set too: a process started with SIGINT ignored (from a script, or a
+    # test runner's worker) would otherwise inherit that and never see Ctrl-C.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(f"trackedit studio: {scene.name} ({scene.tracks.num_frames} frames, {scene.tracks.num_points} tracks)")
     print(f"open {server.url}", flush=True)
     try:

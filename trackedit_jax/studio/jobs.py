@@ -127,6 +127,7 @@ class JobManager:
             return
         job.state = "running"
         tmp = None
+        outcome = "error"
         try:
             self.out_root.mkdir(parents=True, exist_ok=True)
             tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{job.name}.tmp-", dir=self.out_root))
@@ -136,14 +137,18 @@ class JobManager:
             tmp.rename(final)
             job.out_dir = final
             job.files = sorted(p.name for p in final.iterdir())
-            job.state = job.stage = "done"
+            outcome = "done"
         except Cancelled:
-            job.state = job.stage = "cancelled"
+            outcome = "cancelled"
         except Exception as e:  # the page shows it; the server keeps serving
             from trackedit_jax.studio.api import one_line
 
-            job.state, job.error = "error", one_line(e)
+            job.error = one_line(e)
         finally:
             if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
             job.finished = time.monotonic()
+            # the final state last: whoever sees it finished also sees the temporary folder gone
+            job.state = outcome
+            if outcome != "error":
+                job.stage = outcome
