@@ -394,57 +394,11 @@ def test_skip_and_count_bad_inputs_and_cli(real, tmp_path):
     m = ingest("tapip3d", [good, bad], out, options=OPTS, on_error="skip", progress=False)
     assert m["num_records"] == 3 and len(m["skipped_inputs"]) == 1 and "bad.npz" in m["skipped_inputs"][0]["file"]
     out2 = tmp_path / "out2"
-    assert (
-        main(
-            [
-                "ingest",
-                "--format",
-                "tapip3d",
-                "--out",
-                str(out2),
-                "--frames",
-                "9",
-                "--gap-seconds",
-                "1",
-                "3",
-                "--min-tracks",
-                "40",
-                "--max-tracks",
-                "80",
-                str(good),
-                str(bad),
-            ]
-        )
-        == 2
-    )
+    argv = ["ingest", "--format", "tapip3d", "--out", str(out2), "--frames", "9", "--gap-seconds", "1", "3"]
+    argv += ["--min-tracks", "40", "--max-tracks", "80"]
+    assert main([*argv, str(good), str(bad)]) == 2
     assert _nothing_written(out2)
-    assert (
-        main(
-            [
-                "ingest",
-                "--format",
-                "tapip3d",
-                "--out",
-                str(out2),
-                "--frames",
-                "9",
-                "--gap-seconds",
-                "1",
-                "3",
-                "--min-tracks",
-                "40",
-                "--max-tracks",
-                "80",
-                "--pairs-per-clip",
-                "2",
-                "--on-error",
-                "skip",
-                str(good),
-                str(bad),
-            ]
-        )
-        == 0
-    )
+    assert main([*argv, "--pairs-per-clip", "2", "--on-error", "skip", str(good), str(bad)]) == 0
     m2 = json.loads((out2 / "manifest.json").read_text())
     assert m2["num_records"] == 2 and "not an .npz" in m2["skipped_inputs"][0]["reason"]
 
