@@ -8,6 +8,8 @@ model.conditioner  ConditionerConfig fields (dim, heads, temporal_layers, num_fr
                    sampling, z_embedding, gaussian_sigma)
 model.rope_mode    "sequential": target RoPE frames follow the source frames (f..2f-1);
                    "shared": same positions plus a learned source/target embedding
+model.source_skip  the output is the source latents plus the network's (zero-initialised) change;
+                   needs diffusion.prediction "sample" (off in the paper presets)
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
 vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
                    spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
@@ -68,6 +70,7 @@ def base_config() -> ConfigDict:
         )
     )
     c.model.rope_mode = "sequential"
+    c.model.source_skip = False
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))

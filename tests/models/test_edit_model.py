@@ -141,3 +141,31 @@ def test_bad_latent_shapes(lora_model):
     cache = lora_model.encode_source(z_src, src, tgt, valid, valid)
     with pytest.raises(ValueError, match="same \\(f, h, w\\)"):
         lora_model(x_t[:, :2], t, ctx, cache)
+
+
+def test_source_skip_starts_as_the_source_and_learns_the_change():
+    """An untrained `source_skip` model returns the source latents exactly, whatever the noise, the time and
+    the tracks; the zero head receives gradient; the output is the source plus the head's own output."""
+    model = EditByTrack(_wan(), COND, source_skip=True, rngs=nnx.Rngs(4))
+    x_t, t, ctx, z_src, src, tgt, valid = _inputs(5)
+    fwd = jax.jit(lambda m, *a: m.forward(*a))
+    np.testing.assert_array_equal(fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid), z_src)
+    np.testing.assert_array_equal(fwd(model, -x_t, t * 0.1, ctx, z_src, -src, tgt, valid, ~valid), z_src)
+
+    target = z_src + 1.0
+    grads = jax.jit(
+        nnx.grad(lambda m: jnp.mean((m.forward(x_t, t, ctx, z_src, src, tgt, valid, valid) - target) ** 2))
+    )(model)
+    assert float(jnp.abs(grads["dit"]["head"]["linear"]["bias"][...]).max()) > 0
+
+    # with a non-zero head: output == source + the plain model's output (same weights)
+    plain = EditByTrack(_wan(), COND, rngs=nnx.Rngs(4))
+    nnx.update(model, nnx.state(plain))
+    np.testing.assert_allclose(
+        fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid),
+        z_src + fwd(plain, x_t, t, ctx, z_src, src, tgt, valid, valid),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="in_dim == out_dim"):
+        EditByTrack(_wan().replace(out_dim=2 * C), COND, source_skip=True, rngs=nnx.Rngs(0))

@@ -73,6 +73,7 @@ class PretrainedConfig:
       max_tracks: at most this many tracks are given to the model (the training maximum).
       sample_shift: default timestep shift of the sampler.
       prediction: what the network outputs, "velocity" or "sample" (`diffusion.flow.PREDICTIONS`).
+      source_skip: the model adds the source latents to its output (`EditByTrack(source_skip=)`).
       source: provenance (run directory, step, EMA, ...), free-form.
     """
 
@@ -87,6 +88,7 @@ class PretrainedConfig:
     max_tracks: int
     sample_shift: float = 5.0
     prediction: str = "velocity"
+    source_skip: bool = False
     source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -114,6 +116,7 @@ class PretrainedConfig:
             max_tracks=int(d.max_tracks),
             sample_shift=float(config.diffusion.get("sample_shift", config.diffusion.shift)),
             prediction=str(config.diffusion.get("prediction", "velocity")),
+            source_skip=bool(config.model.get("source_skip", False)),
             source=dict(source or {}),
         )
 
@@ -130,7 +133,7 @@ class PretrainedConfig:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "model": {"wan": wan, "conditioner": cond, "rope_mode": self.rope_mode},
+            "model": {"wan": wan, "conditioner": cond, "rope_mode": self.rope_mode, "source_skip": self.source_skip},
             "vae": vae,
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
             "grid": {
@@ -168,6 +171,7 @@ class PretrainedConfig:
                 max_tracks=int(g["max_tracks"]),
                 sample_shift=float(data.get("sampling", {}).get("shift", 5.0)),
                 prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
+                source_skip=bool(m.get("source_skip", False)),
                 source=dict(data.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -417,7 +421,13 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
     vae_dir = None if fixed_vae else _require(path / VAE_DIR, "the VAE weights")
 
     model = nnx.eval_shape(
-        lambda: EditByTrack(config.wan, config.conditioner, rope_mode=config.rope_mode, rngs=nnx.Rngs(0))
+        lambda: EditByTrack(
+            config.wan,
+            config.conditioner,
+            rope_mode=config.rope_mode,
+            source_skip=config.source_skip,
+            rngs=nnx.Rngs(0),
+        )
     )
     model.dit = load_wan_transformer(transformer, config=config.wan, dtype=dtype or config.wan.param_dtype)
     load_module_state(model, conditioner, filter=OWN_PARAMS)

@@ -7,6 +7,8 @@
   RoPE   : "sequential": source frames 0..f-1, target frames f..2f-1 (target follows source in time)
            "shared":     both 0..f-1, plus a learned source/target embedding added to the tokens
   text cross-attention and timestep modulation exactly as in Wan; the head runs on the target half.
+  source_skip (option, x0-predicting models only): output = patches(z_src) + head(...), the head
+           initialised at zero, so an untrained model returns the source and learns only the change.
 
 The source path (patchify of z_src, the conditioner) does not depend on the noise level, so
 `encode_source` computes it once and `__call__` reuses it at every sampling step.
@@ -37,10 +39,13 @@ class SourceCache:
 
     source_tokens: (B, L, D) nu_src + tau_src (+ source embedding in "shared" mode).
     target_tracks: (B, L, D) tau_tgt (+ target embedding in "shared" mode), added to nu_tgt each step.
+    source_patches: (B, L, pt*ph*pw*C) float32 raw source patches, added to the head's output
+      (`source_skip` models), else None.
     """
 
     source_tokens: Any
     target_tracks: Any
+    source_patches: Any = None
 
 
 class EditByTrack(nnx.Module):
@@ -51,16 +56,32 @@ class EditByTrack(nnx.Module):
       wan: `WanConfig` of the backbone (set `lora_rank` for LoRA fine-tuning).
       conditioner: `ConditionerConfig`.
       rope_mode: "sequential" or "shared" (see module docstring).
+      source_skip: add the source latents to the output (the model predicts the target clip, x0, as the
+        source plus a change; see module docstring). Needs in_dim == out_dim.
     """
 
     def __init__(
-        self, wan: WanConfig, conditioner: ConditionerConfig, *, rope_mode: str = "sequential", rngs: nnx.Rngs
+        self,
+        wan: WanConfig,
+        conditioner: ConditionerConfig,
+        *,
+        rope_mode: str = "sequential",
+        source_skip: bool = False,
+        rngs: nnx.Rngs,
     ):
         if rope_mode not in ROPE_MODES:
             raise ValueError(f"rope_mode must be one of {ROPE_MODES}; got {rope_mode!r}")
+        if source_skip and wan.in_dim != wan.out_dim:
+            raise ValueError(f"source_skip needs in_dim == out_dim; got {wan.in_dim} and {wan.out_dim}")
         self.wan_config = wan
         self.rope_mode = rope_mode
+        self.source_skip = source_skip
         self.dit = WanDiT(wan, rngs=rngs)
+        if source_skip:
+            # zero head: the untrained model returns the source exactly
+            head = self.dit.head.linear
+            head.kernel[...] = jnp.zeros_like(head.kernel[...])
+            head.bias[...] = jnp.zeros_like(head.bias[...])
         self.conditioner = TrackConditioner(conditioner, wan.dim, rngs=rngs)
         if rope_mode == "shared":
             self.side_embedding = param(rngs, nnx.initializers.normal(0.02), (2, wan.dim), (None, "embed"), jnp.float32)
@@ -102,7 +123,8 @@ class EditByTrack(nnx.Module):
         if self.rope_mode == "shared":
             emb = self.side_embedding[...].astype(nu_src.dtype)
             src, tgt = src + emb[0], tgt + emb[1]
-        return SourceCache(src, tgt)
+        patches = self.dit.patches(source_latents)[0].astype(jnp.float32) if self.source_skip else None
+        return SourceCache(src, tgt, patches)
 
     def positions(self, grid: tuple[int, int, int]) -> jax.Array:
         """(2L, 3) int RoPE positions of [source, target] tokens for a token grid (f, h, w)."""
@@ -119,7 +141,8 @@ class EditByTrack(nnx.Module):
           context: (B, L_text, text_dim) text embeddings.
           cache: from `encode_source` for the same clip (same f, h, w).
         Returns:
-          (B, f, h, w, C_out) velocity.
+          (B, f, h, w, C_out) float32 network output: the velocity, or the clean target (x0) for a model
+          trained with diffusion.prediction "sample" (always so for `source_skip` models).
         """
         self._check_latents("x_t", x_t)
         nu_tgt, grid = self.dit.patchify(x_t)
@@ -136,6 +159,8 @@ class EditByTrack(nnx.Module):
         rope = self.dit.rope_frequencies(self.positions(grid))
         tokens = self.dit.run_blocks(tokens, e0, text, rope)
         out = self.dit.head(tokens[:, L:], e)
+        if cache.source_patches is not None:
+            out = out + cache.source_patches
         return self.dit.unpatchify(out, grid)
 
     def forward(self, x_t, t, context, source_latents, source_xyz, target_xyz, source_valid, target_valid):

@@ -83,7 +83,11 @@ def tokens_per_clip(config: ConfigDict) -> int:
 def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
     """A freshly initialised `EditByTrack` (the Wan base is loaded separately, see `train.loop`)."""
     return EditByTrack(
-        wan_config(config), conditioner_config(config), rope_mode=config.model.rope_mode, rngs=nnx.Rngs(seed)
+        wan_config(config),
+        conditioner_config(config),
+        rope_mode=config.model.rope_mode,
+        source_skip=bool(config.model.get("source_skip", False)),
+        rngs=nnx.Rngs(seed),
     )
 
 
@@ -167,6 +171,8 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
             f"model.wan.in_dim must equal the VAE's latent channels {vae.z_dim} (vae.preset={config.vae.preset!r}); "
             f"got {config.model.wan.in_dim}"
         )
+    if config.model.get("source_skip", False) and config.diffusion.get("prediction", "velocity") != "sample":
+        raise ConfigError("model.source_skip: the source is a clean sample, so it needs diffusion.prediction='sample'")
     if not 1 <= d.min_tracks <= d.max_tracks:
         raise ConfigError(f"data.min_tracks ({d.min_tracks}) must be in [1, data.max_tracks={d.max_tracks}]")
     if d.train_path and not os.path.exists(d.train_path):

@@ -294,13 +294,17 @@ class WanDiT(nnx.Module):
     def patchify(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
         """x (B, F, H, W, C_in) -> tokens (B, f*h*w, D) in the compute dtype (row-major f, h, w) and
         the token grid (f, h, w) = (F/pt, H/ph, W/pw). The 3D patch conv as one matmul."""
-        c = self.config
-        pt, ph, pw = c.patch_size
+        patches, grid = self.patches(x)
+        return shard_activation(self.patch_embedding(patches), TOKENS), grid
+
+    def patches(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
+        """x (B, F, H, W, C) -> raw patches (B, f*h*w, pt*ph*pw*C) in x's dtype (the layout `unpatchify`
+        reads) and the token grid (f, h, w)."""
+        pt, ph, pw = self.config.patch_size
         b, fr, hh, ww, ch = x.shape
         f, h, w = fr // pt, hh // ph, ww // pw
         x = x.reshape(b, f, pt, h, ph, w, pw, ch).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-        tokens = self.patch_embedding(x.reshape(b, f * h * w, pt * ph * pw * ch))
-        return shard_activation(tokens, TOKENS), (f, h, w)
+        return x.reshape(b, f * h * w, pt * ph * pw * ch), (f, h, w)
 
     def unpatchify(self, tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
         """tokens (B, f*h*w, pt*ph*pw*C_out) -> (B, f*pt, h*ph, w*pw, C_out)."""
