@@ -16,7 +16,8 @@ vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim 
 text               text_len (the one prompt length: text embeddings, WanConfig.text_len), dropout
                    (classifier-free guidance), guidance-free null = zeros
 diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift, prediction
-                   ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py)
+                   ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py),
+                   weighting (per-example loss weight: "none" as Wan; "x0": the clean-sample error)
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
                    ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
                    of every batch: checks exact resume)
@@ -75,7 +76,14 @@ def base_config() -> ConfigDict:
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))
     c.diffusion = ConfigDict(
-        dict(distribution="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0, prediction="velocity")
+        dict(
+            distribution="logit_normal",
+            logit_mean=0.0,
+            logit_std=1.0,
+            shift=3.0,
+            prediction="velocity",
+            weighting="none",
+        )
     )
     c.train = ConfigDict(
         dict(

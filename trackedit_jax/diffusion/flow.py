@@ -27,7 +27,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 PREDICTIONS = ("velocity", "sample")
 SIGMA_MIN = 0.05  # floor of sigma in the sample -> velocity conversion
 DISTRIBUTIONS = ("uniform", "logit_normal")
-WEIGHTINGS = ("none", "cosmap", "sigma_sqrt")
+WEIGHTINGS = ("none", "cosmap", "sigma_sqrt", "x0")
 
 
 def shift_sigmas(sigma, shift: float):
@@ -117,7 +117,8 @@ def velocity_from_output(output: jax.Array, x_t: jax.Array, sigma: jax.Array, pr
 
 def loss_weights(sigma: jax.Array, weighting: str | Callable[[jax.Array], jax.Array] = "none") -> jax.Array:
     """Per-sample loss weights (SD3 schemes): "none" = 1, "cosmap" = 2 / (pi (1 - 2 sigma + 2 sigma^2)),
-    "sigma_sqrt" = sigma^-2; or any callable sigma -> weight (the hook for other schemes)."""
+    "sigma_sqrt" = sigma^-2; "x0" = sigma^2, which turns the velocity error of an x0-predicting model into
+    its clean-sample error |x0_hat - x0|^2 (for sigma >= SIGMA_MIN); or any callable sigma -> weight."""
     sigma = jnp.asarray(sigma, jnp.float32)
     if callable(weighting):
         return jnp.asarray(weighting(sigma), jnp.float32)
@@ -127,6 +128,8 @@ def loss_weights(sigma: jax.Array, weighting: str | Callable[[jax.Array], jax.Ar
         return 2.0 / (jnp.pi * (1.0 - 2.0 * sigma + 2.0 * sigma**2))
     if weighting == "sigma_sqrt":
         return sigma**-2.0
+    if weighting == "x0":
+        return sigma**2
     raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable; got {weighting!r}")
 
 

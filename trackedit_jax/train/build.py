@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from trackedit_jax.diffusion.flow import PREDICTIONS
+from trackedit_jax.diffusion.flow import PREDICTIONS, WEIGHTINGS
 from trackedit_jax.models.edit_model import EditByTrack
 from trackedit_jax.models.lora import trainable_filter
 from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
@@ -173,6 +173,8 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
         )
     if config.model.get("source_skip", False) and config.diffusion.get("prediction", "velocity") != "sample":
         raise ConfigError("model.source_skip: the source is a clean sample, so it needs diffusion.prediction='sample'")
+    if config.diffusion.get("weighting", "none") not in WEIGHTINGS:
+        raise ConfigError(f"diffusion.weighting must be one of {WEIGHTINGS}; got {config.diffusion.weighting!r}")
     if not 1 <= d.min_tracks <= d.max_tracks:
         raise ConfigError(f"data.min_tracks ({d.min_tracks}) must be in [1, data.max_tracks={d.max_tracks}]")
     if d.train_path and not os.path.exists(d.train_path):

@@ -4,8 +4,9 @@
   cond         = prepare_track_condition(tracks, cameras)       projected, resampled, normalised
   sigma ~ timestep distribution (uniform / logit-normal, shifted); eps ~ N(0, I)
   x_t = (1 - sigma) z_tgt + sigma eps;  v = eps - z_tgt
-  loss = mean over target tokens of |v_hat - v|^2,  v_hat = the model's output (diffusion.prediction
-         "velocity") or (x_t - output) / max(sigma, 0.05) ("sample": the model predicts x0)
+  loss = mean over target tokens of w(sigma) |v_hat - v|^2,  w: diffusion.weighting (default 1);
+         v_hat = the model's output (diffusion.prediction "velocity") or (x_t - output) / max(sigma, 0.05)
+         ("sample": the model predicts x0)
 
 Text embeddings are replaced by the null (all-zero) embedding with probability `text.dropout`
 (classifier-free guidance). Gradients flow only into the trainable parameters; the step is
@@ -122,7 +123,9 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     )
     v = velocity_from_output(out, x_t, sigma, d.get("prediction", "velocity"))
     # per-example means, then their mean: every example weighs the same in any micro-batch split
-    per_example = flow_matching_loss(v, target, reduction="per_example")
+    per_example = flow_matching_loss(
+        v, target, sigma=sigma, weighting=d.get("weighting", "none"), reduction="per_example"
+    )
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
 
 
