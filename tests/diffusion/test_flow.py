@@ -177,3 +177,16 @@ def test_per_example_loss_against_numpy():
     np.testing.assert_array_equal(plain, jnp.mean(jnp.square(jnp.asarray(pred) - jnp.asarray(target)), axis=(1, 2)))
     with pytest.raises(ValueError, match="reduction"):
         flow.flow_matching_loss(jnp.asarray(pred), jnp.asarray(target), reduction="sum")
+
+
+def test_x0_weighting_gives_the_clean_sample_error():
+    """weighting "x0" on the velocity implied by an x0 prediction is |x0_hat - x0|^2 per example (sigma >=
+    SIGMA_MIN), an exact identity: v_hat - v = (x0 - x0_hat) / sigma."""
+    rng = np.random.default_rng(7)
+    x0, x0_hat, eps = (jnp.asarray(a, jnp.float32) for a in rng.standard_normal((3, 4, 5, 6)))
+    sigma = jnp.asarray([0.05, 0.3, 0.7, 0.98], jnp.float32)
+    x_t = flow.noisy_sample(x0, eps, sigma)
+    v_hat = flow.velocity_from_output(x0_hat, x_t, sigma, "sample")
+    got = flow.flow_matching_loss(v_hat, flow.velocity_target(x0, eps), sigma, weighting="x0", reduction="per_example")
+    want = np.mean((np.asarray(x0_hat) - np.asarray(x0)) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(got, want, rtol=2e-4)

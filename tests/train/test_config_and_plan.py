@@ -28,6 +28,8 @@ def _tiny(*overrides):
         (["--config.data.min_tracks=500"], 1, "data.min_tracks"),
         (["--config.data.train_path=/nonexistent/shards"], 1, "data.train_path"),
         (["--config.model.conditioner.sampling=nearest"], 1, "model"),
+        (["--config.model.source_skip=true"], 1, "model.source_skip"),  # tiny_cpu predicts the velocity
+        (["--config.diffusion.weighting=snr"], 1, "diffusion.weighting"),
     ],
 )
 def test_bad_config_names_the_field(overrides, devices, field):
