@@ -48,7 +48,7 @@ def get_config():
         logit_mean=0.8,
         logit_std=1.0,
         shift=1.0,
-        sample_shift=1.0,
+        sample_shift=3.0,  # chosen after training on 16 validation pairs (seed 4242), see README
         prediction="sample",
         weighting="x0",
     )

@@ -83,7 +83,8 @@ def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, tmp_
     from trackedit_jax.train import build
 
     out = tmp_path / "ema_model"
-    assert main(["export", "--workdir", str(lora_run), "--out", str(out), "--ema", "--step", "2"]) == 0
+    argv = ["--workdir", str(lora_run), "--out", str(out), "--ema", "--step", "2", "--sample-shift", "2.5"]
+    assert main(["export", *argv]) == 0
     assert "exported step 2 (EMA)" in capsys.readouterr().out
     config = config_from_json(lora_run / "config.json")
     _, state = read_state_numpy(lora_run / "checkpoints", 2)
@@ -106,6 +107,7 @@ def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, tmp_
         np.asarray(pre.model.conditioner.out.kernel[...]), ema["conditioner"]["out"]["kernel"]["value"]
     )
     assert pre.config.source["ema"] and pre.config.source["step"] == 2
+    assert pre.config.sample_shift == 2.5 and config.diffusion.get("sample_shift", config.diffusion.shift) != 2.5
 
 
 def test_export_takes_paths_relative_to_the_working_directory(lora_run, exported, tmp_path, monkeypatch, capsys):
@@ -134,6 +136,7 @@ def test_export_errors_are_one_line(lora_run, exported, tmp_path, capsys):
             "init.wan_path",
         ),
         (["--workdir", str(lora_run), "--out", str(tmp_path / "e"), "--tokenizer", "x"], "go together"),
+        (["--workdir", str(lora_run), "--out", str(tmp_path / "f"), "--sample-shift", "nan"], "--sample-shift"),
     ]
     for argv, message in cases:
         assert main(["export", *argv]) == 2

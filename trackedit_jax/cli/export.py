@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 HELP = "write a training run's trained model (LoRA merged, frozen base rebuilt) as an inference directory"
 PATH_ARGS = ("workdir", "out", "text_encoder", "tokenizer", "wan_path", "vae_path")  # made absolute by cli.main
@@ -21,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="its tokenizer (tokenizer.json, spiece.model or a folder)")
     parser.add_argument("--wan-path", default=None, help="override the run's init.wan_path (its frozen Wan base)")
     parser.add_argument("--vae-path", default=None, help="override the run's init.vae_path")
+    parser.add_argument(
+        "--sample-shift",
+        type=float,
+        default=None,
+        help="the sampler's default timestep shift to record (default: the run's diffusion.sample_shift)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
 
@@ -28,6 +35,8 @@ def run(args) -> int:
     from trackedit_jax.cli import UserError
     from trackedit_jax.infer.export import export_run
 
+    if args.sample_shift is not None and not (math.isfinite(args.sample_shift) and args.sample_shift > 0):
+        raise UserError(f"--sample-shift must be a positive number; got {args.sample_shift}")
     if (args.text_encoder is None) != (args.tokenizer is None):
         raise UserError("--text-encoder and --tokenizer go together")
     try:
@@ -40,6 +49,7 @@ def run(args) -> int:
             tokenizer=args.tokenizer,
             wan_path=args.wan_path,
             vae_path=args.vae_path,
+            sample_shift=args.sample_shift,
             overwrite=args.overwrite,
         )
     except FileExistsError as e:

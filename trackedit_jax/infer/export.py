@@ -15,6 +15,7 @@ LoRA adapters are merged into the kernels by `save_pretrained` (via `export_wan_
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import time
@@ -160,13 +161,19 @@ def export_run(
     tokenizer=None,
     wan_path: str | None = None,
     vae_path: str | None = None,
+    sample_shift: float | None = None,
     overwrite: bool = False,
 ) -> tuple[pathlib.Path, TrainedModel]:
-    """`restore_trained` then `save_pretrained(out_dir, ...)`; returns (out_dir, the restored model)."""
+    """`restore_trained` then `save_pretrained(out_dir, ...)`; returns (out_dir, the restored model).
+
+    sample_shift: the sampler's default timestep shift to record (default: the run's
+    `diffusion.sample_shift`); a sampling choice made after training, on validation pairs."""
     from trackedit_jax import __version__
     from trackedit_jax.infer.pretrained import PretrainedConfig, save_pretrained
 
     out_dir = pathlib.Path(out_dir)
+    if sample_shift is not None and not (math.isfinite(sample_shift) and sample_shift > 0):
+        raise ValueError(f"sample_shift must be a positive number; got {sample_shift}")
     if out_dir.exists() and not overwrite:  # before the (slow) restore
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     trained = restore_trained(workdir, step=step, ema=ema, wan_path=wan_path, vae_path=vae_path)
@@ -179,5 +186,7 @@ def export_run(
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     config = PretrainedConfig.from_train_config(trained.config, source=source)
+    if sample_shift is not None:
+        config = dataclasses.replace(config, sample_shift=float(sample_shift))
     save_pretrained(out_dir, config, trained.model, trained.vae, text_encoder, tokenizer, overwrite=overwrite)
     return out_dir, trained
