@@ -3,6 +3,8 @@
 beside them); the full-disk case fails in one line and leaves the previous export intact; a re-run
 after a kill completes."""
 
+import shutil
+
 import numpy as np
 import pytest
 from crashes import cli, kill_when, one_line_error, run
@@ -30,19 +32,22 @@ def workdir(tmp_path_factory):
     return wd
 
 
-def _kill_until_landed(cmd, ready, attempts=3):
-    """SIGKILL at the kill point; a fast command can finish between the poll and the kill, so retry."""
+def _kill_until_landed(cmd, ready, outputs, attempts=5):
+    """SIGKILL at the kill point; a fast command can finish between two polls, so remove what it wrote
+    and retry."""
     for _ in range(attempts):
         status = kill_when(cmd, ready)
         if status == -9:
             return status
+        for path in outputs:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     raise AssertionError(f"the kill never landed in {attempts} attempts")
 
 
 def test_export_killed_then_rerun_then_out_of_disk(workdir, tmp_path):
     out = tmp_path / "model"
     cmd = cli("export", "--workdir", str(workdir), "--out", str(out))
-    _kill_until_landed(cmd, lambda: any(tmp_path.glob(".model.tmp-*")))
+    _kill_until_landed(cmd, lambda: any(tmp_path.glob(".model.tmp-*")), [out])
     assert not out.exists()  # the killed export's files are only in its hidden temporary folder
 
     assert run(cmd).returncode == 0
@@ -75,6 +80,8 @@ def test_edit_killed_while_writing_leaves_no_partial_output(tiny_checkpoint, edi
         "--edit", str(edit_inputs / "edit.yaml"), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
         "--steps", "1", "--quiet",
     )  # fmt: skip
-    _kill_until_landed(cmd, lambda: any(tmp_path.glob(".edited.tmp-*/edited.mp4")))
+    sidecars = [tmp_path / "edited.json", tmp_path / "edited_side_by_side.mp4"]
+    # The hidden folder appears just before the first video is written: the kill lands while writing.
+    _kill_until_landed(cmd, lambda: any(tmp_path.glob(".edited.tmp-*")), [out, *sidecars])
     assert not out.exists() and not (tmp_path / "edited.json").exists()
     assert not (tmp_path / "edited_side_by_side.mp4").exists()
