@@ -39,7 +39,10 @@ def get_config():
     # from-scratch model on a CPU budget cannot afford; the Gaussian puts it there from the first step
     c.model.conditioner.update(dim=128, heads=4, temporal_layers=1, num_freqs=6, sampling="gaussian")
     c.model.rope_mode = "shared"  # a target token and its source token share a position (offset 0)
-    c.model.source_skip = True  # output = source + a learned change: an untrained model is `copy`
+    c.model.source_skip = True  # output = prior + a learned change
+    # the classical warp as a prior (as point-cloud renders condition GEN3C and TrajectoryCrafter): the
+    # model starts as the warp and learns what it gets wrong (holes, disocclusions, splat cracks)
+    c.model.warp_prior = True
     c.lora.update(mode="full")  # no pretrained base at this size: everything trains
     c.text.update(text_len=8, dropout=0.0)  # no text encoder in the demo: prompts are the null text
     # x0-prediction: a velocity holds per-pixel noise that a 768 -> 192 patch embedding cannot carry

@@ -25,6 +25,8 @@ Batch keys, exactly (B = batch_size, F = num_frames, N = max_tracks; `batch_spec
   source_intrinsics, target_intrinsics  (B, F, 3, 3) float32, pixels of the output (H, W)
   source_extrinsics, target_extrinsics  (B, F, 4, 4) float32 world-to-camera
   edit_family                           (B,) int32 index into schema.EDIT_FAMILIES
+  warp_video (B, F, H, W, 3) uint8                              only with with_warp (the records' warp
+                                                                frames, cropped like the target clip)
   text_embedding (B, L, D) float32 and text_mask (B, L) bool   only when text_len > 0
   record_index (B,) int64                                       only when return_record_index (debug)
 
@@ -93,6 +95,7 @@ class LoaderConfig:
     frame_strides: tuple = (1,)
     require_visible: bool = True
     text_len: int = 0  # > 0: emit text_embedding/text_mask padded to this length
+    with_warp: bool = False  # emit warp_video (records must hold warp frames)
     drop_remainder: bool = True
     return_record_index: bool = False
 
@@ -218,10 +221,12 @@ class PairTransform:
         x0 = int(rng.integers(0, W0 - cw_i + 1))
         y0 = int(rng.integers(0, H0 - ch_i + 1))
         videos = {}
-        for which in ("source", "target"):
+        for which in ("source", "target", "warp") if cfg.with_warp else ("source", "target"):
             v = rec.video(which, fidx)[:, y0 : y0 + ch_i, x0 : x0 + cw_i]
             videos[which] = _resize(np.ascontiguousarray(v), Ho, Wo)
         out: dict = {"source_video": videos["source"], "target_video": videos["target"]}
+        if cfg.with_warp:
+            out["warp_video"] = videos["warp"]
         Ks = crop_intrinsics(rec.source_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)
         Kt = crop_intrinsics(rec.target_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)
         Es, Et = rec.source_extrinsics[fidx], rec.target_extrinsics[fidx]
@@ -385,18 +390,23 @@ def batch_spec(
       config: B = batch_size, F = num_frames, (H, W) = image_size, N = max_tracks, L = text_len.
       text_dim: D of `text_embedding` (the records carry it); required when text_len > 0.
       latent_shape: (f, h, w, C) of one clip's latents: describe the precomputed-latents batch the train
-        step also accepts, `source_latents`/`target_latents` (B, f, h, w, C) float32 in place of the videos.
+        step also accepts, `source_latents`/`target_latents` (and `warp_latents` with with_warp)
+        (B, f, h, w, C) float32 in place of the videos.
     Returns:
       {key: (shape, dtype)} in the module docstring's order (record_index only with return_record_index).
     """
     B, F, (H, W), N = config.batch_size, config.num_frames, config.image_size, config.max_tracks
     if latent_shape is None:
         clips = {"source_video": ((B, F, H, W, 3), np.uint8), "target_video": ((B, F, H, W, 3), np.uint8)}
+        if config.with_warp:
+            clips["warp_video"] = ((B, F, H, W, 3), np.uint8)
     else:
         if len(latent_shape) != 4:
             raise ValueError(f"latent_shape must be (f, h, w, C); got {tuple(latent_shape)}")
         lat = (B, *(int(v) for v in latent_shape))
         clips = {"source_latents": (lat, np.float32), "target_latents": (lat, np.float32)}
+        if config.with_warp:
+            clips["warp_latents"] = (lat, np.float32)
     spec = {
         **clips,
         "source_xyz": ((B, F, N, 3), np.float32),

@@ -15,6 +15,9 @@ Fields (`PairRecord`):
   source_extrinsics, target_extrinsics   (F, 4, 4) float32 world-to-camera, OpenCV axes
   source_ids                optional (N,) int32: source point of each track (None = arange(N))
   source_depth, target_depth   optional (F, H, W) float16 camera z (inf = nothing hit)
+  warp_frames               optional F byte strings (codec as above): the source clip moved into the target
+                            view by the classical warp (`trackedit_jax.geometry.warp`), the prior of
+                            `model.warp_prior` models
   source_latents, target_latents   optional float arrays (any shape), e.g. VAE latents (f, h, w, C)
   text_embedding, text_mask optional (L, D) float32 and (L,) bool
   prompt                    str (may be empty)
@@ -143,6 +146,7 @@ class PairRecord:
     source_ids: np.ndarray | None = None
     source_depth: np.ndarray | None = None
     target_depth: np.ndarray | None = None
+    warp_frames: list | None = None
     source_latents: np.ndarray | None = None
     target_latents: np.ndarray | None = None
     text_embedding: np.ndarray | None = None
@@ -157,23 +161,28 @@ class PairRecord:
         key: str,
         source_video: np.ndarray,
         target_video: np.ndarray,
+        warp_video: np.ndarray | None = None,
         codec: str = "jpeg",
         quality: int = 95,
         **fields: Any,
     ) -> PairRecord:
-        """Build a record from (F, H, W, 3) uint8 videos (encoded with `codec`) and the other fields."""
+        """Build a record from (F, H, W, 3) uint8 videos (encoded with `codec`; `warp_video` optional) and
+        the other fields."""
         source_video, target_video = np.asarray(source_video), np.asarray(target_video)
         if source_video.shape != target_video.shape:
             raise ValueError(
                 f"source_video and target_video must have the same shape; got {source_video.shape} "
                 f"and {target_video.shape}"
             )
+        if warp_video is not None and np.shape(warp_video) != source_video.shape:
+            raise ValueError(f"warp_video must have the clips' shape {source_video.shape}; got {np.shape(warp_video)}")
         rec = cls(
             key=key,
             image_size=tuple(int(s) for s in source_video.shape[1:3]),
             codec=codec,
             source_frames=encode_frames(source_video, codec, quality),
             target_frames=encode_frames(target_video, codec, quality),
+            warp_frames=None if warp_video is None else encode_frames(np.asarray(warp_video), codec, quality),
             **fields,
         )
         rec.validate()
@@ -188,10 +197,13 @@ class PairRecord:
         return int(self.source_xyz.shape[1])
 
     def video(self, which: str, frame_indices: Sequence[int] | None = None) -> np.ndarray:
-        """Decode the 'source' or 'target' clip (optionally only some frames) -> (F', H, W, 3) uint8."""
-        if which not in ("source", "target"):
-            raise ValueError(f"which must be 'source' or 'target'; got {which!r}")
-        frames = self.source_frames if which == "source" else self.target_frames
+        """Decode the 'source', 'target' or 'warp' clip (optionally only some frames) -> (F', H, W, 3) uint8."""
+        frames = {"source": self.source_frames, "target": self.target_frames, "warp": self.warp_frames}
+        if which not in frames:
+            raise ValueError(f"which must be 'source', 'target' or 'warp'; got {which!r}")
+        frames = frames[which]
+        if frames is None:
+            raise ValueError(f"record {self.key!r} has no warp frames (made without the warp prior)")
         if frame_indices is not None:
             frames = [frames[int(i)] for i in frame_indices]
         return decode_frames(frames, self.codec, self.image_size)
@@ -240,8 +252,10 @@ class PairRecord:
             elif not np.isfinite(a).all():
                 bad = np.argwhere(~np.isfinite(a))[0].tolist()
                 fail(f"{name} contains NaN or inf (first at index {bad})")
-        for name in ("source_frames", "target_frames"):
+        for name in ("source_frames", "target_frames", "warp_frames"):
             frames = getattr(self, name)
+            if frames is None and name == "warp_frames":
+                continue
             if len(frames) != F:
                 fail(f"{name} has {len(frames)} frames but the tracks have F={F}")
             if any(not isinstance(b, (bytes, bytearray)) for b in frames):
@@ -332,6 +346,8 @@ def encode_record(rec: PairRecord) -> bytes:
         "fps": float(rec.fps),
         "metadata": json.dumps(rec.metadata, sort_keys=True),
     }
+    if rec.warp_frames is not None:
+        payload["warp_frames"] = [bytes(b) for b in rec.warp_frames]
     for name in _ARRAY_FIELDS:
         a = getattr(rec, name)
         if a is not None:
@@ -388,6 +404,7 @@ def decode_record(data: bytes) -> PairRecord:
         raise RecordError(f"field 'image_size' must be 2 integers; got {fields['image_size']!r:.80}")
     if any(not isinstance(c, str) for c in fields["edit_components"]):
         raise RecordError("field 'edit_components' must be a list of strings")
+    fields["warp_frames"] = _typed(p, "warp_frames", list) if "warp_frames" in p else None
     for name in _ARRAY_FIELDS:
         fields[name] = _unpack_array(p[name], name) if name in p else None
     for name in _ARRAY_FIELDS[:8]:

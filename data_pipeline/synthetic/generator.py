@@ -24,12 +24,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data_pipeline.schema import PairRecord
+from data_pipeline.schema import PairRecord, encode_frames
 from data_pipeline.synthetic.edits import ALL_FAMILIES, apply_edit
 from data_pipeline.synthetic.raycast import sample_surface, snap_to_surface
 from data_pipeline.synthetic.render import NEAR, ClipGeometry, cast_rays, evaluate_clip, render_clip
 from data_pipeline.synthetic.scene import NUM_BACKGROUND_PRIMS, Scene, camera_clearance, random_scene
-from trackedit_jax.geometry import Camera, in_front, in_image, project
+from trackedit_jax.geometry import Camera, Tracks, in_front, in_image, project
 
 VIS_EPS = 1e-6
 GENERATOR_VERSION = 1
@@ -44,6 +44,7 @@ class SyntheticConfig:
     codec: str = "jpeg"
     jpeg_quality: int = 95
     with_depth: bool = False
+    with_warp: bool = False  # store the classical warp of the source into the target view (warp_frames)
     surface_fraction: float = 0.15
     object_fraction: float = 0.5
     fps: float = 16.0
@@ -272,7 +273,7 @@ def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metad
             target_depth=pair.target_render["depth"].astype(np.float16),
         )
     comps = tuple(pair.edit.get("components", [pair.family]))
-    return PairRecord.from_arrays(
+    rec = PairRecord.from_arrays(
         key=key,
         source_video=pair.source_render["rgb"],
         target_video=pair.target_render["rgb"],
@@ -303,6 +304,27 @@ def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metad
         },
         **extra,
     )
+    if config.with_warp:  # from the decoded source clip: what a model is given at inference
+        rec.warp_frames = encode_frames(
+            record_warp(rec, pair.source_render["depth"]), config.codec, config.jpeg_quality
+        )
+    return rec
+
+
+def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> np.ndarray:
+    """(F, H, W, 3) uint8: the record's source clip moved into the target view by `geometry.warp`, with
+    all its tracks (and the source depth (F, H, W) when given)."""
+    from trackedit_jax.geometry.warp import warp_video
+
+    size = tuple(rec.image_size)
+    return warp_video(
+        rec.video("source"),
+        Tracks(rec.source_xyz, rec.source_visibility),
+        Camera(rec.source_intrinsics, rec.source_extrinsics, size),
+        Tracks(rec.target_xyz, rec.target_visibility, rec.source_ids),
+        Camera(rec.target_intrinsics, rec.target_extrinsics, size),
+        source_depth=None if source_depth is None else np.asarray(source_depth, np.float32),
+    )
 
 
 def make_record(index: int, *, seed: int, config: SyntheticConfig) -> PairRecord:
@@ -327,6 +349,7 @@ def make_dataset(
     codec: str = "jpeg",
     jpeg_quality: int = 95,
     with_depth: bool = False,
+    with_warp: bool = False,
     task_index: int = 0,
     num_tasks: int = 1,
     progress: bool = True,
@@ -347,6 +370,7 @@ def make_dataset(
         codec=codec,
         jpeg_quality=int(jpeg_quality),
         with_depth=bool(with_depth),
+        with_warp=bool(with_warp),
     )
     generator = {
         "name": "trackedit-synthetic",

@@ -210,6 +210,9 @@ def _edit(args) -> int:
         max_frames=args.max_frames,
         resize=args.resize,
         max_tracks=args.max_tracks,
+        # the track file's depth maps (used by warp-prior models) when they match the video's frames;
+        # trackers often store them at their own working resolution, and the tracks then give the depth
+        source_depth=src.depths if src.depths is not None and src.depths.shape[1:] == video.shape[1:3] else None,
         progress=not args.quiet,
     )
     timings.update(result.timings)

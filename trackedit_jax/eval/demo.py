@@ -61,6 +61,7 @@ def run_demo(pipe, out_dir, *, steps: int = 20, seed: int = 0) -> dict:
         num_steps=steps,
         seed=seed,
         progress=True,
+        source_depth=pair.source_depth,
     )
     videos = {"model": out.video, "copy": pair.source_video, "warp": harness.warp_baseline(pair)}
     scores = harness.score(videos, pair)

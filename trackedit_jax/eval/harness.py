@@ -1,7 +1,7 @@
 """The evaluation harness: the edit model and two baselines on held-out pairs, scored against ground truth.
 
 Methods: `model` (the edit model, fixed seed), `copy` (the source clip unchanged), `warp` (source
-pixels moved with the tracks' 3D motion, `eval.warp`). Metrics (`eval.metrics`): psnr, ssim,
+pixels moved with the tracks' 3D motion, `geometry.warp`). Metrics (`eval.metrics`): psnr, ssim,
 masked_psnr (co-visible pixels), edit_psnr (PSNR over the edit region), epe (Lucas-Kanade re-tracking of
 the target's visible points). Outputs in the report folder:
 
@@ -26,8 +26,8 @@ import numpy as np
 
 from trackedit_jax.eval import metrics as M
 from trackedit_jax.eval.pairs import EvalPair
-from trackedit_jax.eval.warp import warp_video
 from trackedit_jax.geometry.projection import project
+from trackedit_jax.geometry.warp import warp_video
 
 METHODS = ("model", "copy", "warp")
 METRICS = ("psnr", "ssim", "masked_psnr", "edit_psnr", "epe")
@@ -226,6 +226,7 @@ def evaluate(
                 num_steps=steps,
                 seed=seed,
                 solver=solver,
+                source_depth=pair.source_depth,
             )
             videos = {"model": out.video, "copy": pair.source_video, "warp": warp_baseline(pair)}
             row = {

@@ -82,6 +82,15 @@ def fit_video(frames: np.ndarray, fit: GridFit) -> np.ndarray:
     return np.ascontiguousarray(out[:, oy : oy + h, ox : ox + w])
 
 
+def fit_depth(depth: np.ndarray, fit: GridFit) -> np.ndarray:
+    """(F, H, W) depth -> (F, h, w) through `fit` (nearest neighbour: depths are not blended)."""
+    import cv2
+
+    (Hr, Wr), (oy, ox), (h, w) = fit.resized, fit.offset, fit.out_size
+    out = np.stack([cv2.resize(np.asarray(d, np.float32), (Wr, Hr), interpolation=cv2.INTER_NEAREST) for d in depth])
+    return np.ascontiguousarray(out[:, oy : oy + h, ox : ox + w])
+
+
 def padded_frame_count(num_frames: int) -> int:
     """The smallest 4k+1 >= num_frames."""
     return 4 * math.ceil((int(num_frames) - 1) / 4) + 1
@@ -106,6 +115,8 @@ class EditInputs:
     source_camera / target_camera: cameras mapped onto the model grid (image_size (h, w)).
     num_frames: frames used from the input (the output's frame count).
     fit: the resize / crop applied; point_indices: target points kept (None = all).
+    warp: (F_pad, h, w, 3) uint8, the source moved into the target view by `geometry.warp` with all the
+      given tracks (the prior of `warp_prior` models), else None.
     """
 
     video: np.ndarray
@@ -116,6 +127,7 @@ class EditInputs:
     num_frames: int
     fit: GridFit
     point_indices: np.ndarray | None = None
+    warp: np.ndarray | None = None
 
     def trimmed(self) -> EditInputs:
         """The same inputs without the padding frames (num_frames frames)."""
@@ -125,6 +137,7 @@ class EditInputs:
         return dataclasses.replace(
             self,
             video=self.video[:n],
+            warp=None if self.warp is None else self.warp[:n],
             source_tracks=cut_t(self.source_tracks),
             source_camera=cut_c(self.source_camera),
             target_tracks=cut_t(self.target_tracks),

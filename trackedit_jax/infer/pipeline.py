@@ -21,7 +21,9 @@ What happens, in order:
    grid, provided the aspect ratios agree.
 4. Tracks: target point i pairs with source point `target_tracks.ids[i]` (edits that duplicate or drop
    points carry ids; without ids the counts must match). More than `max_tracks` pairs (default the
-   training maximum) are reduced to a fixed random subset (numpy seed 0).
+   training maximum) are reduced to a fixed random subset (numpy seed 0). A `warp_prior` model is also
+   given the classical warp (`geometry.warp`) of the fitted frames with ALL the tracks, and with the
+   source depth (`source_depth=`, (F, H, W) camera z of the input frames) when there is one.
 5. The source video is encoded ONCE by the chunked causal VAE, the track condition is prepared once,
    and the model's noise-independent source path (`EditByTrack.encode_source`) is computed once.
 6. The sampler (`diffusion.samplers.sample`, UniPC or Euler) runs the whole loop as one jitted program
@@ -55,6 +57,7 @@ from trackedit_jax.infer.edit_inputs import (
     as_tracks,
     as_uint8_video,
     fit_camera,
+    fit_depth,
     fit_to_grid,
     fit_video,
     pad_frames,
@@ -118,8 +121,9 @@ def _vae_decode(graphdef, state, latents):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode_source(graphdef, state, latents, source, target, source_valid, target_valid):
-    return nnx.merge(graphdef, state).encode_source(latents, source, target, source_valid, target_valid)
+def _encode_source(graphdef, state, latents, source, target, source_valid, target_valid, prior=None):
+    model = nnx.merge(graphdef, state)
+    return model.encode_source(latents, source, target, source_valid, target_valid, prior_latents=prior)
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
@@ -220,6 +224,7 @@ class EditPipeline:
         size: tuple[int, int] | None = None,
         resize: str = "crop",
         max_tracks: int | None = None,
+        source_depth=None,
     ) -> EditInputs:
         """Validate and bring the inputs onto the model grid (steps 1-4 of the module docstring)."""
         from trackedit_jax.geometry.validation import check_frame_counts, validate_inputs
@@ -291,6 +296,11 @@ class EditPipeline:
         def tracks_of(xyz, vis) -> Tracks:
             return Tracks(pad_frames(xyz[:n], F_pad), pad_frames(vis[:n], F_pad))
 
+        warp = None
+        if self.config.warp_prior:
+            cams = (source_camera, target_camera)
+            warp = pad_frames(self._warp(frames[:n], source_tracks, target_tracks, *cams, fit, n, source_depth), F_pad)
+
         return EditInputs(
             video=frames,
             source_tracks=tracks_of(src_xyz, src_vis),
@@ -300,6 +310,36 @@ class EditPipeline:
             num_frames=n,
             fit=fit,
             point_indices=keep,
+            warp=warp,
+        )
+
+    @staticmethod
+    def _warp(frames, source_tracks, target_tracks, source_camera, target_camera, fit, n, source_depth) -> np.ndarray:
+        """(n, h, w, 3) uint8: `geometry.warp` of the fitted frames with every track (the model's prior)."""
+        from trackedit_jax.geometry.warp import warp_video
+
+        depth = None
+        if source_depth is not None:
+            depth = np.asarray(source_depth, np.float32)
+            if depth.ndim != 3 or depth.shape[0] < n:
+                raise ValueError(f"source_depth must be (F, H, W) with F >= {n} frames; got {depth.shape}")
+            if depth.shape[1:] != tuple(fit.in_size):
+                raise ValueError(f"source_depth must have the video's frame size {fit.in_size}; got {depth.shape[1:]}")
+            depth = fit_depth(depth[:n], fit)
+
+        def cam_of(c: Camera) -> Camera:
+            return fit_camera(Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size), fit)
+
+        def cut(t: Tracks) -> Tracks:
+            return Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)
+
+        return warp_video(
+            frames,
+            cut(source_tracks),
+            cam_of(source_camera),
+            cut(target_tracks),
+            cam_of(target_camera),
+            source_depth=depth,
         )
 
     # -------------------------------------------------------------------------------- generation
@@ -365,6 +405,12 @@ class EditPipeline:
         cond = prepare_track_condition(
             inputs.source_tracks, inputs.source_camera, inputs.target_tracks, inputs.target_camera
         )
+        prior = None
+        if self.config.warp_prior:
+            if inputs.warp is None:
+                raise ValueError("this model takes the warp prior: prepare the inputs with `prepare`")
+            warp = jnp.asarray(to_model_range(inputs.warp))[None]
+            prior = _vae_encode(self.vae_graphdef, self.vae_state, warp).astype(jnp.float32)
         cache = _encode_source(
             self.graphdef,
             self.state,
@@ -373,6 +419,7 @@ class EditPipeline:
             cond.target[None],
             cond.source_valid[None],
             cond.target_valid[None],
+            prior,
         )
         if self.mesh is not None:
             cache = jax.device_put(cache, cache_shardings(cache, self.mesh))
@@ -445,6 +492,7 @@ class EditPipeline:
         size: tuple[int, int] | None = None,
         resize: str = "crop",
         max_tracks: int | None = None,
+        source_depth=None,
         progress: bool = False,
     ) -> EditOutput:
         """`prepare` then `generate`; returns the `EditOutput` (video, inputs, settings, timings)."""
@@ -459,6 +507,7 @@ class EditPipeline:
             size=size,
             resize=resize,
             max_tracks=max_tracks,
+            source_depth=source_depth,
         )
         t_prep = time.perf_counter() - t0
         out = self.generate(

@@ -74,6 +74,7 @@ class PretrainedConfig:
       sample_shift: default timestep shift of the sampler.
       prediction: what the network outputs, "velocity" or "sample" (`diffusion.flow.PREDICTIONS`).
       source_skip: the model adds the source latents to its output (`EditByTrack(source_skip=)`).
+      warp_prior: the model takes the classical warp as a prior (`EditByTrack(warp_prior=)`).
       source: provenance (run directory, step, EMA, ...), free-form.
     """
 
@@ -89,6 +90,7 @@ class PretrainedConfig:
     sample_shift: float = 5.0
     prediction: str = "velocity"
     source_skip: bool = False
+    warp_prior: bool = False
     source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -117,6 +119,7 @@ class PretrainedConfig:
             sample_shift=float(config.diffusion.get("sample_shift", config.diffusion.shift)),
             prediction=str(config.diffusion.get("prediction", "velocity")),
             source_skip=bool(config.model.get("source_skip", False)),
+            warp_prior=bool(config.model.get("warp_prior", False)),
             source=dict(source or {}),
         )
 
@@ -133,7 +136,13 @@ class PretrainedConfig:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "model": {"wan": wan, "conditioner": cond, "rope_mode": self.rope_mode, "source_skip": self.source_skip},
+            "model": {
+                "wan": wan,
+                "conditioner": cond,
+                "rope_mode": self.rope_mode,
+                "source_skip": self.source_skip,
+                "warp_prior": self.warp_prior,
+            },
             "vae": vae,
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
             "grid": {
@@ -172,6 +181,7 @@ class PretrainedConfig:
                 sample_shift=float(data.get("sampling", {}).get("shift", 5.0)),
                 prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
                 source_skip=bool(m.get("source_skip", False)),
+                warp_prior=bool(m.get("warp_prior", False)),
                 source=dict(data.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -426,6 +436,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
             config.conditioner,
             rope_mode=config.rope_mode,
             source_skip=config.source_skip,
+            warp_prior=config.warp_prior,
             rngs=nnx.Rngs(0),
         )
     )

@@ -9,6 +9,9 @@
   text cross-attention and timestep modulation exactly as in Wan; the head runs on the target half.
   source_skip (option, x0-predicting models only): output = patches(z_src) + head(...), the head
            initialised at zero, so an untrained model returns the source and learns only the change.
+  warp_prior (option): the model is also given z_warp, the latents of the source moved into the target
+           view by the classical warp (`geometry.warp`): tau_tgt += Linear(patches(z_warp)), and a
+           source_skip model adds its change to patches(z_warp) instead (an untrained one is the warp).
 
 The source path (patchify of z_src, the conditioner) does not depend on the noise level, so
 `encode_source` computes it once and `__call__` reuses it at every sampling step.
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trackedit_jax.models.lora import LoRALinear
 from trackedit_jax.models.track_conditioner import ConditionerConfig, TrackConditioner
 from trackedit_jax.models.wan.config import WanConfig
 from trackedit_jax.models.wan.dit import WanDiT
@@ -38,9 +42,10 @@ class SourceCache:
     """What `EditByTrack.encode_source` computes once per clip.
 
     source_tokens: (B, L, D) nu_src + tau_src (+ source embedding in "shared" mode).
-    target_tracks: (B, L, D) tau_tgt (+ target embedding in "shared" mode), added to nu_tgt each step.
-    source_patches: (B, L, pt*ph*pw*C) float32 raw source patches, added to the head's output
-      (`source_skip` models), else None.
+    target_tracks: (B, L, D) tau_tgt (+ target embedding in "shared" mode, + the embedded warp in
+      `warp_prior` models), added to nu_tgt each step.
+    source_patches: (B, L, pt*ph*pw*C) float32 raw source patches (warp patches in `warp_prior`
+      models), added to the head's output (`source_skip` models), else None.
     """
 
     source_tokens: Any
@@ -50,7 +55,8 @@ class SourceCache:
 
 class EditByTrack(nnx.Module):
     """The edit model. Parameters: `dit` (the Wan backbone, optionally with LoRA), `conditioner`,
-    and in "shared" RoPE mode `side_embedding` (2, D).
+    in "shared" RoPE mode `side_embedding` (2, D), and in `warp_prior` models `prior_embedding`
+    (pt*ph*pw*C_in -> D).
 
     Args:
       wan: `WanConfig` of the backbone (set `lora_rank` for LoRA fine-tuning).
@@ -58,6 +64,7 @@ class EditByTrack(nnx.Module):
       rope_mode: "sequential" or "shared" (see module docstring).
       source_skip: add the source latents to the output (the model predicts the target clip, x0, as the
         source plus a change; see module docstring). Needs in_dim == out_dim.
+      warp_prior: take the warp's latents as a further input (see module docstring).
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class EditByTrack(nnx.Module):
         *,
         rope_mode: str = "sequential",
         source_skip: bool = False,
+        warp_prior: bool = False,
         rngs: nnx.Rngs,
     ):
         if rope_mode not in ROPE_MODES:
@@ -76,6 +84,7 @@ class EditByTrack(nnx.Module):
         self.wan_config = wan
         self.rope_mode = rope_mode
         self.source_skip = source_skip
+        self.warp_prior = warp_prior
         self.dit = WanDiT(wan, rngs=rngs)
         if source_skip:
             # zero head: the untrained model returns the source exactly
@@ -85,9 +94,18 @@ class EditByTrack(nnx.Module):
         self.conditioner = TrackConditioner(conditioner, wan.dim, rngs=rngs)
         if rope_mode == "shared":
             self.side_embedding = param(rngs, nnx.initializers.normal(0.02), (2, wan.dim), (None, "embed"), jnp.float32)
+        if warp_prior:  # created last: the other parameters draw the same keys with or without it
+            self.prior_embedding = LoRALinear(
+                wan.patch_volume * wan.in_dim,
+                wan.dim,
+                logical_axes=("patch", "embed"),
+                param_dtype=wan.param_dtype,
+                dtype=wan.dtype,
+                rngs=rngs,
+            )
 
     # the parameters that train besides LoRA adapters in "lora" mode (paths contain these names)
-    EXTRA_TRAINABLE = ("conditioner", "side_embedding")
+    EXTRA_TRAINABLE = ("conditioner", "side_embedding", "prior_embedding")
 
     def _check_latents(self, name: str, z: jax.Array) -> None:
         c = self.wan_config.in_dim
@@ -101,6 +119,7 @@ class EditByTrack(nnx.Module):
         target_xyz: jax.Array,
         source_valid: jax.Array,
         target_valid: jax.Array,
+        prior_latents: jax.Array | None = None,
     ) -> SourceCache:
         """The noise-independent source path.
 
@@ -108,6 +127,8 @@ class EditByTrack(nnx.Module):
           source_latents: (B, f, h, w, C_in) clean (normalised) source VAE latents.
           source_xyz, target_xyz: (B, f, N, 3) projected tracks (x, y in [-1, 1], z in [0, 1]).
           source_valid, target_valid: (B, f, N) bool.
+          prior_latents: (B, f, h, w, C_in) normalised latents of the warp clip; required by (and only
+            accepted by) `warp_prior` models.
         Returns:
           SourceCache with (B, L, D) source tokens and target track tokens.
         """
@@ -123,7 +144,22 @@ class EditByTrack(nnx.Module):
         if self.rope_mode == "shared":
             emb = self.side_embedding[...].astype(nu_src.dtype)
             src, tgt = src + emb[0], tgt + emb[1]
-        patches = self.dit.patches(source_latents)[0].astype(jnp.float32) if self.source_skip else None
+        skip = source_latents
+        if self.warp_prior:
+            if prior_latents is None:
+                raise ValueError("this model takes the warp prior: prior_latents (B, f, h, w, C) is required")
+            self._check_latents("prior_latents", prior_latents)
+            if prior_latents.shape != source_latents.shape:
+                raise ValueError(
+                    f"prior_latents must have the source latents' shape {source_latents.shape}; "
+                    f"got {prior_latents.shape}"
+                )
+            prior = self.dit.patches(prior_latents)[0]
+            tgt = tgt + self.prior_embedding(prior.astype(nu_src.dtype)).astype(nu_src.dtype)
+            skip = prior_latents
+        elif prior_latents is not None:
+            raise ValueError("prior_latents given to a model without warp_prior")
+        patches = self.dit.patches(skip)[0].astype(jnp.float32) if self.source_skip else None
         return SourceCache(src, tgt, patches)
 
     def positions(self, grid: tuple[int, int, int]) -> jax.Array:
@@ -163,7 +199,11 @@ class EditByTrack(nnx.Module):
             out = out + cache.source_patches
         return self.dit.unpatchify(out, grid)
 
-    def forward(self, x_t, t, context, source_latents, source_xyz, target_xyz, source_valid, target_valid):
+    def forward(
+        self, x_t, t, context, source_latents, source_xyz, target_xyz, source_valid, target_valid, prior_latents=None
+    ):
         """`encode_source` then `__call__` (training: one noise level per example, nothing to reuse)."""
-        cache = self.encode_source(source_latents, source_xyz, target_xyz, source_valid, target_valid)
+        cache = self.encode_source(
+            source_latents, source_xyz, target_xyz, source_valid, target_valid, prior_latents=prior_latents
+        )
         return self(x_t, t, context, cache)

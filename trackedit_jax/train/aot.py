@@ -259,6 +259,7 @@ def plan_training_step(
         latent_shape=latent,
         num_tracks=int(config.data.max_tracks),
         text_tokens=int(config.text.text_len),
+        warp_prior=build.warp_prior(config),
     )
     model = 3.0 * B * sum(parts.values())
     executed = executed_train_step_flops(

@@ -87,8 +87,14 @@ def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
         conditioner_config(config),
         rope_mode=config.model.rope_mode,
         source_skip=bool(config.model.get("source_skip", False)),
+        warp_prior=warp_prior(config),
         rngs=nnx.Rngs(seed),
     )
+
+
+def warp_prior(config: ConfigDict) -> bool:
+    """Whether the model takes the classical warp as a prior (`model.warp_prior`): batches then carry it."""
+    return bool(config.model.get("warp_prior", False))
 
 
 def trainable(config: ConfigDict):

@@ -57,7 +57,7 @@ def train_step_flops(wan, *, latent_shape: tuple[int, int, int], text_tokens: in
 
 
 def edit_model_forward_parts(
-    wan, cond, *, latent_shape: tuple[int, int, int], num_tracks: int, text_tokens: int
+    wan, cond, *, latent_shape: tuple[int, int, int], num_tracks: int, text_tokens: int, warp_prior: bool = False
 ) -> dict[str, float]:
     """Forward matmul FLOPs of one example through `EditByTrack`, by kind (all floats):
 
@@ -68,11 +68,12 @@ def edit_model_forward_parts(
     lora           the LoRA adapters on q/k/v/o of both attentions and the FFN (x A then B, rank r);
     conditioner    the track conditioner's projections (sample, temporal transformer, two splats);
     conditioner_inputs  its Fourier-feature encodings of points, grid cells and z (no input gradient);
-    conditioner_attention  its attention cores.
+    conditioner_attention  its attention cores;
+    prior_inputs   the warp prior's patch embedding (`warp_prior` models; trained, applied to inputs).
 
     Args:
       wan: `WanConfig`; cond: `ConditionerConfig`; latent_shape: (f, h, w) latent grid of one side;
-      num_tracks: N (the padded track count the model sees); text_tokens: T.
+      num_tracks: N (the padded track count the model sees); text_tokens: T; warp_prior: the model's flag.
     """
     f, h, w = latent_shape
     pt, ph, pw = wan.patch_size
@@ -116,6 +117,7 @@ def edit_model_forward_parts(
         "conditioner": float(lin),
         "conditioner_inputs": float(encodings),
         "conditioner_attention": float(cattn + temporal_attn),
+        "prior_inputs": float(2 * L * wan.in_dim * pt * ph * pw * d if warp_prior else 0),
     }
 
 
@@ -146,4 +148,5 @@ def executed_train_step_flops(
     attn = parts["dit_attention"] * ((3.5 if recompute_scores else 3.0) + remat)
     lora = parts["lora"] * (3.0 + remat)
     cond = 3.0 * (parts["conditioner"] + parts["conditioner_attention"]) + 2.0 * parts["conditioner_inputs"]
+    cond += 2.0 * parts.get("prior_inputs", 0.0)
     return float(batch_size * (lin + attn + lora + cond))

@@ -114,6 +114,7 @@ def prepare_data(config: ConfigDict, workdir: pathlib.Path, *, every_process: bo
                     size=(int(d.height), int(d.width)),
                     seed=int(seed),
                     workers=int(d.get("synthetic_workers", 1)),
+                    with_warp=build.warp_prior(config),
                 )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("trackedit:synthetic-data")
@@ -133,6 +134,7 @@ def make_iterator(config: ConfigDict, path: str, *, seed: int, repeat: bool = Tr
         repeat=repeat,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        with_warp=build.warp_prior(config),
     )
     return make_grain_iterator(path, loader_cfg)
 

@@ -130,7 +130,10 @@ class TrainingSetup:
 
         config = self.config
         loader = LoaderConfig.from_config(
-            config.data, batch_size=int(config.train.batch_size), text_len=int(config.text.text_len)
+            config.data,
+            batch_size=int(config.train.batch_size),
+            text_len=int(config.text.text_len),
+            with_warp=build.warp_prior(config),
         )
         spec = batch_spec(
             loader,

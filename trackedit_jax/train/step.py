@@ -1,6 +1,7 @@
 """The training step: rectified flow on the target latents of a (source, target) pair.
 
   z_src, z_tgt = normalise(VAE.encode(video))      frozen VAE, or precomputed latents in the batch
+  z_warp       = the same for the batch's warp clip (`model.warp_prior` models only)
   cond         = prepare_track_condition(tracks, cameras)       projected, resampled, normalised
   sigma ~ timestep distribution (uniform / logit-normal, shifted); eps ~ N(0, I)
   x_t = (1 - sigma) z_tgt + sigma eps;  v = eps - z_tgt
@@ -75,6 +76,13 @@ def batch_latents(vae, batch: dict) -> tuple[jax.Array, jax.Array]:
     return video_to_latents(vae, batch["source_video"]), video_to_latents(vae, batch["target_video"])
 
 
+def batch_prior(vae, batch: dict) -> jax.Array | None:
+    """Latents of the batch's warp clip (`warp_latents`, or `warp_video` through the VAE); None without."""
+    if "warp_latents" in batch:
+        return batch["warp_latents"]
+    return video_to_latents(vae, batch["warp_video"]) if "warp_video" in batch else None
+
+
 def batch_condition(batch: dict, image_size: tuple[int, int]):
     return prepare_track_condition_batch(
         batch["source_xyz"],
@@ -119,7 +127,15 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     x_t = noisy_sample(z_tgt, noise, sigma)
     target = velocity_target(z_tgt, noise)
     out = model.forward(
-        x_t, sigmas_to_timesteps(sigma), text, z_src, cond.source, cond.target, cond.source_valid, cond.target_valid
+        x_t,
+        sigmas_to_timesteps(sigma),
+        text,
+        z_src,
+        cond.source,
+        cond.target,
+        cond.source_valid,
+        cond.target_valid,
+        prior_latents=batch_prior(vae, batch),
     )
     v = velocity_from_output(out, x_t, sigma, d.get("prediction", "velocity"))
     # per-example means, then their mean: every example weighs the same in any micro-batch split
