@@ -438,13 +438,18 @@ def test_make_data_cli(tmp_path):
                 "16",
                 "--families",
                 "removal,duplication",
+                "--with-warp",
             ]
         )
         == 0
     )
     m = json.loads((out / "manifest.json").read_text())
     assert m["num_records"] == 2 and m["edit_family_counts"] == {"duplication": 1, "removal": 1}
+    assert m["generator"]["config"]["with_warp"]
     assert main(["make-data", "verify", str(out)]) == 0
+
+    source = PairRecordSource(sorted(out.glob("*.array_record")))
+    assert all(source.decode(i).video("warp").shape == (5, 16, 20, 3) for i in range(len(source)))
     with pytest.raises(SystemExit) as e:
         main(["make-data", "synthetic", "--out", str(out), "--num-pairs", "2", "--size", "16by20"])
     assert e.value.code == 2

@@ -268,6 +268,45 @@ def test_text_embeddings_are_padded(tmp_path):
     assert (b["text_embedding"][0, 3:] == 0).all() and (b["text_embedding"][0, :3] == 1).all()
 
 
+def test_warp_frames_are_cropped_and_resized_like_the_target(tmp_path):
+    """Records whose warp frames are their target frames: under random crops and a resize, every batch's
+    warp_video equals its target_video exactly (one crop for all clips); records without warp frames are
+    named."""
+    rng = np.random.default_rng(5)
+    F, N, H, W = 5, 12, 20, 28
+    K = np.tile(np.array([[20, 0, W / 2], [0, 20, H / 2], [0, 0, 1]], np.float32), (F, 1, 1))
+    E = np.tile(np.eye(4, dtype=np.float32), (F, 1, 1))
+    xyz = (np.array([0, 0, 5.0]) + rng.normal(scale=0.5, size=(F, N, 3))).astype(np.float32)
+    common = dict(
+        source_xyz=xyz, target_xyz=xyz,
+        source_visibility=np.ones((F, N), bool), target_visibility=np.ones((F, N), bool),
+        source_intrinsics=K, target_intrinsics=K, source_extrinsics=E, target_extrinsics=E, edit_family="camera",
+    )  # fmt: skip
+    recs, plain = [], []
+    for k in range(4):
+        src, tgt = (rng.integers(0, 256, (F, H, W, 3), dtype=np.uint8) for _ in range(2))
+        recs.append(
+            PairRecord.from_arrays(
+                key=f"w{k}", source_video=src, target_video=tgt, warp_video=tgt, codec="raw", **common
+            )
+        )
+        plain.append(PairRecord.from_arrays(key=f"p{k}", source_video=src, target_video=tgt, codec="raw", **common))
+    write_shard(tmp_path / "w.array_record", recs)
+    write_shard(tmp_path / "p.array_record", plain)
+    cfg = LoaderConfig(
+        batch_size=2, num_frames=5, image_size=(12, 16), max_tracks=16, min_tracks=4, max_drawn_tracks=8,
+        crop_scale=(0.5, 0.9), with_warp=True, shuffle=True, process_index=0, process_count=1,
+    )  # fmt: skip
+    it = make_iterator([tmp_path / "w.array_record"], cfg)
+    for _ in range(4):
+        b = next(it)
+        assert b["warp_video"].shape == b["target_video"].shape == (2, 5, 12, 16, 3)
+        np.testing.assert_array_equal(b["warp_video"], b["target_video"])
+        assert not np.array_equal(b["warp_video"], b["source_video"])
+    with pytest.raises(ShardError, match="no warp frames"):
+        next(make_iterator([tmp_path / "p.array_record"], cfg))
+
+
 def test_corrupt_record_raises_with_name_or_is_skipped_and_counted(tmp_path):
     from dp_records import write_with_corrupt_record
 

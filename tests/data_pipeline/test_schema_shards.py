@@ -83,6 +83,23 @@ def test_schema_rejects_bad_records():
         decode_record(b"PICKLE" + bytes(data[6:]))
 
 
+def test_warp_frames_round_trip_and_are_optional():
+    warp = np.random.default_rng(3).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    rec = make_test_record(warp_video=warp)
+    back = decode_record(encode_record(rec))
+    np.testing.assert_array_equal(back.video("warp"), warp)  # png is lossless
+    np.testing.assert_array_equal(back.video("warp", [1]), warp[1:2])
+    plain = decode_record(encode_record(make_test_record()))
+    assert plain.warp_frames is None
+    with pytest.raises(ValueError, match="no warp frames"):
+        plain.video("warp")
+    with pytest.raises(ValueError, match="warp_video must have"):
+        make_test_record(warp_video=warp[:2])
+    rec.warp_frames = rec.warp_frames[:2]
+    with pytest.raises(RecordError, match="warp_frames has 2 frames"):
+        rec.validate()
+
+
 def test_every_family_in_a_generated_set(tiny_dataset):
     m = load_manifest(tiny_dataset)
     assert set(m["edit_family_counts"]) == set(ALL_FAMILIES)

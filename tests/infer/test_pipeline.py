@@ -207,3 +207,40 @@ def test_sheep_edit_end_to_end_and_round_trip(tiny_pipe, tiny_parts, sheep_scene
     assert back.shape == (9, 406, 406, 3)
     other_seed = tiny_pipe(frames, tracks, camera, target, camera, num_steps=3, seed=1)
     assert np.abs(other_seed.astype(int) - out.video.astype(int)).max() > 0
+
+
+def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
+    """A `warp_prior` + `source_skip` model with its zero head predicts the warp's latents at every step,
+    so through the exact space-to-depth VAE the pipeline returns `geometry.warp` of its inputs (computed
+    here independently, with every track and the given depth); a depth of the wrong size is refused."""
+    from infer_assets import tiny_config
+
+    from trackedit_jax.geometry.warp import warp_video
+    from trackedit_jax.models.edit_model import EditByTrack
+    from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
+    from trackedit_jax.models.wan.config import WanConfig
+
+    F, H, W = 9, 32, 32
+    z = 3 * 4 * 4 * 4
+    wan = WanConfig(
+        dim=32, num_heads=2, num_layers=1, ffn_dim=64, freq_dim=32, in_dim=z, out_dim=z, text_dim=32, text_len=16
+    )
+    config = tiny_config(
+        wan=wan, vae=SpaceToDepthConfig(), source_skip=True, warp_prior=True, prediction="sample", max_tracks=16
+    )
+    model = EditByTrack(wan, config.conditioner, source_skip=True, warp_prior=True, rngs=nnx.Rngs(0))
+    pipe = EditPipeline(model, SpaceToDepthVAE(config.vae), config)
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 256, (1, H, W, 3), dtype=np.uint8), F, 0)
+    tracks, camera = scene(F, (H, W), num_points=40, seed=2)
+    target = _translated(tracks, (0.3, 0.1, 0.0))
+    depth = rng.uniform(3.0, 6.0, (F, H, W)).astype(np.float32)
+    for kw in ({}, {"source_depth": depth}):
+        out = pipe.edit(frames, tracks, camera, target, camera, num_steps=3, seed=4, **kw)
+        expected = warp_video(frames, tracks, camera, target, camera, **kw)
+        assert out.inputs.warp.shape == (F, H, W, 3) and out.inputs.point_indices is not None  # 40 tracks > 16
+        np.testing.assert_array_equal(out.inputs.warp, expected)
+        assert np.abs(out.video.astype(int) - expected.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="source_depth must have the video's frame size"):
+        pipe.prepare(frames, tracks, camera, target, camera, source_depth=depth[:, :16])

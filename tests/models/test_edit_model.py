@@ -169,3 +169,41 @@ def test_source_skip_starts_as_the_source_and_learns_the_change():
     )
     with pytest.raises(ValueError, match="in_dim == out_dim"):
         EditByTrack(_wan().replace(out_dim=2 * C), COND, source_skip=True, rngs=nnx.Rngs(0))
+
+
+def test_warp_prior_starts_as_the_warp_and_its_embedding_joins_the_target_tokens():
+    """An untrained `source_skip` + `warp_prior` model returns the warp's latents exactly; with non-zero
+    weights and a zero prior embedding it is the warp plus the plain model's output (same weights: the
+    prior embedding is created last, so every other parameter draws the same key); a non-zero prior
+    embedding changes the output; a missing, unexpected or mis-shaped prior is refused."""
+    model = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, rngs=nnx.Rngs(4))
+    x_t, t, ctx, z_src, src, tgt, valid = _inputs(6)
+    z_warp = jnp.asarray(np.random.default_rng(7).normal(size=z_src.shape), jnp.float32)
+    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
+    np.testing.assert_array_equal(fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp), z_warp)
+    np.testing.assert_array_equal(
+        fwd(model, -x_t, t * 0.3, ctx, -z_src, src, -tgt, valid, ~valid, prior=z_warp), z_warp
+    )
+
+    plain = EditByTrack(_wan(), COND, rngs=nnx.Rngs(4))
+    nnx.update(model, nnx.state(plain))
+    kernel = model.prior_embedding.kernel
+    kernel[...] = jnp.zeros_like(kernel[...])
+    model.prior_embedding.bias[...] = jnp.zeros_like(model.prior_embedding.bias[...])
+    with_zero_prior = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
+    np.testing.assert_allclose(
+        with_zero_prior,
+        z_warp + fwd(plain, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=None),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    kernel[...] = jnp.full_like(kernel[...], 0.01)
+    changed = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
+    assert float(jnp.abs(changed - with_zero_prior).max()) > 1e-3
+
+    with pytest.raises(ValueError, match="prior_latents .* is required"):
+        model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid)
+    with pytest.raises(ValueError, match="without warp_prior"):
+        plain.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp)
+    with pytest.raises(ValueError, match="source latents' shape"):
+        model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp[:1])

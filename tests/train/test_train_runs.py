@@ -24,7 +24,8 @@ def data_dir(tmp_path_factory):
     from data_pipeline.synthetic import make_dataset
 
     out = tmp_path_factory.mktemp("pairs")
-    make_dataset(out, num_pairs=16, num_frames=9, size=(32, 32), seed=0, workers=1)
+    # with warp frames for the demo preset (a warp-prior model); the other presets ignore them
+    make_dataset(out, num_pairs=16, num_frames=9, size=(32, 32), seed=0, workers=1, with_warp=True)
     return out
 
 

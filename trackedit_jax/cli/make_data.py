@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--codec", choices=("jpeg", "png", "raw"), default="jpeg")
     s.add_argument("--quality", type=int, default=95, help="JPEG quality")
     s.add_argument("--with-depth", action="store_true", help="store float16 depth maps")
+    s.add_argument(
+        "--with-warp", action="store_true", help="store the classical warp of each source clip (model.warp_prior)"
+    )
     s.add_argument("--task-index", type=int, default=0, help="this task's index when several machines share --out")
     s.add_argument("--num-tasks", type=int, default=1)
     v = sub.add_parser("verify", help="check every shard's checksum and decode every record")
@@ -65,6 +68,7 @@ def run(args) -> int:
         codec=args.codec,
         jpeg_quality=args.quality,
         with_depth=args.with_depth,
+        with_warp=args.with_warp,
         task_index=args.task_index,
         num_tasks=args.num_tasks,
     )
