@@ -62,8 +62,16 @@ def plan_edit_step(
         return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
 
     latents, xyz, valid = sds((1, f, h, w, wan.in_dim)), sds((1, f, N, 3)), sds((1, f, N), jnp.bool_)
+    prior = latents if build.warp_prior(config) else None
     abs_cache = jax.eval_shape(
-        lambda st, *a: nnx.merge(graphdef, st).encode_source(*a), abs_state, latents, xyz, xyz, valid, valid
+        lambda st, *a, prior: nnx.merge(graphdef, st).encode_source(*a, prior_latents=prior),
+        abs_state,
+        latents,
+        xyz,
+        xyz,
+        valid,
+        valid,
+        prior=prior,
     )
     cache = abstract_like(abs_cache, cache_shardings(abs_cache, mesh))
     use_cfg = float(config.text.dropout) > 0
