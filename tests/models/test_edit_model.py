@@ -197,7 +197,7 @@ def test_warp_prior_starts_as_the_warp_and_its_embedding_joins_the_target_tokens
         rtol=1e-6,
         atol=1e-6,
     )
-    kernel[...] = jnp.full_like(kernel[...], 0.01)
+    kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(8), kernel[...].shape)
     changed = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
     assert float(jnp.abs(changed - with_zero_prior).max()) > 1e-3
 
