@@ -8,12 +8,14 @@ Same `EditByTrack` code path as the paper presets; what is scaled down:
     with the DiT's 1x2x2 patches a token covers 8x8 pixels x 4 frames.
   * clips: 17 frames at 64x64 (5 x 8 x 8 = 320 tokens a clip, 640 in the paired sequence), up to 256
     tracks a pair; synthetic pairs of every edit family from the data engine, generated on first use.
+  * warp prior (not in the paper): the model also sees the classical warp of the source into the target
+    view and predicts the target as the warp plus a change (see README, The built-in model).
   * objective: rectified flow with the loss on the velocity, but the network predicts the clean sample
     (x0): a token carries 768 pixel values through a width-192 model, enough for images but not for the
     per-pixel noise a velocity prediction must reproduce.
   * backbone: a Wan-shaped DiT trained from scratch (no pretrained base at this size): width 192,
     3 heads of 64, 5 blocks, FFN 768; track conditioner width 128. fp32 (this size gains nothing
-    from bf16 on CPUs without AMX). About 3.6M parameters: 15 MB of safetensors.
+    from bf16 on CPUs without AMX). About 4.0M parameters: 16 MB of safetensors.
 """
 
 from configs.common import base_config
