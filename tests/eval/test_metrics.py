@@ -2,20 +2,9 @@
 
 import numpy as np
 import pytest
+from textures import smooth_texture
 
 from trackedit_jax.eval import metrics as M
-
-
-def _texture(H, W, seed=0):
-    """A smooth random texture (sums of sinusoids): trackable by Lucas-Kanade, no aliasing."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
-    img = np.zeros((H, W, 3))
-    for _ in range(12):
-        fx, fy = rng.uniform(0.02, 0.08, 2) * rng.choice([-1, 1], 2)
-        img += rng.uniform(0.2, 1.0, 3) * np.sin(2 * np.pi * (fx * xs + fy * ys) + rng.uniform(0, 6.3))[..., None]
-    img = (img - img.min()) / (img.max() - img.min())
-    return img
 
 
 def test_psnr_matches_the_formula_and_masked_psnr_uses_only_the_mask():
@@ -37,7 +26,7 @@ def test_psnr_matches_the_formula_and_masked_psnr_uses_only_the_mask():
 def test_ssim_matches_scikit_image():
     skm = pytest.importorskip("skimage.metrics")
     rng = np.random.default_rng(2)
-    a = (_texture(32, 40, seed=3) * 255).astype(np.uint8)[None].repeat(2, 0)
+    a = (smooth_texture(32, 40, seed=3) * 255).astype(np.uint8)[None].repeat(2, 0)
     b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
     ref = np.mean(
         [
@@ -69,7 +58,7 @@ def test_edit_region_threshold_and_dilation():
 
 def test_lucas_kanade_epe_on_a_known_translation():
     H, W, F = 48, 56, 6
-    big = _texture(H + 20, W + 20, seed=4)
+    big = smooth_texture(H + 20, W + 20, seed=4)
     shifts = np.array([[0.7 * f, -0.4 * f] for f in range(F)])  # (dx, dy) per frame, sub-pixel
     import cv2
 

@@ -1,23 +1,12 @@
 """The classical warp (source pixels moved with the tracks' 3D motion) on cases with a known answer."""
 
 import numpy as np
+from textures import smooth_texture
 
 from trackedit_jax.eval import metrics as M
 from trackedit_jax.geometry.projection import project, unproject
 from trackedit_jax.geometry.types import Camera, Tracks
 from trackedit_jax.geometry.warp import warp_video
-
-
-def _texture(H, W, seed=0):
-    """A smooth random texture (sums of sinusoids): trackable by Lucas-Kanade, no aliasing."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
-    img = np.zeros((H, W, 3))
-    for _ in range(12):
-        fx, fy = rng.uniform(0.02, 0.08, 2) * rng.choice([-1, 1], 2)
-        img += rng.uniform(0.2, 1.0, 3) * np.sin(2 * np.pi * (fx * xs + fy * ys) + rng.uniform(0, 6.3))[..., None]
-    img = (img - img.min()) / (img.max() - img.min())
-    return img
 
 
 def _camera(F, H, W, R):
@@ -32,7 +21,7 @@ def test_warp_is_near_perfect_for_a_pure_camera_rotation():
     import cv2
 
     F, H, W = 3, 48, 64
-    tex = (_texture(H, W, seed=5) * 255).astype(np.uint8)
+    tex = (smooth_texture(H, W, seed=5) * 255).astype(np.uint8)
     src_cam = _camera(F, H, W, np.eye(3))
     angle = np.radians(4.0)
     R = cv2.Rodrigues(np.array([0.0, angle, 0.0]))[0]
