@@ -287,26 +287,30 @@ class EditPipeline:
         fit = fit_to_grid(video.shape[1:3], (h, w), resize)
         frames = pad_frames(fit_video(video[:n], fit), F_pad)
 
-        def cam_of(c: Camera) -> Camera:
-            c = fit_camera(Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size), fit)
+        def fitted(c: Camera) -> Camera:  # the first n frames, mapped onto the grid
+            return fit_camera(Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size), fit)
+
+        def padded(c: Camera) -> Camera:
             return Camera(
                 pad_frames(np.asarray(c.intrinsics), F_pad), pad_frames(np.asarray(c.extrinsics), F_pad), c.image_size
             )
+
+        src_cam, tgt_cam = fitted(source_camera), fitted(target_camera)
 
         def tracks_of(xyz, vis) -> Tracks:
             return Tracks(pad_frames(xyz[:n], F_pad), pad_frames(vis[:n], F_pad))
 
         warp = None
         if self.config.warp_prior:
-            cams = (source_camera, target_camera)
-            warp = pad_frames(self._warp(frames[:n], source_tracks, target_tracks, *cams, fit, n, source_depth), F_pad)
+            warp = self._warp(frames[:n], source_tracks, target_tracks, src_cam, tgt_cam, fit, n, source_depth)
+            warp = pad_frames(warp, F_pad)
 
         return EditInputs(
             video=frames,
             source_tracks=tracks_of(src_xyz, src_vis),
-            source_camera=cam_of(source_camera),
+            source_camera=padded(src_cam),
             target_tracks=tracks_of(tgt_xyz, tgt_vis),
-            target_camera=cam_of(target_camera),
+            target_camera=padded(tgt_cam),
             num_frames=n,
             fit=fit,
             point_indices=keep,
@@ -315,7 +319,8 @@ class EditPipeline:
 
     @staticmethod
     def _warp(frames, source_tracks, target_tracks, source_camera, target_camera, fit, n, source_depth) -> np.ndarray:
-        """(n, h, w, 3) uint8: `geometry.warp` of the fitted frames with every track (the model's prior)."""
+        """(n, h, w, 3) uint8: `geometry.warp` of the fitted frames (cameras already fitted, n frames) with
+        every track (the model's prior)."""
         from trackedit_jax.geometry.warp import warp_video
 
         depth = None
@@ -327,19 +332,11 @@ class EditPipeline:
                 raise ValueError(f"source_depth must have the video's frame size {fit.in_size}; got {depth.shape[1:]}")
             depth = fit_depth(depth[:n], fit)
 
-        def cam_of(c: Camera) -> Camera:
-            return fit_camera(Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size), fit)
-
         def cut(t: Tracks) -> Tracks:
             return Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)
 
         return warp_video(
-            frames,
-            cut(source_tracks),
-            cam_of(source_camera),
-            cut(target_tracks),
-            cam_of(target_camera),
-            source_depth=depth,
+            frames, cut(source_tracks), source_camera, cut(target_tracks), target_camera, source_depth=depth
         )
 
     # -------------------------------------------------------------------------------- generation
