@@ -103,6 +103,36 @@ def pad_frames(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)], axis=0)
 
 
+def prior_warp(
+    frames: np.ndarray,
+    source_tracks: Tracks,
+    target_tracks: Tracks,
+    source_camera: Camera,
+    target_camera: Camera,
+    fit: GridFit,
+    source_depth=None,
+) -> np.ndarray:
+    """The warp prior of `warp_prior` models: `geometry.warp` of fitted frames (n, h, w, 3) uint8 with every
+    track (the first n frames of `source_tracks`, `target_tracks` and its ids), cameras already fitted (n
+    frames), and the source depth (F >= n, H, W) of the input frames when given. Returns (n, h, w, 3) uint8."""
+    from trackedit_jax.geometry.warp import warp_video
+
+    n = frames.shape[0]
+    depth = None
+    if source_depth is not None:
+        depth = np.asarray(source_depth, np.float32)
+        if depth.ndim != 3 or depth.shape[0] < n:
+            raise ValueError(f"source_depth must be (F, H, W) with F >= {n} frames; got {depth.shape}")
+        if depth.shape[1:] != tuple(fit.in_size):
+            raise ValueError(f"source_depth must have the video's frame size {fit.in_size}; got {depth.shape[1:]}")
+        depth = fit_depth(depth[:n], fit)
+
+    def cut(t: Tracks) -> Tracks:
+        return Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)
+
+    return warp_video(frames, cut(source_tracks), source_camera, cut(target_tracks), target_camera, source_depth=depth)
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 

@@ -57,11 +57,11 @@ from trackedit_jax.infer.edit_inputs import (
     as_tracks,
     as_uint8_video,
     fit_camera,
-    fit_depth,
     fit_to_grid,
     fit_video,
     pad_frames,
     padded_frame_count,
+    prior_warp,
 )
 
 OUTPUT_SIZES = ("model", "input")
@@ -290,20 +290,16 @@ class EditPipeline:
         def fitted(c: Camera) -> Camera:  # the first n frames, mapped onto the grid
             return fit_camera(Camera(np.asarray(c.intrinsics)[:n], np.asarray(c.extrinsics)[:n], c.image_size), fit)
 
-        def padded(c: Camera) -> Camera:
-            return Camera(
-                pad_frames(np.asarray(c.intrinsics), F_pad), pad_frames(np.asarray(c.extrinsics), F_pad), c.image_size
-            )
+        def padded(c: Camera) -> Camera:  # fit_camera gives numpy arrays
+            return Camera(pad_frames(c.intrinsics, F_pad), pad_frames(c.extrinsics, F_pad), c.image_size)
 
         src_cam, tgt_cam = fitted(source_camera), fitted(target_camera)
 
         def tracks_of(xyz, vis) -> Tracks:
             return Tracks(pad_frames(xyz[:n], F_pad), pad_frames(vis[:n], F_pad))
 
-        warp = None
-        if self.config.warp_prior:
-            warp = self._warp(frames[:n], source_tracks, target_tracks, src_cam, tgt_cam, fit, n, source_depth)
-            warp = pad_frames(warp, F_pad)
+        prior = (frames[:n], source_tracks, target_tracks, src_cam, tgt_cam, fit, source_depth)
+        warp = pad_frames(prior_warp(*prior), F_pad) if self.config.warp_prior else None
 
         return EditInputs(
             video=frames,
@@ -315,28 +311,6 @@ class EditPipeline:
             fit=fit,
             point_indices=keep,
             warp=warp,
-        )
-
-    @staticmethod
-    def _warp(frames, source_tracks, target_tracks, source_camera, target_camera, fit, n, source_depth) -> np.ndarray:
-        """(n, h, w, 3) uint8: `geometry.warp` of the fitted frames (cameras already fitted, n frames) with
-        every track (the model's prior)."""
-        from trackedit_jax.geometry.warp import warp_video
-
-        depth = None
-        if source_depth is not None:
-            depth = np.asarray(source_depth, np.float32)
-            if depth.ndim != 3 or depth.shape[0] < n:
-                raise ValueError(f"source_depth must be (F, H, W) with F >= {n} frames; got {depth.shape}")
-            if depth.shape[1:] != tuple(fit.in_size):
-                raise ValueError(f"source_depth must have the video's frame size {fit.in_size}; got {depth.shape[1:]}")
-            depth = fit_depth(depth[:n], fit)
-
-        def cut(t: Tracks) -> Tracks:
-            return Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)
-
-        return warp_video(
-            frames, cut(source_tracks), source_camera, cut(target_tracks), target_camera, source_depth=depth
         )
 
     # -------------------------------------------------------------------------------- generation
@@ -406,8 +380,7 @@ class EditPipeline:
         if self.config.warp_prior:
             if inputs.warp is None:
                 raise ValueError("this model takes the warp prior: prepare the inputs with `prepare`")
-            warp = jnp.asarray(to_model_range(inputs.warp))[None]
-            prior = _vae_encode(self.vae_graphdef, self.vae_state, warp).astype(jnp.float32)
+            prior = _vae_encode(self.vae_graphdef, self.vae_state, jnp.asarray(to_model_range(inputs.warp))[None])
         cache = _encode_source(
             self.graphdef,
             self.state,
