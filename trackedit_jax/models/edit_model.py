@@ -144,7 +144,7 @@ class EditByTrack(nnx.Module):
         if self.rope_mode == "shared":
             emb = self.side_embedding[...].astype(nu_src.dtype)
             src, tgt = src + emb[0], tgt + emb[1]
-        skip = source_latents
+        skip = None  # the raw patches a source_skip model adds to its output
         if self.warp_prior:
             if prior_latents is None:
                 raise ValueError("this model takes the warp prior: prior_latents (B, f, h, w, C) is required")
@@ -154,13 +154,14 @@ class EditByTrack(nnx.Module):
                     f"prior_latents must have the source latents' shape {source_latents.shape}; "
                     f"got {prior_latents.shape}"
                 )
-            prior = self.dit.patches(prior_latents)[0]
-            tgt = tgt + self.prior_embedding(prior.astype(nu_src.dtype)).astype(nu_src.dtype)
-            skip = prior_latents
+            skip = self.dit.patches(prior_latents)[0]
+            tgt = tgt + self.prior_embedding(skip.astype(nu_src.dtype)).astype(nu_src.dtype)
         elif prior_latents is not None:
             raise ValueError("prior_latents given to a model without warp_prior")
-        patches = self.dit.patches(skip)[0].astype(jnp.float32) if self.source_skip else None
-        return SourceCache(src, tgt, patches)
+        if not self.source_skip:
+            return SourceCache(src, tgt, None)
+        skip = self.dit.patches(source_latents)[0] if skip is None else skip
+        return SourceCache(src, tgt, skip.astype(jnp.float32))
 
     def positions(self, grid: tuple[int, int, int]) -> jax.Array:
         """(2L, 3) int RoPE positions of [source, target] tokens for a token grid (f, h, w)."""
