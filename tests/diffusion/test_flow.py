@@ -86,6 +86,26 @@ def test_uniform_moments_and_range():
     assert abs(sigma.mean() - 0.5) < 0.005 and abs(sigma.var() - 1 / 12) < 0.002
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "logit_normal"])
+def test_pure_noise_fraction_draws_sigma_one_and_otherwise_the_plain_distribution(distribution):
+    n, p = 200_000, 0.3
+    key = jax.random.PRNGKey(2)
+    kw = dict(distribution=distribution, logit_mean=0.8, logit_std=1.0, shift=3.0)
+    sigma = np.asarray(flow.sample_sigmas(key, (n,), pure_noise_fraction=p, **kw))
+    pure = sigma == 1.0
+    assert abs(pure.mean() - p) < 0.005  # binomial standard error ~0.001
+    # the rest is the plain draw from the first half of the split key, element for element
+    plain = np.asarray(flow.sample_sigmas(jax.random.split(key)[0], (n,), **kw))
+    np.testing.assert_array_equal(sigma[~pure], plain[~pure])
+    assert plain.max() < 1.0
+    # 0 is the plain distribution from the same key (existing runs reproduce bit for bit)
+    np.testing.assert_array_equal(
+        flow.sample_sigmas(key, (64,), pure_noise_fraction=0.0, **kw), flow.sample_sigmas(key, (64,), **kw)
+    )
+    with pytest.raises(ValueError, match="pure_noise_fraction"):
+        flow.sample_sigmas(key, (2,), pure_noise_fraction=1.0)
+
+
 @needs_torch
 @pytest.mark.parametrize("scheme", ["none", "cosmap", "sigma_sqrt"])
 def test_loss_weights_match_diffusers(scheme):

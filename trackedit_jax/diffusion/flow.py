@@ -12,6 +12,13 @@ whose output passes through a narrow linear head (a pixel-space DiT with large p
 the per-pixel noise a velocity contains, but can represent clean images, which lie on a low-dimensional
 manifold; `velocity_from_output` divides by max(sigma, SIGMA_MIN) so the conversion stays bounded.
 
+Terminal noise level: no continuous distribution draws sigma = 1 exactly, yet the first sampling step
+starts there from pure noise. A model never trained at sigma = 1 reads the faint signal it learnt to
+expect near 1 out of that noise and paints the noise's pattern into its estimate (Lin et al. 2024,
+"Common diffusion noise schedules and sample steps are flawed"). `pure_noise_fraction` of the training
+samples are drawn at sigma = 1, where the input holds nothing of the target and the best estimate is the
+conditional mean, whatever the noise.
+
 Timestep shift s (Wan/SD3): sigma' = s * sigma / (1 + (s - 1) * sigma), i.e. the signal-to-noise ratio
 (1 - sigma) / sigma is divided by s, so s > 1 spends more steps / training samples at high noise.
 """
@@ -50,12 +57,24 @@ def sample_sigmas(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     shift: float = 1.0,
+    pure_noise_fraction: float = 0.0,
 ) -> jax.Array:
     """Training noise levels, float32 of `shape`.
 
     "uniform": sigma ~ U[0, 1). "logit_normal" (SD3): sigma = sigmoid(n), n ~ N(logit_mean, logit_std^2).
-    The shift is applied afterwards (for logit-normal it adds log(shift) to the logit mean).
+    The shift is applied afterwards (for logit-normal it adds log(shift) to the logit mean). Then each
+    level is replaced by exactly 1 with probability `pure_noise_fraction` (module docstring); with 0 the
+    draw is the plain distribution's, from the same key.
     """
+    if not 0.0 <= pure_noise_fraction < 1.0:
+        raise ValueError(f"pure_noise_fraction must be in [0, 1); got {pure_noise_fraction}")
+    if pure_noise_fraction > 0.0:
+        key, k_pure = jax.random.split(key)
+        pure = jax.random.uniform(k_pure, shape) < pure_noise_fraction
+        sigma = sample_sigmas(
+            key, shape, distribution=distribution, logit_mean=logit_mean, logit_std=logit_std, shift=shift
+        )
+        return jnp.where(pure, jnp.float32(1.0), sigma)
     if distribution == "uniform":
         sigma = jax.random.uniform(key, shape, jnp.float32)
     elif distribution == "logit_normal":

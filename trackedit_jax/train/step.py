@@ -3,7 +3,8 @@
   z_src, z_tgt = normalise(VAE.encode(video))      frozen VAE, or precomputed latents in the batch
   z_warp       = the same for the batch's warp clip (`model.warp_prior` models only)
   cond         = prepare_track_condition(tracks, cameras)       projected, resampled, normalised
-  sigma ~ timestep distribution (uniform / logit-normal, shifted); eps ~ N(0, I)
+  sigma ~ timestep distribution (uniform / logit-normal, shifted; 1 with diffusion.pure_noise_fraction)
+  eps ~ N(0, I)
   x_t = (1 - sigma) z_tgt + sigma eps;  v = eps - z_tgt
   loss = mean over target tokens of w(sigma) |v_hat - v|^2,  w: diffusion.weighting (default 1);
          v_hat = the model's output (diffusion.prediction "velocity") or (x_t - output) / max(sigma, 0.05)
@@ -120,7 +121,13 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     d = config.diffusion
     sigma = jax.vmap(
         lambda k: sample_sigmas(
-            k, (), distribution=d.distribution, logit_mean=d.logit_mean, logit_std=d.logit_std, shift=d.shift
+            k,
+            (),
+            distribution=d.distribution,
+            logit_mean=d.logit_mean,
+            logit_std=d.logit_std,
+            shift=d.shift,
+            pure_noise_fraction=d.get("pure_noise_fraction", 0.0),
         )
     )(k_sigma)
     noise = jax.vmap(lambda k: jax.random.normal(k, z_tgt.shape[1:], jnp.float32))(k_noise)
