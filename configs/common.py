@@ -21,7 +21,8 @@ text               text_len (the one prompt length: text embeddings, WanConfig.t
 diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift, prediction
                    ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py),
                    weighting (per-example loss weight: "none" as Wan; "x0": the clean-sample error),
-                   pure_noise_fraction (share of samples trained at sigma = 1, where sampling starts)
+                   pure_noise_fraction (share of samples trained at sigma = 1, where sampling starts);
+                   optional sample_shift / sample_steps: the exported model's sampler defaults
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
                    ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
                    of every batch: checks exact resume)

@@ -79,11 +79,11 @@ def test_exported_model_reproduces_the_logged_validation_loss(lora_run, exported
     np.testing.assert_allclose(ours, val[0], rtol=2e-5)
 
 
-def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, tmp_path, capsys):
+def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, exported, tmp_path, capsys):
     from trackedit_jax.train import build
 
     out = tmp_path / "ema_model"
-    argv = ["--workdir", str(lora_run), "--out", str(out), "--ema", "--step", "2", "--sample-shift", "2.5"]
+    argv = ["--workdir", str(lora_run), "--out", str(out), "--ema", "--step", "2", "--sample-shift", "2.5", "--sample-steps", "3"]
     assert main(["export", *argv]) == 0
     assert "exported step 2 (EMA)" in capsys.readouterr().out
     config = config_from_json(lora_run / "config.json")
@@ -108,6 +108,7 @@ def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, tmp_
     )
     assert pre.config.source["ema"] and pre.config.source["step"] == 2
     assert pre.config.sample_shift == 2.5 and config.diffusion.get("sample_shift", config.diffusion.shift) != 2.5
+    assert pre.config.sample_steps == 3 and load_pretrained(exported).config.sample_steps == 50
 
 
 def test_export_takes_paths_relative_to_the_working_directory(lora_run, exported, tmp_path, monkeypatch, capsys):
@@ -137,6 +138,7 @@ def test_export_errors_are_one_line(lora_run, exported, tmp_path, capsys):
         ),
         (["--workdir", str(lora_run), "--out", str(tmp_path / "e"), "--tokenizer", "x"], "go together"),
         (["--workdir", str(lora_run), "--out", str(tmp_path / "f"), "--sample-shift", "nan"], "--sample-shift"),
+        (["--workdir", str(lora_run), "--out", str(tmp_path / "g"), "--sample-steps", "0"], "--sample-steps"),
     ]
     for argv, message in cases:
         assert main(["export", *argv]) == 2

@@ -203,6 +203,12 @@ def test_sheep_edit_end_to_end_and_round_trip(tiny_pipe, tiny_parts, sheep_scene
 
     in_memory = EditPipeline(model, vae, config)(frames, tracks, camera, target, camera, num_steps=3, seed=0)
     np.testing.assert_array_equal(in_memory, out.video)  # save -> load changes nothing
+    # without num_steps, the model's own default step count
+    own = EditPipeline(model, vae, dataclasses.replace(config, sample_steps=3)).edit(
+        frames, tracks, camera, target, camera, seed=0
+    )
+    assert own.settings["num_steps"] == 3
+    np.testing.assert_array_equal(own.video, out.video)
     back = tiny_pipe(frames, tracks, camera, target, camera, num_steps=3, seed=0, output_size="input")
     assert back.shape == (9, 406, 406, 3)
     other_seed = tiny_pipe(frames, tracks, camera, target, camera, num_steps=3, seed=1)

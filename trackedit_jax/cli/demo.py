@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="inference directory written by `trackedit export` (default: the built-in model)",
     )
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
 
 
@@ -24,7 +24,7 @@ def run(args) -> int:
 
     from trackedit_jax.cli import UserError
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1; got {args.steps}")
     from trackedit_jax.eval.demo import DEMO_FILES, run_demo
     from trackedit_jax.infer.builtin import resolve_checkpoint

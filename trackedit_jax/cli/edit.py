@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="inference directory written by `trackedit export` (default: the built-in model)",
     )
     parser.add_argument("--out", required=True, help="output video (.mp4/.mov/.mkv/.webm/.gif)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=5.0, help="text CFG scale (used with a prompt; default 5)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--prompt", default="", help="text prompt (needs a text encoder in the checkpoint)")
@@ -151,7 +151,7 @@ def _edit(args) -> int:
     out = pathlib.Path(args.out)
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"--out must be a video file ({', '.join(VIDEO_SUFFIXES)}); got {out}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1; got {args.steps}")
     if args.prompt and args.prompt_embedding:
         raise ValueError("give --prompt or --prompt-embedding, not both")

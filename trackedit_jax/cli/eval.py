@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"data-set seed of --make-pairs (default {DEFAULT_EVAL_SEED}; never a training seed)",
     )
     parser.add_argument("--out", required=True, help="report folder")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--sample-seed", type=int, default=0, help="noise seed of the model's sampler")
     parser.add_argument("--solver", choices=("unipc", "euler"), default="unipc")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many pairs of --data")
@@ -46,7 +46,7 @@ def run(args) -> int:
 
     from trackedit_jax.cli import UserError
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1; got {args.steps}")
     if args.make_pairs is not None and args.make_pairs < 1:
         raise UserError(f"--make-pairs must be >= 1; got {args.make_pairs}")

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the sampler's default timestep shift to record (default: the run's diffusion.sample_shift)",
     )
+    parser.add_argument(
+        "--sample-steps",
+        type=int,
+        default=None,
+        help="the default number of sampling steps to record (default: the run's diffusion.sample_steps, else 50)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
 
@@ -37,6 +43,8 @@ def run(args) -> int:
 
     if args.sample_shift is not None and not (math.isfinite(args.sample_shift) and args.sample_shift > 0):
         raise UserError(f"--sample-shift must be a positive number; got {args.sample_shift}")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise UserError(f"--sample-steps must be >= 1; got {args.sample_steps}")
     if (args.text_encoder is None) != (args.tokenizer is None):
         raise UserError("--text-encoder and --tokenizer go together")
     try:
@@ -50,6 +58,7 @@ def run(args) -> int:
             wan_path=args.wan_path,
             vae_path=args.vae_path,
             sample_shift=args.sample_shift,
+            sample_steps=args.sample_steps,
             overwrite=args.overwrite,
         )
     except FileExistsError as e:

@@ -40,9 +40,10 @@ def frame_strip(rows: dict, *, num_frames: int = 5) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
-def run_demo(pipe, out_dir, *, steps: int = 20, seed: int = 0) -> dict:
-    """Build the showcase pair at the model's grid, edit it, write `DEMO_FILES` into out_dir and return
-    {method: {metric: value}} for model, copy and warp against the ground truth."""
+def run_demo(pipe, out_dir, *, steps: int | None = None, seed: int = 0) -> dict:
+    """Build the showcase pair at the model's grid, edit it (`steps` sampling steps, default the model's),
+    write `DEMO_FILES` into out_dir and return {method: {metric: value}} for model, copy and warp against
+    the ground truth."""
     from data_pipeline.synthetic.generator import SyntheticConfig
     from data_pipeline.synthetic.showcase import showcase_pair
     from trackedit_jax.eval.pairs import from_synthetic

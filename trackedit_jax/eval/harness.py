@@ -184,7 +184,7 @@ def evaluate(
     out_dir,
     *,
     num_pairs: int | None = None,
-    steps: int = 20,
+    steps: int | None = None,
     seed: int = 0,
     solver: str = "unipc",
     num_videos: int = 4,
@@ -195,6 +195,7 @@ def evaluate(
     """Run the model and the baselines on `pairs`, write the report folder, return the metrics.json dict.
 
     pipe: an `EditPipeline`; every pair must be on its grid (frames, height, width).
+    steps: sampling steps (default: the model's `sample_steps`).
     """
     from tqdm.auto import tqdm
 
@@ -202,6 +203,7 @@ def evaluate(
 
     out_dir = pathlib.Path(out_dir)
     cfg = pipe.config
+    steps = cfg.sample_steps if steps is None else int(steps)
     grid = (cfg.num_frames, cfg.height, cfg.width)
     rows, lk_floor = [], []
     t_start = time.perf_counter()

@@ -162,18 +162,22 @@ def export_run(
     wan_path: str | None = None,
     vae_path: str | None = None,
     sample_shift: float | None = None,
+    sample_steps: int | None = None,
     overwrite: bool = False,
 ) -> tuple[pathlib.Path, TrainedModel]:
     """`restore_trained` then `save_pretrained(out_dir, ...)`; returns (out_dir, the restored model).
 
-    sample_shift: the sampler's default timestep shift to record (default: the run's
-    `diffusion.sample_shift`); a sampling choice made after training, on validation pairs."""
+    sample_shift, sample_steps: the sampler's default timestep shift and step count to record (default:
+    the run's `diffusion.sample_shift` / `sample_steps`); sampling choices made after training, on
+    validation pairs."""
     from trackedit_jax import __version__
     from trackedit_jax.infer.pretrained import PretrainedConfig, save_pretrained
 
     out_dir = pathlib.Path(out_dir)
     if sample_shift is not None and not (math.isfinite(sample_shift) and sample_shift > 0):
         raise ValueError(f"sample_shift must be a positive number; got {sample_shift}")
+    if sample_steps is not None and not (isinstance(sample_steps, int) and sample_steps >= 1):
+        raise ValueError(f"sample_steps must be a positive int; got {sample_steps!r}")
     if out_dir.exists() and not overwrite:  # before the (slow) restore
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     trained = restore_trained(workdir, step=step, ema=ema, wan_path=wan_path, vae_path=vae_path)
@@ -188,5 +192,7 @@ def export_run(
     config = PretrainedConfig.from_train_config(trained.config, source=source)
     if sample_shift is not None:
         config = dataclasses.replace(config, sample_shift=float(sample_shift))
+    if sample_steps is not None:
+        config = dataclasses.replace(config, sample_steps=int(sample_steps))
     save_pretrained(out_dir, config, trained.model, trained.vae, text_encoder, tokenizer, overwrite=overwrite)
     return out_dir, trained

@@ -320,18 +320,19 @@ class EditPipeline:
         prompt: str = "",
         *,
         prompt_embedding=None,
-        num_steps: int = 50,
+        num_steps: int | None = None,
         guidance: float = 5.0,
         seed: int = 0,
         solver: str = "unipc",
         shift: float | None = None,
         progress: bool = False,
     ) -> EditOutput:
-        """Encode, sample and decode prepared inputs (steps 5-7 of the module docstring)."""
+        """Encode, sample, decode prepared inputs (module docstring, 5-7); steps/shift: the model's by default."""
         from trackedit_jax.diffusion.samplers import SOLVERS
 
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
+        num_steps = self.config.sample_steps if num_steps is None else num_steps
         if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
         if not math.isfinite(float(guidance)):
@@ -453,7 +454,7 @@ class EditPipeline:
         prompt: str = "",
         *,
         prompt_embedding=None,
-        num_steps: int = 50,
+        num_steps: int | None = None,
         guidance: float = 5.0,
         seed: int = 0,
         solver: str = "unipc",

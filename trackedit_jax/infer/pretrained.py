@@ -72,6 +72,7 @@ class PretrainedConfig:
         and uses at most num_frames frames by default.
       max_tracks: at most this many tracks are given to the model (the training maximum).
       sample_shift: default timestep shift of the sampler.
+      sample_steps: default number of sampling steps (chosen on validation pairs after training).
       prediction: what the network outputs, "velocity" or "sample" (`diffusion.flow.PREDICTIONS`).
       source_skip: the model adds the source latents to its output (`EditByTrack(source_skip=)`).
       warp_prior: the model takes the classical warp as a prior (`EditByTrack(warp_prior=)`).
@@ -88,6 +89,7 @@ class PretrainedConfig:
     width: int
     max_tracks: int
     sample_shift: float = 5.0
+    sample_steps: int = 50
     prediction: str = "velocity"
     source_skip: bool = False
     warp_prior: bool = False
@@ -117,6 +119,7 @@ class PretrainedConfig:
             width=int(d.width),
             max_tracks=int(d.max_tracks),
             sample_shift=float(config.diffusion.get("sample_shift", config.diffusion.shift)),
+            sample_steps=int(config.diffusion.get("sample_steps", 50)),
             prediction=str(config.diffusion.get("prediction", "velocity")),
             source_skip=bool(config.model.get("source_skip", False)),
             warp_prior=bool(config.model.get("warp_prior", False)),
@@ -151,7 +154,7 @@ class PretrainedConfig:
                 "width": self.width,
                 "max_tracks": self.max_tracks,
             },
-            "sampling": {"shift": self.sample_shift, "prediction": self.prediction},
+            "sampling": {"shift": self.sample_shift, "steps": self.sample_steps, "prediction": self.prediction},
             "source": self.source,
         }
 
@@ -179,6 +182,7 @@ class PretrainedConfig:
                 width=int(g["width"]),
                 max_tracks=int(g["max_tracks"]),
                 sample_shift=float(data.get("sampling", {}).get("shift", 5.0)),
+                sample_steps=int(data.get("sampling", {}).get("steps", 50)),
                 prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
                 source_skip=bool(m.get("source_skip", False)),
                 warp_prior=bool(m.get("warp_prior", False)),

@@ -245,12 +245,12 @@ class ModelCache:
         return self._pipe
 
 
-def edit_work(scene: Scene, text, allowed: list[pathlib.Path], models: ModelCache, *, steps: int, seed: int):
+def edit_work(scene: Scene, text, allowed: list[pathlib.Path], models: ModelCache, *, steps: int | None, seed: int):
     """Validate the job's spec now (a bad spec is refused before any job starts) and return the job's work:
     `work(job, tmp_dir)` writes edited.mp4 (the model grid), side_by_side.mp4 (source | source tracks |
     target tracks over the result | result), target.npz, edit.yaml and report.txt into tmp_dir and keeps
-    the edited frames (F, h, w, 3) uint8 in job.result["video"]."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000:
+    the edited frames (F, h, w, 3) uint8 in job.result["video"]. steps None: the model's default."""
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000):
         raise StudioError(f"steps must be an integer in [1, 1000]; got {steps!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise StudioError(f"seed must be an integer; got {seed!r}")

@@ -196,7 +196,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._json(200, api.preview(s.scene, body.get("spec"), s.allowed, s.limits))
         if method == "POST" and path == "/api/jobs":
             work = api.edit_work(
-                s.scene, body.get("spec"), s.allowed, s.models, steps=body.get("steps", 20), seed=body.get("seed", 0)
+                s.scene, body.get("spec"), s.allowed, s.models, steps=body.get("steps"), seed=body.get("seed", 0)
             )
             return self._json(200, s.jobs.submit(work).status())
         if m := re.fullmatch(

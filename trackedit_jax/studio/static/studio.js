@@ -382,7 +382,7 @@ function download() {
 async function runJob() {
   showError("");
   try {
-    const job = await api("POST", "/api/jobs", { spec: $("spec").value, steps: Number($("steps").value), seed: Number($("seed").value) });
+    const job = await api("POST", "/api/jobs", { spec: $("spec").value, steps: $("steps").value === "" ? null : Number($("steps").value), seed: Number($("seed").value) });
     S.job = job; $("run").disabled = true; $("cancel").disabled = false;
     pollJob();
   } catch (e) { showError(e.message); }
