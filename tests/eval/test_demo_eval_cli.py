@@ -28,11 +28,11 @@ def test_builtin_model_is_small_and_complete():
 
 @pytest.fixture(scope="module")
 def demo(pipe, tmp_path_factory):
-    """(output folder, scores) of one 10-step demo run."""
+    """(output folder, scores) of one demo run with the model's default sampling (what `make demo` runs)."""
     from trackedit_jax.eval.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(pipe, out, steps=10)
+    return out, run_demo(pipe, out)
 
 
 def test_demo_writes_its_files_with_finite_scores(pipe, demo):
