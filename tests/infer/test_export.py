@@ -83,7 +83,8 @@ def test_ema_export_merges_the_ema_adapters_into_the_rebuilt_base(lora_run, expo
     from trackedit_jax.train import build
 
     out = tmp_path / "ema_model"
-    argv = ["--workdir", str(lora_run), "--out", str(out), "--ema", "--step", "2", "--sample-shift", "2.5", "--sample-steps", "3"]
+    argv = ["--workdir", str(lora_run), "--out", str(out), "--ema", "--step", "2"]
+    argv += ["--sample-shift", "2.5", "--sample-steps", "3"]
     assert main(["export", *argv]) == 0
     assert "exported step 2 (EMA)" in capsys.readouterr().out
     config = config_from_json(lora_run / "config.json")
