@@ -57,6 +57,9 @@ def _dtype_name(d) -> str:
     return jnp.dtype(d).name
 
 
+DEFAULT_SAMPLE_STEPS = 50  # a model that records no step count (the paper samples Wan with 50)
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainedConfig:
     """What `config.json` of a pretrained directory holds.
@@ -89,7 +92,7 @@ class PretrainedConfig:
     width: int
     max_tracks: int
     sample_shift: float = 5.0
-    sample_steps: int = 50
+    sample_steps: int = DEFAULT_SAMPLE_STEPS
     prediction: str = "velocity"
     source_skip: bool = False
     warp_prior: bool = False
@@ -119,7 +122,7 @@ class PretrainedConfig:
             width=int(d.width),
             max_tracks=int(d.max_tracks),
             sample_shift=float(config.diffusion.get("sample_shift", config.diffusion.shift)),
-            sample_steps=int(config.diffusion.get("sample_steps", 50)),
+            sample_steps=int(config.diffusion.get("sample_steps", DEFAULT_SAMPLE_STEPS)),
             prediction=str(config.diffusion.get("prediction", "velocity")),
             source_skip=bool(config.model.get("source_skip", False)),
             warp_prior=bool(config.model.get("warp_prior", False)),
@@ -182,7 +185,7 @@ class PretrainedConfig:
                 width=int(g["width"]),
                 max_tracks=int(g["max_tracks"]),
                 sample_shift=float(data.get("sampling", {}).get("shift", 5.0)),
-                sample_steps=int(data.get("sampling", {}).get("steps", 50)),
+                sample_steps=int(data.get("sampling", {}).get("steps", DEFAULT_SAMPLE_STEPS)),
                 prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
                 source_skip=bool(m.get("source_skip", False)),
                 warp_prior=bool(m.get("warp_prior", False)),
