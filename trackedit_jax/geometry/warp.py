@@ -176,10 +176,17 @@ def warp_video(
     # per source point: its primary target point, and its copies (duplication)
     primary = np.full(xs_src.shape[1], -1)
     primary[ids[first]] = np.flatnonzero(first)
-    copies = [(int(ids[k]), k) for k in np.flatnonzero(~first)]
     copy_of: dict[int, list[int]] = {}
-    for s, kk in copies:
-        copy_of.setdefault(s, []).append(kk)
+    for k in np.flatnonzero(~first):
+        copy_of.setdefault(int(ids[k]), []).append(int(k))
+    # copy_ranks[r]: per source point, the target point of its r-th copy (-1: none)
+    copy_ranks = []
+    for rank in range(max((len(v) for v in copy_of.values()), default=0)):
+        target_k = np.full(xs_src.shape[1], -1)
+        for s, ks in copy_of.items():
+            if rank < len(ks):
+                target_k[s] = ks[rank]
+        copy_ranks.append(target_k)
     cand = np.flatnonzero(primary >= 0)
 
     uv_s, z_s = project(xs_src, source_camera)
@@ -205,7 +212,7 @@ def warp_video(
             continue
         tcam_f = Camera(tgt_cam.intrinsics[f : f + 1], tgt_cam.extrinsics[f : f + 1], tgt_cam.image_size)
         goal = np.zeros_like(xs_src[f])
-        goal[cand] = xs_tgt[f, primary[cand]]  # where each source point is at target time f
+        goal[cand] = xs_tgt[f, primary[cand]]  # where each source point is at target time f (any source frame)
 
         def layer(points: np.ndarray, sel: np.ndarray, jinv, zbuf, coords, near=None, cam=tcam_f):
             """Splat points[sel] ((P, 3) world points of a source frame's pixels), only those that land
@@ -230,11 +237,7 @@ def warp_video(
         jinv = layer(src.moved(goal), src.ok, None, zbuf, coords)
         # duplicated neighbourhoods are drawn again, once per copy, with the copies' displacements
         # (and the original's Jacobians: a copy is the same surface moved)
-        for rank in range(max((len(v) for v in copy_of.values()), default=0)):
-            target_k = np.full(xs_src.shape[1], -1)
-            for s, ks in copy_of.items():
-                if rank < len(ks):
-                    target_k[s] = ks[rank]
+        for target_k in copy_ranks:
             dup = target_k[src.nb] >= 0
             sel = (np.sum(src.w * dup, axis=-1) > 0.5) & src.ok
             if not sel.any():
@@ -251,12 +254,10 @@ def warp_video(
             if s == f or lift(s).empty:
                 continue
             other = lift(s)
-            goal_s = np.zeros_like(xs_src[s])
-            goal_s[cand] = xs_tgt[f, primary[cand]]
             zb = np.full((H, W), np.inf)
             co = np.zeros((H, W, 2))
             near = cv2.dilate(holes.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-            layer(other.moved(goal_s), other.ok, None, zb, co, near)
+            layer(other.moved(goal), other.ok, None, zb, co, near)
             got = holes & np.isfinite(zb)
             img[got] = colours(s, co)[got]
             holes &= ~got
