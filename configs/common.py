@@ -13,6 +13,8 @@ model.source_skip  the output is the source latents plus the network's (zero-ini
 model.warp_prior   the model is also given the classical warp of the source into the target view
                    (`geometry.warp`), and a source_skip model adds its change to the warp instead of
                    the source; the data carries the warp (off in the paper presets)
+model.warp_coverage  a warp_prior model also reads the warp's coverage clip (where the warp filled a pixel
+                   from another frame or inpainted it, `geometry.warp.coverage_video`); the data carries it
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
 vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
                    spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
@@ -78,6 +80,7 @@ def base_config() -> ConfigDict:
     c.model.rope_mode = "sequential"
     c.model.source_skip = False
     c.model.warp_prior = False
+    c.model.warp_coverage = False
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))

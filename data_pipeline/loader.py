@@ -27,6 +27,8 @@ Batch keys, exactly (B = batch_size, F = num_frames, N = max_tracks; `batch_spec
   edit_family                           (B,) int32 index into schema.EDIT_FAMILIES
   warp_video (B, F, H, W, 3) uint8                              only with with_warp (the records' warp
                                                                 frames, cropped like the target clip)
+  warp_coverage (B, F, H, W, 3) uint8                           only with with_warp and with_coverage
+                                                                (`geometry.warp.coverage_video`)
   text_embedding (B, L, D) float32 and text_mask (B, L) bool   only when text_len > 0
   record_index (B,) int64                                       only when return_record_index (debug)
 
@@ -52,6 +54,7 @@ import numpy as np
 from data_pipeline.schema import EDIT_FAMILIES, PairRecord, RecordError, family_id
 from data_pipeline.shards import PairRecordSource, ShardError
 from trackedit_jax.geometry import Camera, in_front, in_image, project
+from trackedit_jax.geometry.warp import coverage_video
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +99,7 @@ class LoaderConfig:
     require_visible: bool = True
     text_len: int = 0  # > 0: emit text_embedding/text_mask padded to this length
     with_warp: bool = False  # emit warp_video (records must hold warp frames)
+    with_coverage: bool = False  # with with_warp, also emit warp_coverage (records must hold warp_coverage)
     drop_remainder: bool = True
     return_record_index: bool = False
 
@@ -227,6 +231,11 @@ class PairTransform:
         out: dict = {"source_video": videos["source"], "target_video": videos["target"]}
         if cfg.with_warp:
             out["warp_video"] = videos["warp"]
+        if cfg.with_warp and cfg.with_coverage:
+            if rec.warp_coverage is None:
+                raise ValueError(f"record {rec.key!r} has no warp_coverage (made before coverage was stored)")
+            v = coverage_video(rec.warp_coverage[fidx])[:, y0 : y0 + ch_i, x0 : x0 + cw_i]
+            out["warp_coverage"] = _resize(np.ascontiguousarray(v), Ho, Wo)
         Ks = crop_intrinsics(rec.source_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)
         Kt = crop_intrinsics(rec.target_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)
         Es, Et = rec.source_extrinsics[fidx], rec.target_extrinsics[fidx]
@@ -400,6 +409,8 @@ def batch_spec(
         clips = {"source_video": ((B, F, H, W, 3), np.uint8), "target_video": ((B, F, H, W, 3), np.uint8)}
         if config.with_warp:
             clips["warp_video"] = ((B, F, H, W, 3), np.uint8)
+        if config.with_warp and config.with_coverage:
+            clips["warp_coverage"] = ((B, F, H, W, 3), np.uint8)
     else:
         if len(latent_shape) != 4:
             raise ValueError(f"latent_shape must be (f, h, w, C); got {tuple(latent_shape)}")
@@ -407,6 +418,8 @@ def batch_spec(
         clips = {"source_latents": (lat, np.float32), "target_latents": (lat, np.float32)}
         if config.with_warp:
             clips["warp_latents"] = (lat, np.float32)
+        if config.with_warp and config.with_coverage:
+            clips["coverage_latents"] = (lat, np.float32)
     spec = {
         **clips,
         "source_xyz": ((B, F, N, 3), np.float32),

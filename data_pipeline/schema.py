@@ -18,6 +18,8 @@ Fields (`PairRecord`):
   warp_frames               optional F byte strings (codec as above): the source clip moved into the target
                             view by the classical warp (`trackedit_jax.geometry.warp`), the prior of
                             `model.warp_prior` models
+  warp_coverage             optional (F, H, W) uint8: where each warp pixel came from (0 its own source
+                            frame, 1 another source frame, 2 inpainting; `geometry.warp`)
   source_latents, target_latents   optional float arrays (any shape), e.g. VAE latents (f, h, w, C)
   text_embedding, text_mask optional (L, D) float32 and (L,) bool
   prompt                    str (may be empty)
@@ -147,6 +149,7 @@ class PairRecord:
     source_depth: np.ndarray | None = None
     target_depth: np.ndarray | None = None
     warp_frames: list | None = None
+    warp_coverage: np.ndarray | None = None
     source_latents: np.ndarray | None = None
     target_latents: np.ndarray | None = None
     text_embedding: np.ndarray | None = None
@@ -267,10 +270,12 @@ class PairRecord:
             if ids.min() < 0 or ids.max() >= N:
                 fail(f"source_ids must index the N={N} tracks; got range [{ids.min()}, {ids.max()}]")
         H, W = self.image_size
-        for name in ("source_depth", "target_depth"):
+        for name in ("source_depth", "target_depth", "warp_coverage"):
             d = getattr(self, name)
             if d is not None and (not isinstance(d, np.ndarray) or d.shape != (F, H, W)):
                 fail(f"{name} must be (F, H, W) = {(F, H, W)}; got {getattr(d, 'shape', None)}")
+        if self.warp_coverage is not None and (self.warp_frames is None or self.warp_coverage.dtype != np.uint8):
+            fail("warp_coverage must be uint8 and comes with warp_frames")
         if (self.text_embedding is None) != (self.text_mask is None):
             fail("text_embedding and text_mask come together")
         if self.text_embedding is not None:
@@ -299,6 +304,7 @@ _ARRAY_FIELDS = (
     "source_ids",
     "source_depth",
     "target_depth",
+    "warp_coverage",
     "source_latents",
     "target_latents",
     "text_embedding",

@@ -305,15 +305,14 @@ def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metad
         **extra,
     )
     if config.with_warp:  # from the decoded source clip: what a model is given at inference
-        rec.warp_frames = encode_frames(
-            record_warp(rec, pair.source_render["depth"]), config.codec, config.jpeg_quality
-        )
+        warp, rec.warp_coverage = record_warp(rec, pair.source_render["depth"])
+        rec.warp_frames = encode_frames(warp, config.codec, config.jpeg_quality)
     return rec
 
 
-def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> np.ndarray:
-    """(F, H, W, 3) uint8: the record's source clip moved into the target view by `geometry.warp`, with
-    all its tracks (and the source depth (F, H, W) when given)."""
+def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The record's source clip moved into the target view by `geometry.warp`, with all its tracks (and
+    the source depth (F, H, W) when given): (F, H, W, 3) uint8 frames and (F, H, W) uint8 coverage."""
     from trackedit_jax.geometry.warp import warp_video
 
     size = tuple(rec.image_size)
@@ -324,6 +323,7 @@ def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> np.n
         Tracks(rec.target_xyz, rec.target_visibility, rec.source_ids),
         Camera(rec.target_intrinsics, rec.target_extrinsics, size),
         source_depth=None if source_depth is None else np.asarray(source_depth, np.float32),
+        return_coverage=True,
     )
 
 

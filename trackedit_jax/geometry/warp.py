@@ -25,6 +25,9 @@ import numpy as np
 from trackedit_jax.geometry.projection import project, unproject
 from trackedit_jax.geometry.types import Camera, Tracks
 
+# where a warped pixel's colour came from (`warp_video(return_coverage=True)`)
+COVERED, FROM_OTHER_FRAME, INPAINTED = 0, 1, 2
+
 
 def _pixel_grid(H: int, W: int) -> np.ndarray:
     ys, xs = np.mgrid[0:H, 0:W]
@@ -153,7 +156,8 @@ def warp_video(
     neighbours: int = 4,
     inpaint_radius: int = 3,
     temporal_fill: bool = True,
-) -> np.ndarray:
+    return_coverage: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The warp baseline (module docstring).
 
     Args:
@@ -161,8 +165,11 @@ def warp_video(
       source_tracks, target_tracks: paired tracks (target point k pairs with source point ids[k]).
       source_depth: optional (F, H, W) camera-z depth of the source frames.
       temporal_fill: fill empty pixels from the other source frames before inpainting (step 4).
+      return_coverage: also return where each pixel came from.
     Returns:
-      (F, H, W, 3) uint8 target frames.
+      (F, H, W, 3) uint8 target frames; with return_coverage also (F, H, W) uint8 coverage: COVERED (0)
+      where frame f's own pixels landed, FROM_OTHER_FRAME (1) where another source frame filled the
+      pixel, INPAINTED (2) where only inpainting did.
     """
     import cv2
 
@@ -205,6 +212,7 @@ def warp_video(
         return lifted[s]
 
     out = np.empty_like(video)
+    coverage = np.zeros((F, H, W), np.uint8)
     for f in range(F):
         src = lift(f)
         if src.empty:
@@ -248,6 +256,7 @@ def warp_video(
             layer(src.world + np.einsum("pk,pkc->pc", wd, dd), sel, jinv, zbuf, coords)
         img = colours(f, coords)
         holes = ~np.isfinite(zbuf)
+        coverage[f][holes] = FROM_OTHER_FRAME
         for s in sorted(range(F), key=lambda s: (abs(s - f), s)) if temporal_fill else ():
             if not holes.any():
                 break
@@ -263,5 +272,17 @@ def warp_video(
             holes &= ~got
         if holes.any():
             img = cv2.inpaint(img, holes.astype(np.uint8), inpaint_radius, cv2.INPAINT_TELEA)
+        coverage[f][holes] = INPAINTED
         out[f] = img
+    return (out, coverage) if return_coverage else out
+
+
+def coverage_video(coverage: np.ndarray) -> np.ndarray:
+    """(F, H, W) uint8 coverage of `warp_video` -> (F, H, W, 3) uint8 clip a model reads like a video:
+    channel 0 is 255 where frame f's own pixels did not land, channel 1 is 255 where only inpainting
+    filled the pixel, channel 2 is 0."""
+    c = np.asarray(coverage)
+    out = np.zeros((*c.shape, 3), np.uint8)
+    out[..., 0] = np.where(c != COVERED, 255, 0)
+    out[..., 1] = np.where(c == INPAINTED, 255, 0)
     return out

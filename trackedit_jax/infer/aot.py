@@ -62,7 +62,8 @@ def plan_edit_step(
         return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
 
     latents, xyz, valid = sds((1, f, h, w, wan.in_dim)), sds((1, f, N, 3)), sds((1, f, N), jnp.bool_)
-    prior = latents if build.warp_prior(config) else None
+    k = 2 if build.warp_coverage(config) else 1
+    prior = sds((1, f, h, w, wan.in_dim * k)) if build.warp_prior(config) else None
     abs_cache = jax.eval_shape(
         lambda st, *a, prior: nnx.merge(graphdef, st).encode_source(*a, prior_latents=prior),
         abs_state,

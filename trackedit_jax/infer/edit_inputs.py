@@ -111,11 +111,12 @@ def prior_warp(
     target_camera: Camera,
     fit: GridFit,
     source_depth=None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """The warp prior of `warp_prior` models: `geometry.warp` of fitted frames (n, h, w, 3) uint8 with every
     track (the first n frames of `source_tracks`, `target_tracks` and its ids), cameras already fitted (n
-    frames), and the source depth (F >= n, H, W) of the input frames when given. Returns (n, h, w, 3) uint8."""
-    from trackedit_jax.geometry.warp import warp_video
+    frames), and the source depth (F >= n, H, W) of the input frames when given. Returns (n, h, w, 3) uint8
+    frames and their (n, h, w, 3) uint8 coverage clip (`geometry.warp.coverage_video`)."""
+    from trackedit_jax.geometry.warp import coverage_video, warp_video
 
     n = frames.shape[0]
     depth = None
@@ -130,7 +131,16 @@ def prior_warp(
     def cut(t: Tracks) -> Tracks:
         return Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)
 
-    return warp_video(frames, cut(source_tracks), source_camera, cut(target_tracks), target_camera, source_depth=depth)
+    warp, coverage = warp_video(
+        frames,
+        cut(source_tracks),
+        source_camera,
+        cut(target_tracks),
+        target_camera,
+        source_depth=depth,
+        return_coverage=True,
+    )
+    return warp, coverage_video(coverage)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -147,6 +157,7 @@ class EditInputs:
     fit: the resize / crop applied; point_indices: target points kept (None = all).
     warp: (F_pad, h, w, 3) uint8, the source moved into the target view by `geometry.warp` with all the
       given tracks (the prior of `warp_prior` models), else None.
+    warp_coverage: (F_pad, h, w, 3) uint8 coverage clip of `warp` (`warp_coverage` models), else None.
     """
 
     video: np.ndarray
@@ -158,6 +169,7 @@ class EditInputs:
     fit: GridFit
     point_indices: np.ndarray | None = None
     warp: np.ndarray | None = None
+    warp_coverage: np.ndarray | None = None
 
     def trimmed(self) -> EditInputs:
         """The same inputs without the padding frames (num_frames frames)."""
@@ -168,6 +180,7 @@ class EditInputs:
             self,
             video=self.video[:n],
             warp=None if self.warp is None else self.warp[:n],
+            warp_coverage=None if self.warp_coverage is None else self.warp_coverage[:n],
             source_tracks=cut_t(self.source_tracks),
             source_camera=cut_c(self.source_camera),
             target_tracks=cut_t(self.target_tracks),

@@ -299,7 +299,10 @@ class EditPipeline:
             return Tracks(pad_frames(xyz[:n], F_pad), pad_frames(vis[:n], F_pad))
 
         prior = (frames[:n], source_tracks, target_tracks, src_cam, tgt_cam, fit, source_depth)
-        warp = pad_frames(prior_warp(*prior), F_pad) if self.config.warp_prior else None
+        warp = coverage = None
+        if self.config.warp_prior:
+            warp, coverage = (pad_frames(v, F_pad) for v in prior_warp(*prior))
+            coverage = coverage if self.config.warp_coverage else None
 
         return EditInputs(
             video=frames,
@@ -311,6 +314,7 @@ class EditPipeline:
             fit=fit,
             point_indices=keep,
             warp=warp,
+            warp_coverage=coverage,
         )
 
     # -------------------------------------------------------------------------------- generation
@@ -381,7 +385,15 @@ class EditPipeline:
         if self.config.warp_prior:
             if inputs.warp is None:
                 raise ValueError("this model takes the warp prior: prepare the inputs with `prepare`")
-            prior = _vae_encode(self.vae_graphdef, self.vae_state, jnp.asarray(to_model_range(inputs.warp))[None])
+            clips = [inputs.warp]
+            if self.config.warp_coverage:
+                if inputs.warp_coverage is None:
+                    raise ValueError("this model reads the warp's coverage: prepare the inputs with `prepare`")
+                clips.append(inputs.warp_coverage)
+            prior = jnp.concatenate(
+                [_vae_encode(self.vae_graphdef, self.vae_state, jnp.asarray(to_model_range(c))[None]) for c in clips],
+                axis=-1,
+            )
         cache = _encode_source(
             self.graphdef,
             self.state,

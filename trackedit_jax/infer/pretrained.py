@@ -79,6 +79,7 @@ class PretrainedConfig:
       prediction: what the network outputs, "velocity" or "sample" (`diffusion.flow.PREDICTIONS`).
       source_skip: the model adds the source latents to its output (`EditByTrack(source_skip=)`).
       warp_prior: the model takes the classical warp as a prior (`EditByTrack(warp_prior=)`).
+      warp_coverage: the prior includes the warp's coverage (`EditByTrack(warp_coverage=)`).
       source: provenance (run directory, step, EMA, ...), free-form.
     """
 
@@ -96,6 +97,7 @@ class PretrainedConfig:
     prediction: str = "velocity"
     source_skip: bool = False
     warp_prior: bool = False
+    warp_coverage: bool = False
     source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -126,6 +128,7 @@ class PretrainedConfig:
             prediction=str(config.diffusion.get("prediction", "velocity")),
             source_skip=bool(config.model.get("source_skip", False)),
             warp_prior=bool(config.model.get("warp_prior", False)),
+            warp_coverage=bool(config.model.get("warp_coverage", False)),
             source=dict(source or {}),
         )
 
@@ -148,6 +151,7 @@ class PretrainedConfig:
                 "rope_mode": self.rope_mode,
                 "source_skip": self.source_skip,
                 "warp_prior": self.warp_prior,
+                "warp_coverage": self.warp_coverage,
             },
             "vae": vae,
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
@@ -189,6 +193,7 @@ class PretrainedConfig:
                 prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
                 source_skip=bool(m.get("source_skip", False)),
                 warp_prior=bool(m.get("warp_prior", False)),
+                warp_coverage=bool(m.get("warp_coverage", False)),
                 source=dict(data.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -444,6 +449,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
             rope_mode=config.rope_mode,
             source_skip=config.source_skip,
             warp_prior=config.warp_prior,
+            warp_coverage=config.warp_coverage,
             rngs=nnx.Rngs(0),
         )
     )

@@ -56,7 +56,7 @@ class SourceCache:
 class EditByTrack(nnx.Module):
     """The edit model. Parameters: `dit` (the Wan backbone, optionally with LoRA), `conditioner`,
     in "shared" RoPE mode `side_embedding` (2, D), and in `warp_prior` models `prior_embedding`
-    (pt*ph*pw*C_in -> D).
+    (pt*ph*pw*C_in*k -> D, k = 2 with `warp_coverage`, else 1).
 
     Args:
       wan: `WanConfig` of the backbone (set `lora_rank` for LoRA fine-tuning).
@@ -65,6 +65,8 @@ class EditByTrack(nnx.Module):
       source_skip: add the source latents to the output (the model predicts the target clip, x0, as the
         source plus a change; see module docstring). Needs in_dim == out_dim.
       warp_prior: take the warp's latents as a further input (see module docstring).
+      warp_coverage: the prior also stacks the latents of the warp's coverage clip
+        (`geometry.warp.coverage_video`) after the warp's on the channel axis: where the warp guessed.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class EditByTrack(nnx.Module):
         rope_mode: str = "sequential",
         source_skip: bool = False,
         warp_prior: bool = False,
+        warp_coverage: bool = False,
         rngs: nnx.Rngs,
     ):
         if rope_mode not in ROPE_MODES:
@@ -84,7 +87,10 @@ class EditByTrack(nnx.Module):
         self.wan_config = wan
         self.rope_mode = rope_mode
         self.source_skip = source_skip
+        if warp_coverage and not warp_prior:
+            raise ValueError("warp_coverage needs warp_prior")
         self.warp_prior = warp_prior
+        self.prior_clips = (2 if warp_coverage else 1) if warp_prior else 0
         self.dit = WanDiT(wan, rngs=rngs)
         if source_skip:
             # zero head: the untrained model returns the source exactly
@@ -96,7 +102,7 @@ class EditByTrack(nnx.Module):
             self.side_embedding = param(rngs, nnx.initializers.normal(0.02), (2, wan.dim), (None, "embed"), jnp.float32)
         if warp_prior:  # created last: the other parameters draw the same keys with or without it
             self.prior_embedding = LoRALinear(
-                wan.patch_volume * wan.in_dim,
+                wan.patch_volume * wan.in_dim * self.prior_clips,
                 wan.dim,
                 logical_axes=("patch", "embed"),
                 param_dtype=wan.param_dtype,
@@ -127,8 +133,9 @@ class EditByTrack(nnx.Module):
           source_latents: (B, f, h, w, C_in) clean (normalised) source VAE latents.
           source_xyz, target_xyz: (B, f, N, 3) projected tracks (x, y in [-1, 1], z in [0, 1]).
           source_valid, target_valid: (B, f, N) bool.
-          prior_latents: (B, f, h, w, C_in) normalised latents of the warp clip; required by (and only
-            accepted by) `warp_prior` models.
+          prior_latents: (B, f, h, w, C_in * k) normalised latents of the warp clip (k = 1), then of its
+            coverage clip (k = 2, `warp_coverage` models); required by (and only accepted by) `warp_prior`
+            models.
         Returns:
           SourceCache with (B, L, D) source tokens and target track tokens.
         """
@@ -148,14 +155,17 @@ class EditByTrack(nnx.Module):
         if self.warp_prior:
             if prior_latents is None:
                 raise ValueError("this model takes the warp prior: prior_latents (B, f, h, w, C) is required")
-            self._check_latents("prior_latents", prior_latents)
-            if prior_latents.shape != source_latents.shape:
+            want = (*source_latents.shape[:-1], source_latents.shape[-1] * self.prior_clips)
+            if prior_latents.shape != want:
                 raise ValueError(
-                    f"prior_latents must have the source latents' shape {source_latents.shape}; "
+                    f"prior_latents must have shape {want} (B, f, h, w, C * {self.prior_clips}); "
                     f"got {prior_latents.shape}"
                 )
-            skip = self.dit.patches(prior_latents)[0]
-            tgt = tgt + self.prior_embedding(skip.astype(nu_src.dtype)).astype(nu_src.dtype)
+            C = source_latents.shape[-1]
+            clips = [self.dit.patches(prior_latents[..., i * C : (i + 1) * C])[0] for i in range(self.prior_clips)]
+            skip = clips[0]  # the warp (the coverage only informs the change)
+            prior = jnp.concatenate(clips, axis=-1).astype(nu_src.dtype)
+            tgt = tgt + self.prior_embedding(prior).astype(nu_src.dtype)
         elif prior_latents is not None:
             raise ValueError("prior_latents given to a model without warp_prior")
         if not self.source_skip:

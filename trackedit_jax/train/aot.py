@@ -260,6 +260,7 @@ def plan_training_step(
         num_tracks=int(config.data.max_tracks),
         text_tokens=int(config.text.text_len),
         warp_prior=build.warp_prior(config),
+        prior_clips=2 if build.warp_coverage(config) else 1,
     )
     model = 3.0 * B * sum(parts.values())
     executed = executed_train_step_flops(

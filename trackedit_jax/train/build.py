@@ -88,6 +88,7 @@ def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
         rope_mode=config.model.rope_mode,
         source_skip=bool(config.model.get("source_skip", False)),
         warp_prior=warp_prior(config),
+        warp_coverage=warp_coverage(config),
         rngs=nnx.Rngs(seed),
     )
 
@@ -95,6 +96,12 @@ def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
 def warp_prior(config: ConfigDict) -> bool:
     """Whether the model takes the classical warp as a prior (`model.warp_prior`): batches then carry it."""
     return bool(config.model.get("warp_prior", False))
+
+
+def warp_coverage(config: ConfigDict) -> bool:
+    """Whether a warp-prior model also reads where the warp guessed (`model.warp_coverage`): batches then
+    carry `warp_coverage`."""
+    return warp_prior(config) and bool(config.model.get("warp_coverage", False))
 
 
 def trainable(config: ConfigDict):

@@ -57,7 +57,14 @@ def train_step_flops(wan, *, latent_shape: tuple[int, int, int], text_tokens: in
 
 
 def edit_model_forward_parts(
-    wan, cond, *, latent_shape: tuple[int, int, int], num_tracks: int, text_tokens: int, warp_prior: bool = False
+    wan,
+    cond,
+    *,
+    latent_shape: tuple[int, int, int],
+    num_tracks: int,
+    text_tokens: int,
+    warp_prior: bool = False,
+    prior_clips: int = 1,
 ) -> dict[str, float]:
     """Forward matmul FLOPs of one example through `EditByTrack`, by kind (all floats):
 
@@ -73,7 +80,8 @@ def edit_model_forward_parts(
 
     Args:
       wan: `WanConfig`; cond: `ConditionerConfig`; latent_shape: (f, h, w) latent grid of one side;
-      num_tracks: N (the padded track count the model sees); text_tokens: T; warp_prior: the model's flag.
+      num_tracks: N (the padded track count the model sees); text_tokens: T; warp_prior: the model's flag;
+      prior_clips: clips the prior stacks (2 with `warp_coverage`).
     """
     f, h, w = latent_shape
     pt, ph, pw = wan.patch_size
@@ -117,7 +125,7 @@ def edit_model_forward_parts(
         "conditioner": float(lin),
         "conditioner_inputs": float(encodings),
         "conditioner_attention": float(cattn + temporal_attn),
-        "prior_inputs": float(2 * L * wan.in_dim * pt * ph * pw * d if warp_prior else 0),
+        "prior_inputs": float(2 * L * wan.in_dim * prior_clips * pt * ph * pw * d if warp_prior else 0),
     }
 
 

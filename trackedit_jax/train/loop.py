@@ -135,6 +135,7 @@ def make_iterator(config: ConfigDict, path: str, *, seed: int, repeat: bool = Tr
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         with_warp=build.warp_prior(config),
+        with_coverage=build.warp_coverage(config),
     )
     return make_grain_iterator(path, loader_cfg)
 

@@ -134,6 +134,7 @@ class TrainingSetup:
             batch_size=int(config.train.batch_size),
             text_len=int(config.text.text_len),
             with_warp=build.warp_prior(config),
+            with_coverage=build.warp_coverage(config),
         )
         spec = batch_spec(
             loader,

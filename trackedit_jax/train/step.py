@@ -78,10 +78,18 @@ def batch_latents(vae, batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def batch_prior(vae, batch: dict) -> jax.Array | None:
-    """Latents of the batch's warp clip (`warp_latents`, or `warp_video` through the VAE); None without."""
-    if "warp_latents" in batch:
-        return batch["warp_latents"]
-    return video_to_latents(vae, batch["warp_video"]) if "warp_video" in batch else None
+    """Latents of the batch's warp clip (`warp_latents`, or `warp_video` through the VAE), followed on the
+    channel axis by those of its coverage clip when the batch has one (`coverage_latents` or
+    `warp_coverage`): (B, f, h, w, C) or (B, f, h, w, 2C); None without a warp."""
+    clips = []
+    for latents, video in (("warp_latents", "warp_video"), ("coverage_latents", "warp_coverage")):
+        if latents in batch:
+            clips.append(batch[latents])
+        elif video in batch:
+            clips.append(video_to_latents(vae, batch[video]))
+    if "warp_latents" not in batch and "warp_video" not in batch:
+        return None
+    return clips[0] if len(clips) == 1 else jnp.concatenate(clips, axis=-1)
 
 
 def batch_condition(batch: dict, image_size: tuple[int, int]):
