@@ -1,6 +1,8 @@
 """The grain loader: exact batch contract, determinism, checkpointed resume, per-process sharding,
 crop/resize intrinsics against an independent image measurement, skip-and-count of bad records."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from data_pipeline.loader import (
 )
 from data_pipeline.schema import EDIT_FAMILIES, PairRecord
 from data_pipeline.shards import ShardError, write_shard
+from trackedit_jax.geometry.warp import coverage_video
 
 CFG = LoaderConfig(
     batch_size=2,
@@ -293,6 +296,18 @@ def test_warp_frames_are_cropped_and_resized_like_the_target(tmp_path):
         plain.append(PairRecord.from_arrays(key=f"p{k}", source_video=src, target_video=tgt, codec="raw", **common))
     write_shard(tmp_path / "w.array_record", recs)
     write_shard(tmp_path / "p.array_record", plain)
+    # coverage records whose target clip is their coverage clip: warp_coverage must equal target_video
+    covered = []
+    for k in range(4):
+        cov = rng.integers(0, 3, (F, H, W), dtype=np.uint8)
+        src = rng.integers(0, 256, (F, H, W, 3), dtype=np.uint8)
+        tgt = coverage_video(cov)
+        rec = PairRecord.from_arrays(
+            key=f"c{k}", source_video=src, target_video=tgt, warp_video=src, codec="raw", **common
+        )
+        rec.warp_coverage = cov
+        covered.append(rec)
+    write_shard(tmp_path / "c.array_record", covered)
     cfg = LoaderConfig(
         batch_size=2, num_frames=5, image_size=(12, 16), max_tracks=16, min_tracks=4, max_drawn_tracks=8,
         crop_scale=(0.5, 0.9), with_warp=True, shuffle=True, process_index=0, process_count=1,
@@ -305,6 +320,17 @@ def test_warp_frames_are_cropped_and_resized_like_the_target(tmp_path):
         assert not np.array_equal(b["warp_video"], b["source_video"])
     with pytest.raises(ShardError, match="no warp frames"):
         next(make_iterator([tmp_path / "p.array_record"], cfg))
+    cov_cfg = dataclasses.replace(cfg, with_coverage=True)
+    assert "warp_coverage" not in next(make_iterator([tmp_path / "c.array_record"], cfg))
+    it = make_iterator([tmp_path / "c.array_record"], cov_cfg)
+    for _ in range(4):
+        b = next(it)
+        assert b["warp_coverage"].shape == (2, 5, 12, 16, 3) and b["warp_coverage"].dtype == np.uint8
+        np.testing.assert_array_equal(b["warp_coverage"], b["target_video"])
+        np.testing.assert_array_equal(b["warp_video"], b["source_video"])
+    assert set(batch_spec(cov_cfg)) == set(b)
+    with pytest.raises(ShardError, match="no warp_coverage"):
+        next(make_iterator([tmp_path / "w.array_record"], cov_cfg))
 
 
 def test_corrupt_record_raises_with_name_or_is_skipped_and_counted(tmp_path):

@@ -100,6 +100,27 @@ def test_warp_frames_round_trip_and_are_optional():
         rec.validate()
 
 
+def test_warp_coverage_round_trips_and_comes_with_warp_frames():
+    warp = np.random.default_rng(3).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    cov = np.random.default_rng(4).integers(0, 3, (3, 8, 10), dtype=np.uint8)
+    rec = make_test_record(warp_video=warp)
+    rec.warp_coverage = cov
+    back = decode_record(encode_record(rec))
+    np.testing.assert_array_equal(back.warp_coverage, cov)
+    assert back.warp_coverage.dtype == np.uint8
+    assert decode_record(encode_record(make_test_record(warp_video=warp))).warp_coverage is None
+    rec.warp_coverage = cov[:, :4]
+    with pytest.raises(RecordError, match="warp_coverage must be"):
+        rec.validate()
+    rec.warp_coverage = cov.astype(np.int32)
+    with pytest.raises(RecordError, match="warp_coverage must be uint8"):
+        rec.validate()
+    plain = make_test_record()
+    plain.warp_coverage = cov
+    with pytest.raises(RecordError, match="comes with warp_frames"):
+        plain.validate()
+
+
 def test_every_family_in_a_generated_set(tiny_dataset):
     m = load_manifest(tiny_dataset)
     assert set(m["edit_family_counts"]) == set(ALL_FAMILIES)

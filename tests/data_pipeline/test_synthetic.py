@@ -213,7 +213,8 @@ def test_deterministic_and_any_size():
 
 def test_warp_frames_are_the_warp_of_the_decoded_source_clip():
     """`with_warp` records hold `geometry.warp` of their own decoded source clip, tracks (with ids) and the
-    renderer's depth; on average over the families the warp is closer to the target than the source is."""
+    renderer's depth, with its coverage; on average over the families the warp is closer to the target than
+    the source is."""
     from data_pipeline.synthetic.generator import pair_to_record, record_warp
     from trackedit_jax.eval.metrics import psnr
 
@@ -223,9 +224,11 @@ def test_warp_frames_are_the_warp_of_the_decoded_source_clip():
         pair = generate_pair(31, i, cfg)
         rec = pair_to_record(pair, cfg, key=f"w{i}")
         warp = rec.video("warp")
-        np.testing.assert_array_equal(warp, record_warp(rec, pair.source_render["depth"]))
+        frames, coverage = record_warp(rec, pair.source_render["depth"])
+        np.testing.assert_array_equal(warp, frames)
+        np.testing.assert_array_equal(rec.warp_coverage, coverage)
         target = rec.video("target")
         gains.append(psnr(warp, target) - psnr(rec.video("source"), target))
     assert np.mean(gains) > 0, gains
     plain = pair_to_record(generate_pair(31, 0, CFG), CFG, key="p")
-    assert plain.warp_frames is None
+    assert plain.warp_frames is None and plain.warp_coverage is None

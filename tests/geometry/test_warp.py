@@ -6,7 +6,7 @@ from textures import smooth_texture
 from trackedit_jax.eval import metrics as M
 from trackedit_jax.geometry.projection import project, unproject
 from trackedit_jax.geometry.types import Camera, Tracks
-from trackedit_jax.geometry.warp import warp_video
+from trackedit_jax.geometry.warp import COVERED, FROM_OTHER_FRAME, INPAINTED, coverage_video, warp_video
 
 
 def _camera(F, H, W, R):
@@ -136,3 +136,30 @@ def test_warp_fills_what_an_object_uncovers_from_the_other_frames():
     assert M.masked_psnr(filled, truth, uncovered) > 38
     assert M.masked_psnr(inpainted, truth, uncovered) < 30
     assert not np.any(np.all(filled == (230, 20, 200), axis=-1))  # the square is gone
+
+
+def test_warp_coverage_says_where_each_pixel_came_from():
+    """On the sliding square moved out of view: what it uncovers is marked as filled from another frame
+    (or, without the temporal fill, as inpainted), the rest of the plane as the frame's own pixels; the
+    frame's own holes are the same set with or without the fill, and the frames are those of the plain call."""
+    video, depth, _, src, x0, cam, on = _moving_square_scene()
+    xyz_t = np.asarray(src.xyz, np.float64).copy()
+    xyz_t[:, on, 0] += 100 * 5.0 / 40.0
+    tgt = Tracks(xyz_t.astype(np.float32), src.visibility)
+    filled, cov = warp_video(video, src, cam, tgt, cam, source_depth=depth, return_coverage=True)
+    np.testing.assert_array_equal(filled, warp_video(video, src, cam, tgt, cam, source_depth=depth))
+    _, cov_inpaint = warp_video(
+        video, src, cam, tgt, cam, source_depth=depth, temporal_fill=False, return_coverage=True
+    )
+    assert cov.shape == video.shape[:3] and cov.dtype == np.uint8
+    for f, x in enumerate(x0):
+        assert np.all(cov[f, 13:19, x + 1 : x + 7] == FROM_OTHER_FRAME)
+        assert np.all(cov_inpaint[f, 13:19, x + 1 : x + 7] == INPAINTED)
+    assert np.all(cov[:, :10] == COVERED) and np.all(cov[:, 22:] == COVERED)  # rows the square never touched
+    np.testing.assert_array_equal(cov != COVERED, cov_inpaint == INPAINTED)
+    assert not np.any(cov_inpaint == FROM_OTHER_FRAME)
+    clip = coverage_video(cov_inpaint)
+    assert clip.shape == (*video.shape[:3], 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip[..., 0] == 255, cov_inpaint != COVERED)
+    np.testing.assert_array_equal(clip[..., 1] == 255, cov_inpaint == INPAINTED)
+    assert set(np.unique(clip[..., :2])) <= {0, 255} and not clip[..., 2].any()

@@ -221,7 +221,7 @@ def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
     here independently, with every track and the given depth); a depth of the wrong size is refused."""
     from infer_assets import tiny_config
 
-    from trackedit_jax.geometry.warp import warp_video
+    from trackedit_jax.geometry.warp import coverage_video, warp_video
     from trackedit_jax.models.edit_model import EditByTrack
     from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
     from trackedit_jax.models.wan.config import WanConfig
@@ -250,3 +250,17 @@ def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
         assert np.abs(out.video.astype(int) - expected.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="source_depth must have the video's frame size"):
         pipe.prepare(frames, tracks, camera, target, camera, source_depth=depth[:, :16])
+    assert out.inputs.warp_coverage is None
+
+    # a model that also reads the warp's coverage is given `coverage_video` of the warp's coverage
+    config = dataclasses.replace(config, warp_coverage=True)
+    model = EditByTrack(
+        wan, config.conditioner, source_skip=True, warp_prior=True, warp_coverage=True, rngs=nnx.Rngs(0)
+    )
+    pipe = EditPipeline(model, SpaceToDepthVAE(config.vae), config)
+    out = pipe.edit(frames, tracks, camera, target, camera, num_steps=2, seed=4, source_depth=depth)
+    expected, coverage = warp_video(frames, tracks, camera, target, camera, source_depth=depth, return_coverage=True)
+    assert coverage.any()  # the translation uncovers something
+    np.testing.assert_array_equal(out.inputs.warp, expected)
+    np.testing.assert_array_equal(out.inputs.warp_coverage, coverage_video(coverage))
+    assert np.abs(out.video.astype(int) - expected.astype(int)).max() <= 1

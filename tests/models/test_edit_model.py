@@ -205,5 +205,42 @@ def test_warp_prior_starts_as_the_warp_and_its_embedding_joins_the_target_tokens
         model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid)
     with pytest.raises(ValueError, match="without warp_prior"):
         plain.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp)
-    with pytest.raises(ValueError, match="source latents' shape"):
+    with pytest.raises(ValueError, match="prior_latents must have shape"):
         model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp[:1])
+
+
+def test_a_coverage_model_reads_the_coverage_but_skips_only_the_warp():
+    """A `warp_coverage` model takes (warp, coverage) latents stacked on channels: untrained it returns the
+    warp's latents whatever the coverage; with a zero embedding for the coverage half it equals the warp-only
+    model with the same weights; a non-zero coverage weight makes the coverage change the output; a prior
+    of one clip's width is refused, as is coverage without a warp prior."""
+    model = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, warp_coverage=True, rngs=nnx.Rngs(4))
+    x_t, t, ctx, z_src, src, tgt, valid = _inputs(6)
+    rng = np.random.default_rng(7)
+    z_warp = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
+    z_cov = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
+    both = jnp.concatenate([z_warp, z_cov], axis=-1)
+    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
+    np.testing.assert_array_equal(fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both), z_warp)
+
+    warp_only = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, rngs=nnx.Rngs(9))
+    for m in (model, warp_only):  # non-zero heads, shared weights
+        head = m.dit.head.linear
+        head.kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(3), head.kernel[...].shape)
+    k_warp = warp_only.prior_embedding.kernel[...]
+    model.prior_embedding.kernel[...] = jnp.concatenate([k_warp, jnp.zeros_like(k_warp)], axis=0)
+    model.prior_embedding.bias[...] = warp_only.prior_embedding.bias[...]
+    state = nnx.state(warp_only, nnx.Not(nnx.PathContains("prior_embedding")))
+    nnx.update(model, state)
+    base = fwd(warp_only, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
+    np.testing.assert_allclose(
+        fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both), base, rtol=1e-5, atol=1e-5
+    )
+    model.prior_embedding.kernel[...] = jnp.concatenate([k_warp, k_warp], axis=0)
+    changed = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both)
+    assert float(jnp.abs(changed - base).max()) > 1e-3
+
+    with pytest.raises(ValueError, match="prior_latents must have shape"):
+        model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp)
+    with pytest.raises(ValueError, match="warp_coverage needs warp_prior"):
+        EditByTrack(_wan(), COND, warp_coverage=True, rngs=nnx.Rngs(0))
