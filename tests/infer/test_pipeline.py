@@ -250,7 +250,6 @@ def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
         assert np.abs(out.video.astype(int) - expected.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="source_depth must have the video's frame size"):
         pipe.prepare(frames, tracks, camera, target, camera, source_depth=depth[:, :16])
-    assert out.inputs.warp_coverage is None
 
     # a model that also reads the warp's coverage is given `coverage_video` of the warp's coverage
     config = dataclasses.replace(config, warp_coverage=True)

@@ -157,7 +157,7 @@ class EditInputs:
     fit: the resize / crop applied; point_indices: target points kept (None = all).
     warp: (F_pad, h, w, 3) uint8, the source moved into the target view by `geometry.warp` with all the
       given tracks (the prior of `warp_prior` models), else None.
-    warp_coverage: (F_pad, h, w, 3) uint8 coverage clip of `warp` (`warp_coverage` models), else None.
+    warp_coverage: (F_pad, h, w, 3) uint8 coverage clip of `warp` (`geometry.warp.coverage_video`), else None.
     """
 
     video: np.ndarray
@@ -170,6 +170,14 @@ class EditInputs:
     point_indices: np.ndarray | None = None
     warp: np.ndarray | None = None
     warp_coverage: np.ndarray | None = None
+
+    def prior_clips(self, coverage: bool) -> list[np.ndarray]:
+        """The clips a `warp_prior` model's prior stacks: [warp] or, with `coverage`, [warp, warp_coverage]."""
+        if self.warp is None:
+            raise ValueError("this model takes the warp prior: prepare the inputs with `prepare`")
+        if coverage and self.warp_coverage is None:
+            raise ValueError("this model reads the warp's coverage: prepare the inputs with `prepare`")
+        return [self.warp, self.warp_coverage] if coverage else [self.warp]
 
     def trimmed(self) -> EditInputs:
         """The same inputs without the padding frames (num_frames frames)."""

@@ -299,10 +299,7 @@ class EditPipeline:
             return Tracks(pad_frames(xyz[:n], F_pad), pad_frames(vis[:n], F_pad))
 
         prior = (frames[:n], source_tracks, target_tracks, src_cam, tgt_cam, fit, source_depth)
-        warp = coverage = None
-        if self.config.warp_prior:
-            warp, coverage = (pad_frames(v, F_pad) for v in prior_warp(*prior))
-            coverage = coverage if self.config.warp_coverage else None
+        warp, coverage = (pad_frames(v, F_pad) for v in prior_warp(*prior)) if self.config.warp_prior else (None, None)
 
         return EditInputs(
             video=frames,
@@ -381,19 +378,9 @@ class EditPipeline:
         cond = prepare_track_condition(
             inputs.source_tracks, inputs.source_camera, inputs.target_tracks, inputs.target_camera
         )
-        prior = None
-        if self.config.warp_prior:
-            if inputs.warp is None:
-                raise ValueError("this model takes the warp prior: prepare the inputs with `prepare`")
-            clips = [inputs.warp]
-            if self.config.warp_coverage:
-                if inputs.warp_coverage is None:
-                    raise ValueError("this model reads the warp's coverage: prepare the inputs with `prepare`")
-                clips.append(inputs.warp_coverage)
-            prior = jnp.concatenate(
-                [_vae_encode(self.vae_graphdef, self.vae_state, jnp.asarray(to_model_range(c))[None]) for c in clips],
-                axis=-1,
-            )
+        encode = lambda c: _vae_encode(self.vae_graphdef, self.vae_state, jnp.asarray(to_model_range(c))[None])  # noqa: E731
+        clips = inputs.prior_clips(self.config.warp_coverage) if self.config.warp_prior else []
+        prior = jnp.concatenate([encode(c) for c in clips], axis=-1) if clips else None
         cache = _encode_source(
             self.graphdef,
             self.state,
