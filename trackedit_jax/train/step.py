@@ -81,15 +81,15 @@ def batch_prior(vae, batch: dict) -> jax.Array | None:
     """Latents of the batch's warp clip (`warp_latents`, or `warp_video` through the VAE), followed on the
     channel axis by those of its coverage clip when the batch has one (`coverage_latents` or
     `warp_coverage`): (B, f, h, w, C) or (B, f, h, w, 2C); None without a warp."""
+    if "warp_latents" not in batch and "warp_video" not in batch:
+        return None
     clips = []
     for latents, video in (("warp_latents", "warp_video"), ("coverage_latents", "warp_coverage")):
         if latents in batch:
             clips.append(batch[latents])
         elif video in batch:
             clips.append(video_to_latents(vae, batch[video]))
-    if "warp_latents" not in batch and "warp_video" not in batch:
-        return None
-    return clips[0] if len(clips) == 1 else jnp.concatenate(clips, axis=-1)
+    return jnp.concatenate(clips, axis=-1)
 
 
 def batch_condition(batch: dict, image_size: tuple[int, int]):
