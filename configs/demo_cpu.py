@@ -48,7 +48,7 @@ def get_config():
     c.model.warp_prior = True
     # model.warp_coverage (where the warp guessed) stays off: on the 200 test pairs it gained 0.36 dB
     # full-frame PSNR but only 0.05 dB in the edit region and nothing in EPE, and its run took 103 min
-    # here instead of 95 (docs/results/not_adopted.md)
+    # here instead of 95 (both with a quarter of the samples at pure noise; docs/results/not_adopted.md)
     c.lora.update(mode="full")  # no pretrained base at this size: everything trains
     c.text.update(text_len=8, dropout=0.0)  # no text encoder in the demo: prompts are the null text
     # x0-prediction: a velocity holds per-pixel noise that a 768 -> 192 patch embedding cannot carry
