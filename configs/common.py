@@ -24,6 +24,8 @@ diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mea
                    ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py),
                    weighting (per-example loss weight: "none" as Wan; "x0": the clean-sample error),
                    pure_noise_fraction (share of samples trained at sigma = 1, where sampling starts);
+                   edit_weight (weight of a second loss term: the mean over the edit region, the latent
+                   pixels whose target differs from the source by more than edit_threshold; 0 = off);
                    optional sample_shift / sample_steps: the exported model's sampler defaults
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
                    ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
@@ -93,6 +95,8 @@ def base_config() -> ConfigDict:
             prediction="velocity",
             weighting="none",
             pure_noise_fraction=0.0,
+            edit_weight=0.0,
+            edit_threshold=0.2,
         )
     )
     c.train = ConfigDict(

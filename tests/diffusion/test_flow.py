@@ -210,3 +210,17 @@ def test_x0_weighting_gives_the_clean_sample_error():
     got = flow.flow_matching_loss(v_hat, flow.velocity_target(x0, eps), sigma, weighting="x0", reduction="per_example")
     want = np.mean((np.asarray(x0_hat) - np.asarray(x0)) ** 2, axis=(1, 2))
     np.testing.assert_allclose(got, want, rtol=2e-4)
+
+
+def test_edit_region_marks_latent_pixels_with_any_channel_past_the_threshold():
+    r = np.random.default_rng(0)
+    src = r.normal(size=(2, 3, 4, 5, 6)).astype(np.float32)
+    tgt = src.copy()
+    tgt[0, 1, 2, 3, 4] += 0.3  # one channel past 0.2: the latent pixel counts
+    tgt[1, 0, 0, 0, :] += 0.1  # every channel changed, none past 0.2: it does not
+    region = np.asarray(flow.edit_region(jnp.asarray(src), jnp.asarray(tgt), 0.2))
+    expected = np.zeros((2, 3, 4, 5), bool)
+    expected[0, 1, 2, 3] = True
+    np.testing.assert_array_equal(region, expected)
+    with pytest.raises(ValueError, match="one shape"):
+        flow.edit_region(jnp.asarray(src), jnp.asarray(tgt[..., :3]), 0.2)

@@ -1,4 +1,5 @@
-"""The training step in-process: gradient accumulation is the same step, EMA follows its formula."""
+"""The training step in-process: gradient accumulation is the same step, EMA follows its formula, the
+edit-region loss term follows its definition."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ from trackedit_jax.configuration import load_config
 from trackedit_jax.parallel.mesh import make_mesh
 from trackedit_jax.train import build
 from trackedit_jax.train.loop import TrainingSetup
-from trackedit_jax.train.step import init_train_state, make_train_step
+from trackedit_jax.train.step import example_keys, flow_loss, init_train_state, make_train_step
 
 F, H, W, N, B = 5, 32, 32, 12, 4
 
@@ -34,19 +35,22 @@ def _batch(seed=0):
     }
 
 
-def _step(accum: int, ema: float = 0.0):
-    config = load_config(
+def _config(*overrides):
+    return load_config(
         "tiny_cpu",
         [
-            f"--config.train.grad_accum={accum}",
             f"--config.train.batch_size={B}",
-            f"--config.train.ema_decay={ema}",
             "--config.data.num_frames=5",
             f"--config.data.height={H}",
             f"--config.data.width={W}",
             "--config.train.warmup_steps=1",
+            *overrides,
         ],
     )
+
+
+def _step(accum: int, ema: float = 0.0):
+    config = _config(f"--config.train.grad_accum={accum}", f"--config.train.ema_decay={ema}")
     setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
     params, frozen = setup.init_params()
     vae_graphdef, vae_state = nnx.split(build.build_vae(config))
@@ -68,3 +72,25 @@ def test_gradient_accumulation_is_the_same_step_and_ema_follows_its_rule():
     assert float(m1["grad_norm"]) > 0
     for e0, e1, p1 in zip(jax.tree.leaves(before.ema), jax.tree.leaves(one.ema), jax.tree.leaves(one.params)):
         np.testing.assert_allclose(np.asarray(e1), 0.9 * np.asarray(e0) + 0.1 * np.asarray(p1), rtol=1e-6, atol=1e-7)
+
+
+def test_edit_loss_term_is_the_mean_over_the_changed_latent_pixels():
+    """Two exact identities of loss = plain + w * edit-region mean: with the target equal to the source the
+    region is empty and the term vanishes; with every latent pixel changed it is the plain mean again."""
+    config = _config()
+    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    params, frozen = setup.init_params()
+    model = nnx.merge(setup.graphdef, params, frozen)
+    vae = build.build_vae(config)
+    keys = example_keys(jax.random.PRNGKey(3), jnp.int32(0), B)
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+
+    def loss(batch, weight):
+        cfg = config.copy_and_resolve_references()
+        cfg.diffusion.edit_weight = weight
+        return float(flow_loss(model, vae, batch, keys, cfg, (H, W))[0])
+
+    unchanged = {**batch, "target_latents": batch["source_latents"]}
+    assert loss(unchanged, 0.5) == loss(unchanged, 0.0)
+    changed = {**batch, "target_latents": batch["source_latents"] + 1.0}  # every channel beyond 0.2
+    np.testing.assert_allclose(loss(changed, 0.5), 1.5 * loss(changed, 0.0), rtol=1e-6)

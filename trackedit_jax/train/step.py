@@ -7,6 +7,8 @@
   eps ~ N(0, I)
   x_t = (1 - sigma) z_tgt + sigma eps;  v = eps - z_tgt
   loss = mean over target tokens of w(sigma) |v_hat - v|^2,  w: diffusion.weighting (default 1);
+         + diffusion.edit_weight * the same mean over the edit region only (`edit_region`: where the
+         target latents differ from the source's), so that small edits weigh as much as whole-frame ones;
          v_hat = the model's output (diffusion.prediction "velocity") or (x_t - output) / max(sigma, 0.05)
          ("sample": the model predicts x0)
 
@@ -28,6 +30,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from trackedit_jax.diffusion.flow import (
+    edit_region,
     flow_matching_loss,
     noisy_sample,
     sample_sigmas,
@@ -154,9 +157,14 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     )
     v = velocity_from_output(out, x_t, sigma, d.get("prediction", "velocity"))
     # per-example means, then their mean: every example weighs the same in any micro-batch split
-    per_example = flow_matching_loss(
-        v, target, sigma=sigma, weighting=d.get("weighting", "none"), reduction="per_example"
-    )
+    weighting = d.get("weighting", "none")
+    per_example = flow_matching_loss(v, target, sigma=sigma, weighting=weighting, reduction="per_example")
+    if d.get("edit_weight", 0.0):
+        # an object edit changes a few percent of the pixels: in the plain mean its error is outweighed by
+        # whole-frame (camera) edits; its mean over the changed latent pixels is not
+        region = edit_region(z_src, z_tgt, d.get("edit_threshold", 0.2))
+        edit = flow_matching_loss(v, target, sigma=sigma, mask=region, weighting=weighting, reduction="per_example")
+        per_example = per_example + d.edit_weight * edit
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
 
 
