@@ -8,7 +8,7 @@
   x_t = (1 - sigma) z_tgt + sigma eps;  v = eps - z_tgt
   loss = mean over target tokens of w(sigma) |v_hat - v|^2,  w: diffusion.weighting (default 1);
          + diffusion.edit_weight * the same mean over the edit region only (`edit_region`: where the
-         target latents differ from the source's), so that small edits weigh as much as whole-frame ones;
+         target latents differ from the source's), so that whole-frame edits do not drown out small ones;
          v_hat = the model's output (diffusion.prediction "velocity") or (x_t - output) / max(sigma, 0.05)
          ("sample": the model predicts x0)
 
