@@ -162,7 +162,7 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     if d.get("edit_weight", 0.0):
         # an object edit changes a few percent of the pixels: in the plain mean its error is outweighed by
         # whole-frame (camera) edits; its mean over the changed latent pixels is not
-        region = edit_region(z_src, z_tgt, d.get("edit_threshold", 0.2))
+        region = edit_region(z_src, z_tgt, d.edit_threshold)
         edit = flow_matching_loss(v, target, sigma=sigma, mask=region, weighting=weighting, reduction="per_example")
         per_example = per_example + d.edit_weight * edit
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
