@@ -26,6 +26,8 @@ diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mea
                    pure_noise_fraction (share of samples trained at sigma = 1, where sampling starts);
                    edit_weight (weight of a second loss term: the mean over the edit region, the latent
                    pixels whose target differs from the source by more than edit_threshold; 0 = off);
+                   temporal_weight (weight of a third term: the frame-to-frame change of the decoded
+                   clean-sample error, `flow.temporal_difference_error`; 0 = off);
                    optional sample_shift / sample_steps: the exported model's sampler defaults
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
                    ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
@@ -97,6 +99,7 @@ def base_config() -> ConfigDict:
             pure_noise_fraction=0.0,
             edit_weight=0.0,
             edit_threshold=0.2,
+            temporal_weight=0.0,
         )
     )
     c.train = ConfigDict(

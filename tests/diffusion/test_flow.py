@@ -224,3 +224,22 @@ def test_edit_region_marks_latent_pixels_with_any_channel_past_the_threshold():
     np.testing.assert_array_equal(region, expected)
     with pytest.raises(ValueError, match="one shape"):
         flow.edit_region(jnp.asarray(src), jnp.asarray(tgt[..., :3]), 0.2)
+
+
+def test_temporal_difference_error_is_the_mean_squared_jump_of_the_error():
+    """Against an explicit loop over frames, and the identity it exists for: an error that is the same in
+    every frame costs nothing, one that jumps between frames costs the jump."""
+    r = np.random.default_rng(3)
+    pred, target = r.normal(size=(2, 2, 5, 4, 3, 3)).astype(np.float32)
+    err = pred - target
+    want = np.array([np.mean([np.mean((err[b, f] - err[b, f - 1]) ** 2) for f in range(1, 5)]) for b in range(2)])
+    got = flow.temporal_difference_error(jnp.asarray(pred), jnp.asarray(target))
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    still = target + r.normal(size=(2, 1, 4, 3, 3)).astype(np.float32)  # the same error in every frame
+    np.testing.assert_allclose(flow.temporal_difference_error(jnp.asarray(still), jnp.asarray(target)), 0, atol=1e-10)
+    jumped = target.copy()
+    jumped[:, 3:] += 1.0  # an error of 1 from frame 3 on: one jump of 1 in 4 transitions
+    np.testing.assert_allclose(flow.temporal_difference_error(jnp.asarray(jumped), jnp.asarray(target)), 0.25)
+    with pytest.raises(ValueError, match="F >= 2"):
+        flow.temporal_difference_error(jnp.asarray(pred[:, :1]), jnp.asarray(target[:, :1]))

@@ -1,5 +1,5 @@
 """The training step in-process: gradient accumulation is the same step, EMA follows its formula, the
-edit-region loss term follows its definition."""
+edit-region and temporal loss terms follow their definitions."""
 
 import jax
 import jax.numpy as jnp
@@ -94,3 +94,46 @@ def test_edit_loss_term_is_the_mean_over_the_changed_latent_pixels():
     assert loss(unchanged, 0.5) == loss(unchanged, 0.0)
     changed = {**batch, "target_latents": batch["source_latents"] + 1.0}  # every channel beyond 0.2
     np.testing.assert_allclose(loss(changed, 0.5), 1.5 * loss(changed, 0.0), rtol=1e-6)
+
+
+def test_temporal_loss_term_is_the_jump_of_the_decoded_clean_sample_error():
+    """With the space-to-depth autoencoder and x0-prediction the term is `temporal_difference_error` of the
+    model output and the target, unfolded into frames with NumPy; the loss is plain + w * that term."""
+    config = _config(
+        "--config.vae.preset=space_to_depth",
+        "--config.vae.spatial_factor=4",
+        "--config.model.wan.in_dim=192",
+        "--config.model.wan.out_dim=192",
+        "--config.diffusion.prediction=sample",
+        "--config.diffusion.weighting=x0",
+        "--config.diffusion.pure_noise_fraction=0.5",
+    )
+    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    params, frozen = setup.init_params()
+    model = nnx.merge(setup.graphdef, params, frozen)
+    vae = build.build_vae(config)
+    keys = example_keys(jax.random.PRNGKey(5), jnp.int32(0), B)
+    r = np.random.default_rng(1)
+    latents = lambda: jnp.asarray(r.normal(size=(B, 2, H // 4, W // 4, 192)), jnp.float32)  # noqa: E731
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch.update(source_latents=latents(), target_latents=latents())
+
+    def loss(weight):
+        cfg = config.copy_and_resolve_references()
+        cfg.diffusion.temporal_weight = weight
+        return float(flow_loss(model, vae, batch, keys, cfg, (H, W))[0])
+
+    outputs = []
+    forward = model.forward
+    model.forward = lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1]
+    plain, weighted = loss(0.0), loss(0.5)
+    model.forward = forward
+
+    def frames(z):  # (B, 2, h, w, 4*4*4*3) -> (B, 5, H, W, 3): frame 0 (its 4 copies averaged), then 4 frames
+        z = np.asarray(z).reshape(B, 2, H // 4, W // 4, 4, 4, 4, 3).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+        z = z.reshape(B, 8, H, W, 3)
+        return np.concatenate([z[:, :4].mean(1, keepdims=True), z[:, 4:]], axis=1)
+
+    err = frames(outputs[-1]) - frames(batch["target_latents"])
+    jump = np.mean((err[:, 1:] - err[:, :-1]) ** 2, axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(weighted, plain + 0.5 * jump.mean(), rtol=1e-5)

@@ -166,6 +166,21 @@ def edit_region(source: jax.Array, target: jax.Array, threshold: float) -> jax.A
     return jnp.any(diff > threshold, axis=-1)
 
 
+def temporal_difference_error(prediction: jax.Array, target: jax.Array) -> jax.Array:
+    """(B,) float32: the mean over frames 1.. of |(p_f - p_{f-1}) - (t_f - t_{f-1})|^2, for videos (B, F, ...).
+
+    An error that is the same in every frame costs nothing here; one that changes from frame to frame (a
+    token that redraws its frames differently from the next token's) costs its jump. Lucas-Kanade tracks
+    frame to frame, so it reads such jumps as motion."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction and target must have one shape; got {prediction.shape} and {target.shape}")
+    if prediction.ndim < 3 or prediction.shape[1] < 2:
+        raise ValueError(f"videos must be (B, F >= 2, ...); got {prediction.shape}")
+    err = prediction.astype(jnp.float32) - target.astype(jnp.float32)
+    jump = err[:, 1:] - err[:, :-1]
+    return jnp.mean(jnp.square(jump), axis=tuple(range(1, jump.ndim)))
+
+
 def flow_matching_loss(
     prediction: jax.Array,
     target: jax.Array,

@@ -9,6 +9,8 @@
   loss = mean over target tokens of w(sigma) |v_hat - v|^2,  w: diffusion.weighting (default 1);
          + diffusion.edit_weight * the same mean over the edit region only (`edit_region`: where the
          target latents differ from the source's), so that whole-frame edits do not drown out small ones;
+         + diffusion.temporal_weight * `temporal_difference_error` of the decoded clean-sample estimate
+         (frame-to-frame changes of its error, in pixels / vae scale: meant for cheap decoders);
          v_hat = the model's output (diffusion.prediction "velocity") or (x_t - output) / max(sigma, 0.05)
          ("sample": the model predicts x0)
 
@@ -35,8 +37,10 @@ from trackedit_jax.diffusion.flow import (
     noisy_sample,
     sample_sigmas,
     sigmas_to_timesteps,
+    temporal_difference_error,
     velocity_from_output,
     velocity_target,
+    x0_from_velocity,
 )
 from trackedit_jax.geometry.conditioning import prepare_track_condition_batch
 
@@ -165,6 +169,12 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
         region = edit_region(z_src, z_tgt, d.edit_threshold)
         edit = flow_matching_loss(v, target, sigma=sigma, mask=region, weighting=weighting, reduction="per_example")
         per_example = per_example + d.edit_weight * edit
+    if d.get("temporal_weight", 0.0):
+        # a token draws its frames together and the next token draws its own: the error jumps between
+        # frame groups, which the plain mean does not see and frame-to-frame tracking reads as motion
+        frames = lambda z: vae.decode_frames(z, clamp=False)  # noqa: E731
+        jump = temporal_difference_error(frames(x0_from_velocity(x_t, v, sigma)), frames(z_tgt))
+        per_example = per_example + d.temporal_weight * jump
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
 
 
