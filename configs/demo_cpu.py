@@ -13,7 +13,8 @@ Same `EditByTrack` code path as the paper presets; what is scaled down:
   * objective: rectified flow with the loss on the velocity, but the network predicts the clean sample
     (x0): a token carries 768 pixel values through a width-192 model, enough for images but not for the
     per-pixel noise a velocity prediction must reproduce. Nine samples in ten are trained at pure noise
-    (sigma = 1), where the one-step sampler starts and ends.
+    (sigma = 1), where the one-step sampler starts and ends; a second term on the frame-to-frame jumps
+    of the error keeps a token's change from jumping between frame groups.
   * backbone: a Wan-shaped DiT trained from scratch (no pretrained base at this size): width 192,
     3 heads of 64, 5 blocks, FFN 768; track conditioner width 128. fp32 (this size gains nothing
     from bf16 on CPUs without AMX). About 4.0M parameters: 16 MB of safetensors.
@@ -67,6 +68,10 @@ def get_config():
         # model never trained there copies its starting noise into the edit as 8x8 blocks
         # (diffusion/flow.py), and the one-step estimate is all the built-in model is used for
         pure_noise_fraction=0.9,
+        # a token draws its 4 frames together and the next token redraws its own: without this term the
+        # change jumps where one frame group ends, and Lucas-Kanade re-tracking reads the jump as motion
+        # (README; it took the EPE on the 200 test pairs from 3.02 to 2.95 px)
+        temporal_weight=1.0,
     )
     c.train.update(
         num_steps=3000,
