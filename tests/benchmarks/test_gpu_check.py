@@ -12,7 +12,10 @@ import pytest
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
-pytestmark = pytest.mark.slow  # one dry run: compiling its training step and sampling loop is most of it
+pytestmark = [
+    pytest.mark.slow,  # one dry run: compiling its training step and sampling loop is most of it
+    pytest.mark.xdist_group("gpu_check"),  # so that the module's one dry run is shared, not run on both workers
+]
 
 
 def _load():
