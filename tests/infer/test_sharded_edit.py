@@ -46,6 +46,7 @@ def _split_axes(state) -> set[str]:
     return used
 
 
+@pytest.mark.xdist_group("sharded_edit")  # both meshes on one worker: the one-device edit is built once
 @pytest.mark.parametrize("mesh_spec", ["fsdp=8", "fsdp=4,context=2"])
 def test_sharded_edit_equals_the_one_device_edit(tiny_parts, single_device_edit, mesh_spec):
     config, model, vae, _, _ = tiny_parts
