@@ -18,14 +18,13 @@ import os
 from hypothesis import HealthCheck, settings
 
 _COMMON = dict(
+    deadline=datetime.timedelta(seconds=20),
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     print_blob=True,
 )
-settings.register_profile(
-    "bounded", max_examples=2_000, derandomize=True, deadline=datetime.timedelta(seconds=20), **_COMMON
-)
-settings.register_profile("long", max_examples=50_000, deadline=datetime.timedelta(seconds=20), **_COMMON)
+settings.register_profile("bounded", max_examples=2_000, derandomize=True, **_COMMON)
+settings.register_profile("long", max_examples=50_000, **_COMMON)
 
 PROFILE = os.environ.get("TRACKEDIT_FUZZ", "bounded")
 if PROFILE not in ("bounded", "long"):
