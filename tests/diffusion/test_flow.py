@@ -102,8 +102,11 @@ def test_pure_noise_fraction_draws_sigma_one_and_otherwise_the_plain_distributio
     np.testing.assert_array_equal(
         flow.sample_sigmas(key, (64,), pure_noise_fraction=0.0, **kw), flow.sample_sigmas(key, (64,), **kw)
     )
-    with pytest.raises(ValueError, match="pure_noise_fraction"):
-        flow.sample_sigmas(key, (2,), pure_noise_fraction=1.0)
+    # 1 draws every level at pure noise (a model for the one-step estimate only)
+    np.testing.assert_array_equal(flow.sample_sigmas(key, (64,), pure_noise_fraction=1.0, **kw), np.ones(64))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="pure_noise_fraction"):
+            flow.sample_sigmas(key, (2,), pure_noise_fraction=bad)
 
 
 @needs_torch

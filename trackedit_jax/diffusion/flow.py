@@ -17,7 +17,8 @@ starts there from pure noise. A model never trained at sigma = 1 reads the faint
 expect near 1 out of that noise and paints the noise's pattern into its estimate (Lin et al. 2024,
 "Common diffusion noise schedules and sample steps are flawed"). `pure_noise_fraction` of the training
 samples are drawn at sigma = 1, where the input holds nothing of the target and the best estimate is the
-conditional mean, whatever the noise.
+conditional mean, whatever the noise. With a fraction of 1 every sample is drawn there: the model learns
+only the one-step estimate, and a multi-step sampler would feed it levels it never saw.
 
 Timestep shift s (Wan/SD3): sigma' = s * sigma / (1 + (s - 1) * sigma), i.e. the signal-to-noise ratio
 (1 - sigma) / sigma is divided by s, so s > 1 spends more steps / training samples at high noise.
@@ -66,8 +67,8 @@ def sample_sigmas(
     level is replaced by exactly 1 with probability `pure_noise_fraction` (module docstring); with 0 the
     draw is the plain distribution's, from the same key.
     """
-    if not 0.0 <= pure_noise_fraction < 1.0:
-        raise ValueError(f"pure_noise_fraction must be in [0, 1); got {pure_noise_fraction}")
+    if not 0.0 <= pure_noise_fraction <= 1.0:
+        raise ValueError(f"pure_noise_fraction must be in [0, 1]; got {pure_noise_fraction}")
     if pure_noise_fraction > 0.0:
         key, k_pure = jax.random.split(key)
         pure = jax.random.uniform(k_pure, shape) < pure_noise_fraction
