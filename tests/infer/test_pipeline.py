@@ -215,6 +215,16 @@ def test_sheep_edit_end_to_end_and_round_trip(tiny_pipe, tiny_parts, sheep_scene
     assert np.abs(other_seed.astype(int) - out.video.astype(int)).max() > 0
 
 
+def test_a_one_step_model_refuses_more_steps(tiny_parts, sheep_scene):
+    """A model trained only at pure noise (`PretrainedConfig.one_step_only`) samples in one step: a request
+    for more is refused with one line, before any sampling."""
+    config, model, vae, _, _ = tiny_parts
+    frames, tracks, camera = sheep_scene
+    one = EditPipeline(model, vae, dataclasses.replace(config, sample_steps=1, one_step_only=True))
+    with pytest.raises(ValueError, match="trained only at pure noise and samples in one step; got 3 steps"):
+        one.edit(frames, tracks, camera, _translated(tracks), camera, num_steps=3)
+
+
 def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
     """A `warp_prior` + `source_skip` model with its zero head predicts the warp's latents at every step,
     so through the exact space-to-depth VAE the pipeline returns `geometry.warp` of its inputs (computed

@@ -150,6 +150,29 @@ def test_config_json_round_trip(tiny_parts):
     assert again == config
 
 
+def test_a_model_trained_only_at_pure_noise_samples_in_one_step(tiny_parts):
+    """`diffusion.pure_noise_fraction = 1` exports a model whose one valid sampler is one step; the flag
+    survives config.json, and asking for more steps is refused (here and by `EditPipeline.sample`)."""
+    import dataclasses
+
+    from trackedit_jax.configuration import load_config
+
+    overrides = ["--config.diffusion.sample_steps=4"]
+    one = PretrainedConfig.from_train_config(
+        load_config("configs/demo_cpu.py", [*overrides, "--config.diffusion.pure_noise_fraction=1.0"])
+    )
+    assert one.one_step_only and one.sample_steps == 1
+    assert PretrainedConfig.from_json(json.loads(json.dumps(one.to_json()))) == one
+    with pytest.raises(ValueError, match="one step"):
+        dataclasses.replace(one, sample_steps=4)
+    most = PretrainedConfig.from_train_config(load_config("configs/demo_cpu.py", overrides))
+    assert not most.one_step_only and most.sample_steps == 4
+    # a config.json written before the flag existed reads as a model for any step count
+    old = most.to_json()
+    del old["sampling"]["one_step_only"]
+    assert PretrainedConfig.from_json(old) == most
+
+
 def test_missing_pieces_are_named(tiny_checkpoint, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_pretrained(tmp_path / "nope")

@@ -77,6 +77,8 @@ class PretrainedConfig:
       sample_shift: default timestep shift of the sampler.
       sample_steps: default number of sampling steps (chosen on validation pairs after training).
       prediction: what the network outputs, "velocity" or "sample" (`diffusion.flow.PREDICTIONS`).
+      one_step_only: the model was trained only at pure noise (`diffusion.pure_noise_fraction` = 1), so
+        its one-step estimate is the only sampler it supports (sample_steps must be 1).
       source_skip: the model adds the source latents to its output (`EditByTrack(source_skip=)`).
       warp_prior: the model takes the classical warp as a prior (`EditByTrack(warp_prior=)`).
       warp_coverage: the prior includes the warp's coverage (`EditByTrack(warp_coverage=)`).
@@ -95,12 +97,17 @@ class PretrainedConfig:
     sample_shift: float = 5.0
     sample_steps: int = DEFAULT_SAMPLE_STEPS
     prediction: str = "velocity"
+    one_step_only: bool = False
     source_skip: bool = False
     warp_prior: bool = False
     warp_coverage: bool = False
     source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        if self.one_step_only and int(self.sample_steps) != 1:
+            raise ValueError(
+                f"a model trained only at pure noise samples in one step; got sample_steps={self.sample_steps}"
+            )
         # one prompt length: the backbone's copy (written into the diffusers config.json) follows text_len
         if int(self.wan.text_len) != int(self.text_len):
             object.__setattr__(self, "wan", self.wan.replace(text_len=int(self.text_len)))
@@ -113,6 +120,9 @@ class PretrainedConfig:
 
         wan = build.wan_config(config).replace(lora_rank=0, lora_alpha=None, remat_policy="none")
         d = config.data
+        # a model never trained below sigma = 1 has one valid sampler: one step from pure noise
+        one_step_only = float(config.diffusion.get("pure_noise_fraction", 0.0)) >= 1.0
+        steps = 1 if one_step_only else int(config.diffusion.get("sample_steps", DEFAULT_SAMPLE_STEPS))
         return cls(
             wan=wan,
             conditioner=build.conditioner_config(config),
@@ -124,8 +134,9 @@ class PretrainedConfig:
             width=int(d.width),
             max_tracks=int(d.max_tracks),
             sample_shift=float(config.diffusion.get("sample_shift", config.diffusion.shift)),
-            sample_steps=int(config.diffusion.get("sample_steps", DEFAULT_SAMPLE_STEPS)),
+            sample_steps=steps,
             prediction=str(config.diffusion.get("prediction", "velocity")),
+            one_step_only=one_step_only,
             source_skip=bool(config.model.get("source_skip", False)),
             warp_prior=bool(config.model.get("warp_prior", False)),
             warp_coverage=bool(config.model.get("warp_coverage", False)),
@@ -161,7 +172,12 @@ class PretrainedConfig:
                 "width": self.width,
                 "max_tracks": self.max_tracks,
             },
-            "sampling": {"shift": self.sample_shift, "steps": self.sample_steps, "prediction": self.prediction},
+            "sampling": {
+                "shift": self.sample_shift,
+                "steps": self.sample_steps,
+                "prediction": self.prediction,
+                "one_step_only": self.one_step_only,
+            },
             "source": self.source,
         }
 
@@ -191,6 +207,7 @@ class PretrainedConfig:
                 sample_shift=float(data.get("sampling", {}).get("shift", 5.0)),
                 sample_steps=int(data.get("sampling", {}).get("steps", DEFAULT_SAMPLE_STEPS)),
                 prediction=str(data.get("sampling", {}).get("prediction", "velocity")),
+                one_step_only=bool(data.get("sampling", {}).get("one_step_only", False)),
                 source_skip=bool(m.get("source_skip", False)),
                 warp_prior=bool(m.get("warp_prior", False)),
                 warp_coverage=bool(m.get("warp_coverage", False)),
