@@ -23,7 +23,8 @@ text               text_len (the one prompt length: text embeddings, WanConfig.t
 diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mean/std, shift, prediction
                    ("velocity": the network outputs v, as Wan; "sample": it outputs x0, see diffusion/flow.py),
                    weighting (per-example loss weight: "none" as Wan; "x0": the clean-sample error),
-                   pure_noise_fraction (share of samples trained at sigma = 1, where sampling starts);
+                   pure_noise_fraction (share of samples trained at sigma = 1, where sampling starts; 1 = all of
+                   them: the exported model then samples in one step only);
                    edit_weight (weight of a second loss term: the mean over the edit region, the latent
                    pixels whose target differs from the source by more than edit_threshold; 0 = off);
                    temporal_weight (weight of a third term: the frame-to-frame change of the decoded
