@@ -203,7 +203,7 @@ def evaluate(
 
     out_dir = pathlib.Path(out_dir)
     cfg = pipe.config
-    steps = cfg.sample_steps if steps is None else int(steps)
+    steps = cfg.check_steps(cfg.sample_steps if steps is None else int(steps))  # before anything is written
     grid = (cfg.num_frames, cfg.height, cfg.width)
     rows, lk_floor = [], []
     t_start = time.perf_counter()

@@ -333,13 +333,7 @@ class EditPipeline:
 
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
-        num_steps = self.config.sample_steps if num_steps is None else num_steps
-        if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
-        if self.config.one_step_only and num_steps != 1:
-            raise ValueError(
-                f"this model was trained only at pure noise and samples in one step; got {num_steps} steps"
-            )
+        num_steps = self.config.check_steps(self.config.sample_steps if num_steps is None else num_steps)
         if not math.isfinite(float(guidance)):
             raise ValueError(f"guidance must be finite; got {guidance}")
         shift = float(self.config.sample_shift if shift is None else shift)

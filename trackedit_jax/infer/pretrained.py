@@ -112,6 +112,16 @@ class PretrainedConfig:
         if int(self.wan.text_len) != int(self.text_len):
             object.__setattr__(self, "wan", self.wan.replace(text_len=int(self.text_len)))
 
+    def check_steps(self, num_steps) -> int:
+        """`num_steps` if this model can sample with that many steps; else ValueError in one line."""
+        if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int; got {num_steps!r}")
+        if self.one_step_only and num_steps != 1:
+            raise ValueError(
+                f"this model was trained only at pure noise and samples in one step; got {num_steps} steps"
+            )
+        return int(num_steps)
+
     # -------------------------------------------------------------------------------- conversions
     @classmethod
     def from_train_config(cls, config, *, source: dict | None = None) -> PretrainedConfig:
