@@ -57,7 +57,7 @@ def test_demo_model_beats_copy_in_the_edit_region(demo):
 
 def test_eval_on_two_generated_pairs(tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["eval", "--make-pairs", "2", "--seed", "991", "--steps", "2", "--out", str(out), "--videos", "1"]) == 0
+    assert main(["eval", "--make-pairs", "2", "--seed", "991", "--steps", "1", "--out", str(out), "--videos", "1"]) == 0
     result = json.loads((out / "metrics.json").read_text())
     assert result["num_pairs"] == 2
     for method in ("model", "copy", "warp"):

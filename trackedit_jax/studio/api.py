@@ -236,6 +236,16 @@ class ModelCache:
 
         self.checkpoint = resolve_checkpoint(None if checkpoint is None else str(checkpoint))
         self._pipe = None
+        self._config = None
+
+    @property
+    def config(self):
+        """The model's `PretrainedConfig` (config.json only: no weights are loaded)."""
+        if self._config is None:
+            from trackedit_jax.infer.pretrained import read_pretrained_config
+
+            self._config = read_pretrained_config(self.checkpoint)
+        return self._config
 
     def get(self):
         if self._pipe is None:
@@ -252,6 +262,11 @@ def edit_work(scene: Scene, text, allowed: list[pathlib.Path], models: ModelCach
     the edited frames (F, h, w, 3) uint8 in job.result["video"]. steps None: the model's default."""
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000):
         raise StudioError(f"steps must be an integer in [1, 1000]; got {steps!r}")
+    if steps is not None:
+        try:  # what the model allows (a model trained only at pure noise samples in one step)
+            models.config.check_steps(steps)
+        except ValueError as e:
+            raise StudioError(str(e)) from None
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise StudioError(f"seed must be an integer; got {seed!r}")
     spec, _ = parse_spec(scene, text, allowed)
