@@ -85,13 +85,9 @@ def test_eval_refuses_pairs_off_the_model_grid_in_one_line(tmp_path, capsys):
 def test_eval_refuses_more_steps_than_a_one_step_model_has_in_one_line(tmp_path, capsys):
     """A model exported with `sampling.one_step_only` (trained only at pure noise): `--steps 3` fails with
     one line and leaves no report folder."""
-    import shutil
+    from infer_assets import one_step_copy
 
-    model = tmp_path / "one_step"
-    shutil.copytree(BUILTIN_MODEL, model)
-    cfg = json.loads((model / "config.json").read_text())
-    cfg["sampling"].update(steps=1, one_step_only=True)
-    (model / "config.json").write_text(json.dumps(cfg))
+    model = one_step_copy(BUILTIN_MODEL, tmp_path / "one_step")
     out = tmp_path / "r"
     args = ["eval", "--checkpoint", str(model), "--make-pairs", "1", "--seed", "991", "--out", str(out)]
     assert main([*args, "--steps", "3"]) == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -114,3 +116,13 @@ def text_assets(root: pathlib.Path):
     )
     encoder = UMT5Encoder(UMT5Config.tiny(vocab_size=40, d_model=TEXT_DIM), rngs=nnx.Rngs(3))
     return encoder, root / "spiece.model"
+
+
+def one_step_copy(model_dir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """A copy of the pretrained directory `model_dir` at `out`, its config.json marked as a model trained
+    only at pure noise (`sampling.one_step_only`, one step)."""
+    shutil.copytree(model_dir, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["sampling"].update(steps=1, one_step_only=True)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out

@@ -189,17 +189,12 @@ def test_bad_job_settings(studio):
 def test_a_one_step_model_refuses_more_steps_before_the_job_starts(studio, tmp_path):
     """A model exported with `sampling.one_step_only`: a job asking for 3 steps is refused at submission
     with the pipeline's one-line reason, reading only config.json."""
-    import shutil
+    from infer_assets import one_step_copy
 
     from trackedit_jax.infer.builtin import BUILTIN_MODEL
     from trackedit_jax.studio import api
 
-    model = tmp_path / "one_step"
-    shutil.copytree(BUILTIN_MODEL, model)
-    cfg = json.loads((model / "config.json").read_text())
-    cfg["sampling"].update(steps=1, one_step_only=True)
-    (model / "config.json").write_text(json.dumps(cfg))
-    models = api.ModelCache(model)
+    models = api.ModelCache(one_step_copy(BUILTIN_MODEL, tmp_path / "one_step"))
     with pytest.raises(api.StudioError, match="samples in one step; got 3 steps"):
         api.edit_work(studio.scene, EDIT, [], models, steps=3, seed=0)
     assert callable(api.edit_work(studio.scene, EDIT, [], models, steps=1, seed=0))
