@@ -15,6 +15,8 @@ model.warp_prior   the model is also given the classical warp of the source into
                    the source; the data carries the warp (off in the paper presets)
 model.warp_coverage  a warp_prior model also reads the warp's coverage clip (where the warp filled a pixel
                    from another frame or inpainted it, `geometry.warp.coverage_video`); the data carries it
+model.source_gate  a source_skip + warp_prior model also learns, for every output value, how much of the
+                   source to take instead of the warp (a sigmoid gate from a second head)
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
 vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
                    spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
@@ -86,6 +88,7 @@ def base_config() -> ConfigDict:
     c.model.source_skip = False
     c.model.warp_prior = False
     c.model.warp_coverage = False
+    c.model.source_gate = False
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))

@@ -82,6 +82,7 @@ class PretrainedConfig:
       source_skip: the model adds the source latents to its output (`EditByTrack(source_skip=)`).
       warp_prior: the model takes the classical warp as a prior (`EditByTrack(warp_prior=)`).
       warp_coverage: the prior includes the warp's coverage (`EditByTrack(warp_coverage=)`).
+      source_gate: the model blends the source into the warp value by value (`EditByTrack(source_gate=)`).
       source: provenance (run directory, step, EMA, ...), free-form.
     """
 
@@ -101,6 +102,7 @@ class PretrainedConfig:
     source_skip: bool = False
     warp_prior: bool = False
     warp_coverage: bool = False
+    source_gate: bool = False
     source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -150,6 +152,7 @@ class PretrainedConfig:
             source_skip=bool(config.model.get("source_skip", False)),
             warp_prior=bool(config.model.get("warp_prior", False)),
             warp_coverage=bool(config.model.get("warp_coverage", False)),
+            source_gate=bool(config.model.get("source_gate", False)),
             source=dict(source or {}),
         )
 
@@ -173,6 +176,7 @@ class PretrainedConfig:
                 "source_skip": self.source_skip,
                 "warp_prior": self.warp_prior,
                 "warp_coverage": self.warp_coverage,
+                "source_gate": self.source_gate,
             },
             "vae": vae,
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
@@ -221,6 +225,7 @@ class PretrainedConfig:
                 source_skip=bool(m.get("source_skip", False)),
                 warp_prior=bool(m.get("warp_prior", False)),
                 warp_coverage=bool(m.get("warp_coverage", False)),
+                source_gate=bool(m.get("source_gate", False)),
                 source=dict(data.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -477,6 +482,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
             source_skip=config.source_skip,
             warp_prior=config.warp_prior,
             warp_coverage=config.warp_coverage,
+            source_gate=config.source_gate,
             rngs=nnx.Rngs(0),
         )
     )

@@ -12,6 +12,12 @@
   warp_prior (option): the model is also given z_warp, the latents of the source moved into the target
            view by the classical warp (`geometry.warp`): tau_tgt += Linear(patches(z_warp)), and a
            source_skip model adds its change to patches(z_warp) instead (an untrained one is the warp).
+  source_gate (option, source_skip + warp_prior models): a second head reads the same final features
+           and gives, for every output value, g = sigmoid(gate) in (0, 1):
+             output = patches(z_warp) + g * (patches(z_src) - patches(z_warp)) + head(...)
+           so the model can take any pixel from the source instead of the warp (where an object turns in
+           place, the source is closer than the warp's fragments of it), which a change of rank D per token
+           cannot express; its bias starts at -4 (g = 0.018: an untrained model is nearly the warp).
 
 The source path (patchify of z_src, the conditioner) does not depend on the noise level, so
 `encode_source` computes it once and `__call__` reuses it at every sampling step.
@@ -46,17 +52,21 @@ class SourceCache:
       `warp_prior` models), added to nu_tgt each step.
     source_patches: (B, L, pt*ph*pw*C) float32 raw source patches (warp patches in `warp_prior`
       models), added to the head's output (`source_skip` models), else None.
+    source_gap: (B, L, pt*ph*pw*C) float32 raw source patches minus warp patches, scaled by the gate
+      and added to the output (`source_gate` models), else None.
     """
 
     source_tokens: Any
     target_tracks: Any
     source_patches: Any = None
+    source_gap: Any = None
 
 
 class EditByTrack(nnx.Module):
     """The edit model. Parameters: `dit` (the Wan backbone, optionally with LoRA), `conditioner`,
     in "shared" RoPE mode `side_embedding` (2, D), and in `warp_prior` models `prior_embedding`
-    (pt*ph*pw*C_in*k -> D, k = 2 with `warp_coverage`, else 1).
+    (pt*ph*pw*C_in*k -> D, k = 2 with `warp_coverage`, else 1), and in `source_gate` models `gate_head`
+    (D -> pt*ph*pw*C_out).
 
     Args:
       wan: `WanConfig` of the backbone (set `lora_rank` for LoRA fine-tuning).
@@ -67,7 +77,11 @@ class EditByTrack(nnx.Module):
       warp_prior: take the warp's latents as a further input (see module docstring).
       warp_coverage: the prior also stacks the latents of the warp's coverage clip
         (`geometry.warp.coverage_video`) after the warp's on the channel axis: where the warp guessed.
+      source_gate: a learned per-value choice between the warp and the source (see module docstring);
+        needs source_skip and warp_prior.
     """
+
+    GATE_BIAS = -4.0  # sigmoid(-4) = 0.018: an untrained gated model is the warp to within 2% of (source - warp)
 
     def __init__(
         self,
@@ -78,6 +92,7 @@ class EditByTrack(nnx.Module):
         source_skip: bool = False,
         warp_prior: bool = False,
         warp_coverage: bool = False,
+        source_gate: bool = False,
         rngs: nnx.Rngs,
     ):
         if rope_mode not in ROPE_MODES:
@@ -90,6 +105,9 @@ class EditByTrack(nnx.Module):
         if warp_coverage and not warp_prior:
             raise ValueError("warp_coverage needs warp_prior")
         self.warp_prior = warp_prior
+        if source_gate and not (source_skip and warp_prior):
+            raise ValueError("source_gate chooses between the source and the warp: it needs source_skip and warp_prior")
+        self.source_gate = source_gate
         self.prior_clips = (2 if warp_coverage else 1) if warp_prior else 0
         self.dit = WanDiT(wan, rngs=rngs)
         if source_skip:
@@ -109,9 +127,20 @@ class EditByTrack(nnx.Module):
                 dtype=wan.dtype,
                 rngs=rngs,
             )
+        if source_gate:  # after the prior embedding, for the same reason
+            self.gate_head = LoRALinear(
+                wan.dim,
+                wan.patch_volume * wan.out_dim,
+                logical_axes=("embed", "patch"),
+                param_dtype=wan.param_dtype,
+                dtype=wan.dtype,
+                rngs=rngs,
+            )
+            self.gate_head.kernel[...] = jnp.zeros_like(self.gate_head.kernel[...])
+            self.gate_head.bias[...] = jnp.full_like(self.gate_head.bias[...], self.GATE_BIAS)
 
     # the parameters that train besides LoRA adapters in "lora" mode (paths contain these names)
-    EXTRA_TRAINABLE = ("conditioner", "side_embedding", "prior_embedding")
+    EXTRA_TRAINABLE = ("conditioner", "side_embedding", "prior_embedding", "gate_head")
 
     def _check_latents(self, name: str, z: jax.Array) -> None:
         c = self.wan_config.in_dim
@@ -170,8 +199,10 @@ class EditByTrack(nnx.Module):
             raise ValueError("prior_latents given to a model without warp_prior")
         if not self.source_skip:
             return SourceCache(src, tgt, None)
-        skip = self.dit.patches(source_latents)[0] if skip is None else skip
-        return SourceCache(src, tgt, skip.astype(jnp.float32))
+        source_patches = self.dit.patches(source_latents)[0]
+        skip = source_patches if skip is None else skip
+        gap = (source_patches - skip).astype(jnp.float32) if self.source_gate else None
+        return SourceCache(src, tgt, skip.astype(jnp.float32), gap)
 
     def positions(self, grid: tuple[int, int, int]) -> jax.Array:
         """(2L, 3) int RoPE positions of [source, target] tokens for a token grid (f, h, w)."""
@@ -205,7 +236,13 @@ class EditByTrack(nnx.Module):
         text = self.dit.embed_text(context)
         rope = self.dit.rope_frequencies(self.positions(grid))
         tokens = self.dit.run_blocks(tokens, e0, text, rope)
-        out = self.dit.head(tokens[:, L:], e)
+        if self.source_gate:
+            features = self.dit.head.features(tokens[:, L:], e)
+            out = self.dit.head.linear(features).astype(jnp.float32)
+            gate = jax.nn.sigmoid(self.gate_head(features).astype(jnp.float32))
+            out = out + gate * cache.source_gap
+        else:
+            out = self.dit.head(tokens[:, L:], e)
         if cache.source_patches is not None:
             out = out + cache.source_patches
         return self.dit.unpatchify(out, grid)

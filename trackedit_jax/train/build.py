@@ -89,6 +89,7 @@ def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
         source_skip=bool(config.model.get("source_skip", False)),
         warp_prior=warp_prior(config),
         warp_coverage=warp_coverage(config),
+        source_gate=source_gate(config),
         rngs=nnx.Rngs(seed),
     )
 
@@ -102,6 +103,11 @@ def warp_coverage(config: ConfigDict) -> bool:
     """Whether a warp-prior model also reads where the warp guessed (`model.warp_coverage`): batches then
     carry `warp_coverage`."""
     return warp_prior(config) and bool(config.model.get("warp_coverage", False))
+
+
+def source_gate(config: ConfigDict) -> bool:
+    """Whether the model chooses, value by value, between the warp and the source (`model.source_gate`)."""
+    return bool(config.model.get("source_gate", False))
 
 
 def trainable(config: ConfigDict):
@@ -186,6 +192,10 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
         )
     if config.model.get("source_skip", False) and config.diffusion.get("prediction", "velocity") != "sample":
         raise ConfigError("model.source_skip: the source is a clean sample, so it needs diffusion.prediction='sample'")
+    if source_gate(config) and not (config.model.get("source_skip", False) and warp_prior(config)):
+        raise ConfigError(
+            "model.source_gate chooses between the source and the warp: it needs model.source_skip and model.warp_prior"
+        )
     if config.diffusion.get("weighting", "none") not in WEIGHTINGS:
         raise ConfigError(f"diffusion.weighting must be one of {WEIGHTINGS}; got {config.diffusion.weighting!r}")
     if not 1 <= d.min_tracks <= d.max_tracks:

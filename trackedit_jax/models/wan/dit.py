@@ -209,11 +209,16 @@ class WanHead(nnx.Module):
         )
         self.linear = _linear(config, d, config.out_dim * config.patch_volume, ("embed", "patch"), rngs)
 
-    def __call__(self, x: jax.Array, e: jax.Array) -> jax.Array:
-        """tokens (B, L, D), e (B, D) from `embed_time` -> (B, L, pt*ph*pw*C_out) float32."""
+    def features(self, x: jax.Array, e: jax.Array) -> jax.Array:
+        """tokens (B, L, D), e (B, D) from `embed_time` -> (B, L, D): the normalised, modulated tokens the
+        projection reads (a further per-token output head can read them too)."""
         mod = self.modulation[...].astype(jnp.float32)[None] + e.astype(jnp.float32)[:, None]
         shift, scale = mod[:, 0:1], mod[:, 1:2]
-        return self.linear(mul_broadcast(layer_norm(x, self.eps), 1.0 + scale) + shift).astype(jnp.float32)
+        return mul_broadcast(layer_norm(x, self.eps), 1.0 + scale) + shift
+
+    def __call__(self, x: jax.Array, e: jax.Array) -> jax.Array:
+        """tokens (B, L, D), e (B, D) from `embed_time` -> (B, L, pt*ph*pw*C_out) float32."""
+        return self.linear(self.features(x, e)).astype(jnp.float32)
 
 
 class MLPEmbedding(nnx.Module):
