@@ -173,6 +173,18 @@ def test_a_model_trained_only_at_pure_noise_samples_in_one_step(tiny_parts):
     assert PretrainedConfig.from_json(old) == most
 
 
+def test_the_source_gate_flag_survives_config_json():
+    """`model.source_gate` is recorded by export and read back; a config.json without it reads as ungated."""
+    from trackedit_jax.configuration import load_config
+
+    gated = PretrainedConfig.from_train_config(load_config("configs/demo_cpu.py", ["--config.model.source_gate=true"]))
+    assert gated.source_gate and gated.to_json()["model"]["source_gate"] is True
+    assert PretrainedConfig.from_json(json.loads(json.dumps(gated.to_json()))) == gated
+    old = gated.to_json()
+    del old["model"]["source_gate"]
+    assert not PretrainedConfig.from_json(old).source_gate
+
+
 def test_missing_pieces_are_named(tiny_checkpoint, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_pretrained(tmp_path / "nope")

@@ -244,3 +244,49 @@ def test_a_coverage_model_reads_the_coverage_but_skips_only_the_warp():
         model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp)
     with pytest.raises(ValueError, match="warp_coverage needs warp_prior"):
         EditByTrack(_wan(), COND, warp_coverage=True, rngs=nnx.Rngs(0))
+
+
+def test_source_gate_blends_the_source_into_the_warp_value_by_value():
+    """A `source_gate` model is the warp-prior model with the same weights (the gate head is created last)
+    plus sigmoid(gate) * (source - warp): untrained, gate = sigmoid(-4) everywhere; a constant per-value
+    bias gives exactly that blend on top of the warp-only output; a saturated gate gives the source plus
+    the change; the zero gate kernel receives gradient; a gate without source_skip and warp_prior is refused."""
+    gated = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, source_gate=True, rngs=nnx.Rngs(4))
+    warp_only = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, rngs=nnx.Rngs(4))
+    x_t, t, ctx, z_src, src, tgt, valid = _inputs(8)
+    z_warp = jnp.asarray(np.random.default_rng(9).normal(size=z_src.shape), jnp.float32)
+    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
+    run = lambda m: fwd(m, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)  # noqa: E731
+    g0 = 1.0 / (1.0 + np.exp(4.0))
+    np.testing.assert_allclose(run(gated), z_warp + g0 * (z_src - z_warp), rtol=1e-6, atol=1e-6)
+
+    for m in (gated, warp_only):  # the same non-zero head in both
+        head = m.dit.head.linear
+        head.kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(3), head.kernel[...].shape)
+    state = nnx.state(warp_only)
+    nnx.update(gated, state)
+    base = run(warp_only)
+    assert float(jnp.abs(base - z_warp).max()) > 1e-3  # the head's change is really there
+
+    # constant gate per output value: bias b over the patch values, kernel zero
+    pv = gated.gate_head.bias[...].shape[0]
+    b = jnp.asarray(np.random.default_rng(10).normal(size=pv) * 2.0, jnp.float32)
+    gated.gate_head.bias[...] = b
+    gate_values = gated.dit.unpatchify(
+        jnp.broadcast_to(jax.nn.sigmoid(b), (B, (f * h * w) // 4, pv)), (f, h // 2, w // 2)
+    )
+    np.testing.assert_allclose(run(gated), base + gate_values * (z_src - z_warp), rtol=1e-5, atol=1e-5)
+
+    gated.gate_head.bias[...] = jnp.full((pv,), 40.0)  # saturated: the source replaces the warp
+    np.testing.assert_allclose(run(gated), base - z_warp + z_src, rtol=1e-5, atol=1e-5)
+
+    gated.gate_head.bias[...] = jnp.full((pv,), -4.0)
+    loss = lambda m: jnp.mean(  # noqa: E731
+        (m.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=z_warp) - z_src) ** 2
+    )
+    grads = jax.jit(nnx.grad(loss))(gated)
+    assert float(jnp.abs(grads["gate_head"]["kernel"][...]).max()) > 0
+
+    for kw in (dict(source_skip=True), dict(warp_prior=True), {}):
+        with pytest.raises(ValueError, match="source_gate .* needs source_skip and warp_prior"):
+            EditByTrack(_wan(), COND, source_gate=True, rngs=nnx.Rngs(0), **kw)

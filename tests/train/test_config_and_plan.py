@@ -29,6 +29,7 @@ def _tiny(*overrides):
         (["--config.data.train_path=/nonexistent/shards"], 1, "data.train_path"),
         (["--config.model.conditioner.sampling=nearest"], 1, "model"),
         (["--config.model.source_skip=true"], 1, "model.source_skip"),  # tiny_cpu predicts the velocity
+        (["--config.model.source_gate=true"], 1, "model.source_gate"),  # tiny_cpu has no warp prior
         (["--config.diffusion.weighting=snr"], 1, "diffusion.weighting"),
     ],
 )

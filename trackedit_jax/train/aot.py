@@ -261,6 +261,7 @@ def plan_training_step(
         text_tokens=int(config.text.text_len),
         warp_prior=build.warp_prior(config),
         prior_clips=2 if build.warp_coverage(config) else 1,
+        source_gate=build.source_gate(config),
     )
     model = 3.0 * B * sum(parts.values())
     executed = executed_train_step_flops(

@@ -65,6 +65,7 @@ def edit_model_forward_parts(
     text_tokens: int,
     warp_prior: bool = False,
     prior_clips: int = 1,
+    source_gate: bool = False,
 ) -> dict[str, float]:
     """Forward matmul FLOPs of one example through `EditByTrack`, by kind (all floats):
 
@@ -76,12 +77,13 @@ def edit_model_forward_parts(
     conditioner    the track conditioner's projections (sample, temporal transformer, two splats);
     conditioner_inputs  its Fourier-feature encodings of points, grid cells and z (no input gradient);
     conditioner_attention  its attention cores;
-    prior_inputs   the warp prior's patch embedding (`warp_prior` models; trained, applied to inputs).
+    prior_inputs   the warp prior's patch embedding (`warp_prior` models; trained, applied to inputs);
+    gate_head      the source gate's projection of the target tokens (`source_gate` models).
 
     Args:
       wan: `WanConfig`; cond: `ConditionerConfig`; latent_shape: (f, h, w) latent grid of one side;
       num_tracks: N (the padded track count the model sees); text_tokens: T; warp_prior: the model's flag;
-      prior_clips: clips the prior stacks (2 with `warp_coverage`).
+      prior_clips: clips the prior stacks (2 with `warp_coverage`); source_gate: the model's flag.
     """
     f, h, w = latent_shape
     pt, ph, pw = wan.patch_size
@@ -126,6 +128,7 @@ def edit_model_forward_parts(
         "conditioner_inputs": float(encodings),
         "conditioner_attention": float(cattn + temporal_attn),
         "prior_inputs": float(2 * L * wan.in_dim * prior_clips * pt * ph * pw * d if warp_prior else 0),
+        "gate_head": float(2 * L * d * wan.out_dim * pt * ph * pw if source_gate else 0),
     }
 
 
@@ -156,5 +159,5 @@ def executed_train_step_flops(
     attn = parts["dit_attention"] * ((3.5 if recompute_scores else 3.0) + remat)
     lora = parts["lora"] * (3.0 + remat)
     cond = 3.0 * (parts["conditioner"] + parts["conditioner_attention"]) + 2.0 * parts["conditioner_inputs"]
-    cond += 2.0 * parts.get("prior_inputs", 0.0)
+    cond += 2.0 * parts.get("prior_inputs", 0.0) + 3.0 * parts.get("gate_head", 0.0)  # the gate is trained, mid-network
     return float(batch_size * (lin + attn + lora + cond))
