@@ -228,7 +228,8 @@ def test_a_one_step_model_refuses_more_steps(tiny_parts, sheep_scene):
 def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
     """A `warp_prior` + `source_skip` model with its zero head predicts the warp's latents at every step,
     so through the exact space-to-depth VAE the pipeline returns `geometry.warp` of its inputs (computed
-    here independently, with every track and the given depth); a depth of the wrong size is refused."""
+    here independently, with every track and the given depth); a depth of the wrong size is refused; with a
+    saturated source gate the same pipeline returns the source instead."""
     from infer_assets import tiny_config
 
     from trackedit_jax.geometry.warp import coverage_video, warp_video
@@ -273,3 +274,12 @@ def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
     np.testing.assert_array_equal(out.inputs.warp, expected)
     np.testing.assert_array_equal(out.inputs.warp_coverage, coverage_video(coverage))
     assert np.abs(out.video.astype(int) - expected.astype(int)).max() <= 1
+
+    # a gated model whose gate is saturated takes every value from the source instead of the warp
+    config = dataclasses.replace(config, warp_coverage=False, source_gate=True)
+    model = EditByTrack(wan, config.conditioner, source_skip=True, warp_prior=True, source_gate=True, rngs=nnx.Rngs(0))
+    model.gate_head.bias[...] = jnp.full_like(model.gate_head.bias[...], 40.0)
+    pipe = EditPipeline(model, SpaceToDepthVAE(config.vae), config)
+    out = pipe.edit(frames, tracks, camera, target, camera, num_steps=2, seed=4, source_depth=depth)
+    assert np.abs(out.inputs.warp.astype(int) - frames.astype(int)).max() > 50  # the warp is not the source
+    assert np.abs(out.video.astype(int) - frames.astype(int)).max() <= 1

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from infer_assets import build_model, build_vae, tiny_config
+from infer_assets import build_model, build_vae, randomize_zero_inits, tiny_config
 from torch_reference import HAVE_TORCH, needs_torch
 
 from trackedit_jax.infer.pretrained import (
@@ -19,6 +19,7 @@ from trackedit_jax.infer.pretrained import (
     read_pretrained_config,
     save_pretrained,
 )
+from trackedit_jax.models.edit_model import EditByTrack
 
 if HAVE_TORCH:
     import torch
@@ -183,6 +184,33 @@ def test_the_source_gate_flag_survives_config_json():
     old = gated.to_json()
     del old["model"]["source_gate"]
     assert not PretrainedConfig.from_json(old).source_gate
+
+
+def test_a_gated_warp_model_round_trips(tmp_path):
+    """A space-to-depth model with the warp prior and the source gate is saved and loaded with every parameter
+    (the gate head included) and gives identical outputs."""
+    from trackedit_jax.models.space_to_depth import SpaceToDepthConfig, SpaceToDepthVAE
+
+    z = 3 * 4 * 4 * 4
+    base = tiny_config()
+    flags = dict(source_skip=True, warp_prior=True, source_gate=True)
+    config = tiny_config(
+        wan=base.wan.replace(in_dim=z, out_dim=z, num_layers=1), vae=SpaceToDepthConfig(), prediction="sample", **flags
+    )
+    model = nnx.jit(
+        lambda: EditByTrack(config.wan, config.conditioner, rope_mode=config.rope_mode, rngs=nnx.Rngs(0), **flags)
+    )()
+    randomize_zero_inits(model)  # the head and the gate kernel start at zero
+    loaded = load_pretrained(save_pretrained(tmp_path / "gated", config, model, SpaceToDepthVAE(config.vae)))
+    assert loaded.config == config and loaded.config.source_gate
+    ours, theirs = _flat_params(loaded.model), _flat_params(model)
+    assert ours.keys() == theirs.keys() and any("gate_head" in str(k) for k in ours)
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k], err_msg=str(k))
+    x, t, ctx, src = _inputs(config)
+    prior = jax.random.normal(jax.random.PRNGKey(5), src[0].shape)
+    run = nnx.jit(lambda m: m(x, t, ctx, m.encode_source(*src, prior_latents=prior)))
+    np.testing.assert_array_equal(np.asarray(run(loaded.model)), np.asarray(run(model)))
 
 
 def test_missing_pieces_are_named(tiny_checkpoint, tmp_path):
