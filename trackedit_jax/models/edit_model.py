@@ -236,13 +236,10 @@ class EditByTrack(nnx.Module):
         text = self.dit.embed_text(context)
         rope = self.dit.rope_frequencies(self.positions(grid))
         tokens = self.dit.run_blocks(tokens, e0, text, rope)
+        features = self.dit.head.features(tokens[:, L:], e)
+        out = self.dit.head.linear(features).astype(jnp.float32)  # = self.dit.head(tokens[:, L:], e)
         if self.source_gate:
-            features = self.dit.head.features(tokens[:, L:], e)
-            out = self.dit.head.linear(features).astype(jnp.float32)
-            gate = jax.nn.sigmoid(self.gate_head(features).astype(jnp.float32))
-            out = out + gate * cache.source_gap
-        else:
-            out = self.dit.head(tokens[:, L:], e)
+            out = out + jax.nn.sigmoid(self.gate_head(features).astype(jnp.float32)) * cache.source_gap
         if cache.source_patches is not None:
             out = out + cache.source_patches
         return self.dit.unpatchify(out, grid)
