@@ -14,7 +14,8 @@ model.warp_prior   the model is also given the classical warp of the source into
                    (`geometry.warp`), and a source_skip model adds its change to the warp instead of
                    the source; the data carries the warp (off in the paper presets)
 model.warp_coverage  a warp_prior model also reads the warp's coverage clip (where the warp filled a pixel
-                   from another frame or inpainted it, `geometry.warp.coverage_video`); the data carries it
+                   from another frame or inpainted it, and how far it moved each source pixel,
+                   `geometry.warp.coverage_video`); the data carries it
 model.source_gate  a source_skip + warp_prior model also learns, for every output value, how much of the
                    source to take instead of the warp (a sigmoid gate from a second head)
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)

@@ -234,7 +234,12 @@ class PairTransform:
         if cfg.with_warp and cfg.with_coverage:
             if rec.warp_coverage is None:
                 raise ValueError(f"record {rec.key!r} has no warp_coverage (made before coverage was stored)")
-            v = coverage_video(rec.warp_coverage[fidx])[:, y0 : y0 + ch_i, x0 : x0 + cw_i]
+            if rec.warp_displacement is None:
+                raise ValueError(f"record {rec.key!r} has no warp_displacement (made before it was stored)")
+            # the displacement counts the record's pixels: rescale it to the output grid's
+            zoom = (Ho / ch_i + Wo / cw_i) / 2
+            disp = np.minimum(np.round(rec.warp_displacement[fidx] * zoom), 255).astype(np.uint8)
+            v = coverage_video(rec.warp_coverage[fidx], disp)[:, y0 : y0 + ch_i, x0 : x0 + cw_i]
             out["warp_coverage"] = _resize(np.ascontiguousarray(v), Ho, Wo)
         Ks = crop_intrinsics(rec.source_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)
         Kt = crop_intrinsics(rec.target_intrinsics[fidx], x0, y0, cw_i, ch_i, Wo, Ho)

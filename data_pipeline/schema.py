@@ -20,6 +20,8 @@ Fields (`PairRecord`):
                             `model.warp_prior` models
   warp_coverage             optional (F, H, W) uint8: where each warp pixel came from (0 its own source
                             frame, 1 another source frame, 2 inpainting; `geometry.warp`)
+  warp_displacement         optional (F, H, W) uint8, with warp_coverage: how far the warp moves each source
+                            pixel, in eighths of a pixel (255: 31.9 px or more; `geometry.warp`)
   source_latents, target_latents   optional float arrays (any shape), e.g. VAE latents (f, h, w, C)
   text_embedding, text_mask optional (L, D) float32 and (L,) bool
   prompt                    str (may be empty)
@@ -150,6 +152,7 @@ class PairRecord:
     target_depth: np.ndarray | None = None
     warp_frames: list | None = None
     warp_coverage: np.ndarray | None = None
+    warp_displacement: np.ndarray | None = None
     source_latents: np.ndarray | None = None
     target_latents: np.ndarray | None = None
     text_embedding: np.ndarray | None = None
@@ -270,12 +273,15 @@ class PairRecord:
             if ids.min() < 0 or ids.max() >= N:
                 fail(f"source_ids must index the N={N} tracks; got range [{ids.min()}, {ids.max()}]")
         H, W = self.image_size
-        for name in ("source_depth", "target_depth", "warp_coverage"):
+        for name in ("source_depth", "target_depth", "warp_coverage", "warp_displacement"):
             d = getattr(self, name)
             if d is not None and (not isinstance(d, np.ndarray) or d.shape != (F, H, W)):
                 fail(f"{name} must be (F, H, W) = {(F, H, W)}; got {getattr(d, 'shape', None)}")
         if self.warp_coverage is not None and (self.warp_frames is None or self.warp_coverage.dtype != np.uint8):
             fail("warp_coverage must be uint8 and comes with warp_frames")
+        disp = self.warp_displacement
+        if disp is not None and (self.warp_coverage is None or disp.dtype != np.uint8):
+            fail("warp_displacement must be uint8 and comes with warp_coverage")
         if (self.text_embedding is None) != (self.text_mask is None):
             fail("text_embedding and text_mask come together")
         if self.text_embedding is not None:
@@ -305,6 +311,7 @@ _ARRAY_FIELDS = (
     "source_depth",
     "target_depth",
     "warp_coverage",
+    "warp_displacement",
     "source_latents",
     "target_latents",
     "text_embedding",

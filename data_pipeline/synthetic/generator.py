@@ -305,14 +305,17 @@ def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metad
         **extra,
     )
     if config.with_warp:  # from the decoded source clip: what a model is given at inference
-        warp, rec.warp_coverage = record_warp(rec, pair.source_render["depth"])
+        warp, rec.warp_coverage, rec.warp_displacement = record_warp(rec, pair.source_render["depth"])
         rec.warp_frames = encode_frames(warp, config.codec, config.jpeg_quality)
     return rec
 
 
-def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def record_warp(
+    rec: PairRecord, source_depth: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The record's source clip moved into the target view by `geometry.warp`, with all its tracks (and
-    the source depth (F, H, W) when given): (F, H, W, 3) uint8 frames and (F, H, W) uint8 coverage."""
+    the source depth (F, H, W) when given): (F, H, W, 3) uint8 frames, (F, H, W) uint8 coverage and
+    (F, H, W) uint8 displacement."""
     from trackedit_jax.geometry.warp import warp_video
 
     size = tuple(rec.image_size)
@@ -324,6 +327,7 @@ def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> tupl
         Camera(rec.target_intrinsics, rec.target_extrinsics, size),
         source_depth=None if source_depth is None else np.asarray(source_depth, np.float32),
         return_coverage=True,
+        return_displacement=True,
     )
 
 

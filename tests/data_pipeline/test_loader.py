@@ -296,18 +296,23 @@ def test_warp_frames_are_cropped_and_resized_like_the_target(tmp_path):
         plain.append(PairRecord.from_arrays(key=f"p{k}", source_video=src, target_video=tgt, codec="raw", **common))
     write_shard(tmp_path / "w.array_record", recs)
     write_shard(tmp_path / "p.array_record", plain)
-    # coverage records whose target clip is their coverage clip: warp_coverage must equal target_video
+    # coverage records whose target clip is their coverage clip: warp_coverage must equal target_video, but
+    # for the displacement (channel 2), which counts pixels and so grows with the resize
     covered = []
     for k in range(4):
         cov = rng.integers(0, 3, (F, H, W), dtype=np.uint8)
+        disp = np.repeat(rng.integers(0, 20, (F, 1, W), dtype=np.uint8), H, 1)  # constant down each column
         src = rng.integers(0, 256, (F, H, W, 3), dtype=np.uint8)
-        tgt = coverage_video(cov)
+        tgt = coverage_video(cov, disp)
         rec = PairRecord.from_arrays(
             key=f"c{k}", source_video=src, target_video=tgt, warp_video=src, codec="raw", **common
         )
-        rec.warp_coverage = cov
+        rec.warp_coverage, rec.warp_displacement = cov, disp
         covered.append(rec)
     write_shard(tmp_path / "c.array_record", covered)
+    stale = PairRecord.from_arrays(key="s", source_video=src, target_video=tgt, warp_video=src, codec="raw", **common)
+    stale.warp_coverage = cov  # made before the displacement was stored
+    write_shard(tmp_path / "s.array_record", [stale])
     cfg = LoaderConfig(
         batch_size=2, num_frames=5, image_size=(12, 16), max_tracks=16, min_tracks=4, max_drawn_tracks=8,
         crop_scale=(0.5, 0.9), with_warp=True, shuffle=True, process_index=0, process_count=1,
@@ -326,11 +331,19 @@ def test_warp_frames_are_cropped_and_resized_like_the_target(tmp_path):
     for _ in range(4):
         b = next(it)
         assert b["warp_coverage"].shape == (2, 5, 12, 16, 3) and b["warp_coverage"].dtype == np.uint8
-        np.testing.assert_array_equal(b["warp_coverage"], b["target_video"])
+        np.testing.assert_array_equal(b["warp_coverage"][..., :2], b["target_video"][..., :2])
         np.testing.assert_array_equal(b["warp_video"], b["source_video"])
     assert set(batch_spec(cov_cfg)) == set(b)
+    # half-size crops (10 x 13 of the 20 x 28 record) are enlarged to 12 x 16, and the displacement with them
+    b = next(make_iterator([tmp_path / "c.array_record"], dataclasses.replace(cov_cfg, crop_scale=(0.5, 0.5))))
+    np.testing.assert_array_equal(b["warp_coverage"][..., :2], b["target_video"][..., :2])
+    got, plain = (c[..., 2].astype(float) for c in (b["warp_coverage"], b["target_video"]))
+    zoom = (12 / 10 + 16 / 13) / 2
+    assert plain.max() > 10 and np.abs(got - zoom * plain).max() <= 1.5  # rounded before and after the resize
     with pytest.raises(ShardError, match="no warp_coverage"):
         next(make_iterator([tmp_path / "w.array_record"], cov_cfg))
+    with pytest.raises(ShardError, match="no warp_displacement"):
+        next(make_iterator([tmp_path / "s.array_record"], cov_cfg))
 
 
 def test_corrupt_record_raises_with_name_or_is_skipped_and_counted(tmp_path):

@@ -121,6 +121,26 @@ def test_warp_coverage_round_trips_and_comes_with_warp_frames():
         plain.validate()
 
 
+def test_warp_displacement_round_trips_and_comes_with_warp_coverage():
+    warp = np.random.default_rng(3).integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
+    cov = np.random.default_rng(4).integers(0, 3, (3, 8, 10), dtype=np.uint8)
+    disp = np.random.default_rng(5).integers(0, 256, (3, 8, 10), dtype=np.uint8)
+    rec = make_test_record(warp_video=warp)
+    rec.warp_coverage, rec.warp_displacement = cov, disp
+    back = decode_record(encode_record(rec))
+    np.testing.assert_array_equal(back.warp_displacement, disp)
+    assert back.warp_displacement.dtype == np.uint8
+    rec.warp_displacement = disp[:, :4]
+    with pytest.raises(RecordError, match="warp_displacement must be"):
+        rec.validate()
+    rec.warp_displacement = disp.astype(np.float32)
+    with pytest.raises(RecordError, match="warp_displacement must be uint8"):
+        rec.validate()
+    rec.warp_coverage, rec.warp_displacement = None, disp
+    with pytest.raises(RecordError, match="comes with warp_coverage"):
+        rec.validate()
+
+
 def test_every_family_in_a_generated_set(tiny_dataset):
     m = load_manifest(tiny_dataset)
     assert set(m["edit_family_counts"]) == set(ALL_FAMILIES)

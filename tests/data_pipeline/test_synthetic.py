@@ -224,11 +224,12 @@ def test_warp_frames_are_the_warp_of_the_decoded_source_clip():
         pair = generate_pair(31, i, cfg)
         rec = pair_to_record(pair, cfg, key=f"w{i}")
         warp = rec.video("warp")
-        frames, coverage = record_warp(rec, pair.source_render["depth"])
+        frames, coverage, displacement = record_warp(rec, pair.source_render["depth"])
         np.testing.assert_array_equal(warp, frames)
         np.testing.assert_array_equal(rec.warp_coverage, coverage)
+        np.testing.assert_array_equal(rec.warp_displacement, displacement)
         target = rec.video("target")
         gains.append(psnr(warp, target) - psnr(rec.video("source"), target))
     assert np.mean(gains) > 0, gains
     plain = pair_to_record(generate_pair(31, 0, CFG), CFG, key="p")
-    assert plain.warp_frames is None and plain.warp_coverage is None
+    assert plain.warp_frames is None and plain.warp_coverage is None and plain.warp_displacement is None

@@ -163,3 +163,25 @@ def test_warp_coverage_says_where_each_pixel_came_from():
     np.testing.assert_array_equal(clip[..., 0] == 255, cov_inpaint != COVERED)
     np.testing.assert_array_equal(clip[..., 1] == 255, cov_inpaint == INPAINTED)
     assert set(np.unique(clip[..., :2])) <= {0, 255} and not clip[..., 2].any()
+
+
+def test_warp_displacement_is_how_far_each_source_pixel_moves():
+    """The sliding square moved 2.5 px right (at depth 5, focal 40): its inside, whose 3D neighbours are all
+    square tracks, moves exactly 2.5 px (20 eighths), the plane away from it not at all; moved 100 px it
+    saturates. The frames and coverage are those of the plain call, and the clip carries it in channel 2."""
+    video, depth, _, src, x0, cam, on = _moving_square_scene()
+    for shift_px, inside in ((2.5, 20), (100.0, 255)):
+        xyz_t = np.asarray(src.xyz, np.float64).copy()
+        xyz_t[:, on, 0] += shift_px * 5.0 / 40.0
+        tgt = Tracks(xyz_t.astype(np.float32), src.visibility)
+        frames, cov, disp = warp_video(
+            video, src, cam, tgt, cam, source_depth=depth, return_coverage=True, return_displacement=True
+        )
+        plain, plain_cov = warp_video(video, src, cam, tgt, cam, source_depth=depth, return_coverage=True)
+        np.testing.assert_array_equal(frames, plain)
+        np.testing.assert_array_equal(cov, plain_cov)
+        assert disp.shape == video.shape[:3] and disp.dtype == np.uint8
+        for f, x in enumerate(x0):
+            assert np.all(disp[f, 13:19, x + 1 : x + 7] == inside)
+        assert not disp[:, :10].any() and not disp[:, 22:].any()  # rows the square never touched
+        np.testing.assert_array_equal(coverage_video(cov, disp)[..., 2], disp)

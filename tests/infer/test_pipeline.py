@@ -262,17 +262,19 @@ def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
     with pytest.raises(ValueError, match="source_depth must have the video's frame size"):
         pipe.prepare(frames, tracks, camera, target, camera, source_depth=depth[:, :16])
 
-    # a model that also reads the warp's coverage is given `coverage_video` of the warp's coverage
+    # a model that also reads the warp's coverage is given `coverage_video` of its coverage and displacement
     config = dataclasses.replace(config, warp_coverage=True)
     model = EditByTrack(
         wan, config.conditioner, source_skip=True, warp_prior=True, warp_coverage=True, rngs=nnx.Rngs(0)
     )
     pipe = EditPipeline(model, SpaceToDepthVAE(config.vae), config)
     out = pipe.edit(frames, tracks, camera, target, camera, num_steps=2, seed=4, source_depth=depth)
-    expected, coverage = warp_video(frames, tracks, camera, target, camera, source_depth=depth, return_coverage=True)
-    assert coverage.any()  # the translation uncovers something
+    expected, coverage, displacement = warp_video(
+        frames, tracks, camera, target, camera, source_depth=depth, return_coverage=True, return_displacement=True
+    )
+    assert coverage.any() and displacement.any()  # the translation uncovers and moves something
     np.testing.assert_array_equal(out.inputs.warp, expected)
-    np.testing.assert_array_equal(out.inputs.warp_coverage, coverage_video(coverage))
+    np.testing.assert_array_equal(out.inputs.warp_coverage, coverage_video(coverage, displacement))
     assert np.abs(out.video.astype(int) - expected.astype(int)).max() <= 1
 
     # a gated model whose gate is saturated takes every value from the source instead of the warp

@@ -27,6 +27,9 @@ from trackedit_jax.geometry.types import Camera, Tracks
 
 # where a warped pixel's colour came from (`warp_video(return_coverage=True)`)
 COVERED, FROM_OTHER_FRAME, INPAINTED = 0, 1, 2
+# `warp_video(return_displacement=True)` counts in eighths of a pixel; 255 (31.9 px) saturates: beyond a
+# few object sizes at 64x64 the distance no longer tells one edit from another
+DISPLACEMENT_STEPS_PER_PIXEL = 8
 
 
 def _pixel_grid(H: int, W: int) -> np.ndarray:
@@ -157,7 +160,8 @@ def warp_video(
     inpaint_radius: int = 3,
     temporal_fill: bool = True,
     return_coverage: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    return_displacement: bool = False,
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """The warp baseline (module docstring).
 
     Args:
@@ -166,10 +170,15 @@ def warp_video(
       source_depth: optional (F, H, W) camera-z depth of the source frames.
       temporal_fill: fill empty pixels from the other source frames before inpainting (step 4).
       return_coverage: also return where each pixel came from.
+      return_displacement: also return how far each pixel of the source frame moves.
     Returns:
-      (F, H, W, 3) uint8 target frames; with return_coverage also (F, H, W) uint8 coverage: COVERED (0)
+      (F, H, W, 3) uint8 target frames; with return_coverage then (F, H, W) uint8 coverage: COVERED (0)
       where frame f's own pixels landed, FROM_OTHER_FRAME (1) where another source frame filled the
-      pixel, INPAINTED (2) where only inpainting did.
+      pixel, INPAINTED (2) where only inpainting did; with return_displacement then (F, H, W) uint8: the
+      distance from each pixel of source frame f to where step 3 puts it in target frame f, in
+      DISPLACEMENT_STEPS_PER_PIXEL steps a pixel, 255 at 31.9 px or more or behind the target camera, 0
+      where the source pixel sees nothing (no depth). Where it is small the source clip is still right;
+      where it is large the source shows something that has moved away.
     """
     import cv2
 
@@ -213,6 +222,7 @@ def warp_video(
 
     out = np.empty_like(video)
     coverage = np.zeros((F, H, W), np.uint8)
+    displacement = np.zeros((F, H, W), np.uint8)
     for f in range(F):
         src = lift(f)
         if src.empty:
@@ -242,7 +252,13 @@ def warp_video(
 
         zbuf = np.full((H, W), np.inf)
         coords = np.zeros((H, W, 2))
-        jinv = layer(src.moved(goal), src.ok, None, zbuf, coords)
+        moved = src.moved(goal)
+        jinv = layer(moved, src.ok, None, zbuf, coords)
+        if return_displacement:
+            uv_t, z_t = project(moved[None], tcam_f)
+            dist = np.where(z_t[0] > 1e-3, np.linalg.norm(uv_t[0] - pix, axis=-1), np.inf)
+            steps = np.minimum(np.round(dist * DISPLACEMENT_STEPS_PER_PIXEL), 255)
+            displacement[f] = np.where(src.ok, steps, 0).reshape(H, W)
         # duplicated neighbourhoods are drawn again, once per copy, with the copies' displacements
         # (and the original's Jacobians: a copy is the same surface moved)
         for target_k in copy_ranks:
@@ -274,15 +290,20 @@ def warp_video(
             img = cv2.inpaint(img, holes.astype(np.uint8), inpaint_radius, cv2.INPAINT_TELEA)
         coverage[f][holes] = INPAINTED
         out[f] = img
-    return (out, coverage) if return_coverage else out
+    extra = [a for a, want in ((coverage, return_coverage), (displacement, return_displacement)) if want]
+    return (out, *extra) if extra else out
 
 
-def coverage_video(coverage: np.ndarray) -> np.ndarray:
+def coverage_video(coverage: np.ndarray, displacement: np.ndarray | None = None) -> np.ndarray:
     """(F, H, W) uint8 coverage of `warp_video` -> (F, H, W, 3) uint8 clip a model reads like a video:
     channel 0 is 255 where frame f's own pixels did not land, channel 1 is 255 where only inpainting
-    filled the pixel, channel 2 is 0."""
+    filled the pixel, channel 2 is the displacement (F, H, W) uint8 of `warp_video` when given, else 0."""
     c = np.asarray(coverage)
     out = np.zeros((*c.shape, 3), np.uint8)
     out[..., 0] = np.where(c != COVERED, 255, 0)
     out[..., 1] = np.where(c == INPAINTED, 255, 0)
+    if displacement is not None:
+        if np.shape(displacement) != c.shape:
+            raise ValueError(f"displacement must have the coverage's shape {c.shape}; got {np.shape(displacement)}")
+        out[..., 2] = displacement
     return out

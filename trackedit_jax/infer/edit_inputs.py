@@ -131,7 +131,7 @@ def prior_warp(
     def cut(t: Tracks) -> Tracks:
         return Tracks(np.asarray(t.xyz)[:n], np.asarray(t.visibility)[:n], t.ids)
 
-    warp, coverage = warp_video(
+    warp, coverage, displacement = warp_video(
         frames,
         cut(source_tracks),
         source_camera,
@@ -139,8 +139,9 @@ def prior_warp(
         target_camera,
         source_depth=depth,
         return_coverage=True,
+        return_displacement=True,
     )
-    return warp, coverage_video(coverage)
+    return warp, coverage_video(coverage, displacement)
 
 
 # ------------------------------------------------------------------------------------------------ inputs

@@ -76,7 +76,8 @@ class EditByTrack(nnx.Module):
         source plus a change; see module docstring). Needs in_dim == out_dim.
       warp_prior: take the warp's latents as a further input (see module docstring).
       warp_coverage: the prior also stacks the latents of the warp's coverage clip
-        (`geometry.warp.coverage_video`) after the warp's on the channel axis: where the warp guessed.
+        (`geometry.warp.coverage_video`) after the warp's on the channel axis: where the warp guessed, and
+        how far it moved each source pixel.
       source_gate: a learned per-value choice between the warp and the source (see module docstring);
         needs source_skip and warp_prior.
     """
