@@ -310,9 +310,7 @@ def pair_to_record(pair: SyntheticPair, config: SyntheticConfig, key: str, metad
     return rec
 
 
-def record_warp(
-    rec: PairRecord, source_depth: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def record_warp(rec: PairRecord, source_depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The record's source clip moved into the target view by `geometry.warp`, with all its tracks (and
     the source depth (F, H, W) when given): (F, H, W, 3) uint8 frames, (F, H, W) uint8 coverage and
     (F, H, W) uint8 displacement."""
