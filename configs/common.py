@@ -18,6 +18,8 @@ model.warp_coverage  a warp_prior model also reads the warp's coverage clip (whe
                    `geometry.warp.coverage_video`); the data carries it
 model.source_gate  a source_skip + warp_prior model also learns, for every output value, how much of the
                    source to take instead of the warp (a sigmoid gate from a second head)
+model.gate_coverage  the source gate also reads the coverage clip directly (a zero-initialised linear map
+                   of its patches added to the gate), so it can choose pixel by pixel
 lora               rank, alpha, mode ("lora": LoRA + conditioner train; "full": everything trains)
 vae                preset ("wan21" | "tiny" | "space_to_depth"), base_dim/z_dim overrides for tiny;
                    spatial_factor/temporal_factor/scale for space_to_depth (a fixed, exact pixel folding)
@@ -90,6 +92,7 @@ def base_config() -> ConfigDict:
     c.model.warp_prior = False
     c.model.warp_coverage = False
     c.model.source_gate = False
+    c.model.gate_coverage = False
     c.lora = ConfigDict(dict(rank=64, alpha=64.0, mode="lora"))
     c.vae = ConfigDict(dict(preset="wan21", base_dim=96, z_dim=16, spatial_factor=4, temporal_factor=4, scale=0.5))
     c.text = ConfigDict(dict(text_len=512, dropout=0.1))

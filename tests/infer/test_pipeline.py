@@ -285,3 +285,27 @@ def test_an_untrained_warp_prior_model_returns_the_warp_of_its_inputs():
     out = pipe.edit(frames, tracks, camera, target, camera, num_steps=2, seed=4, source_depth=depth)
     assert np.abs(out.inputs.warp.astype(int) - frames.astype(int)).max() > 50  # the warp is not the source
     assert np.abs(out.video.astype(int) - frames.astype(int)).max() <= 1
+
+    # a gate that reads the coverage clip (gate = sigmoid(100 * its latent)) takes the source exactly where
+    # the clip's value is high and the warp where it is low, value by value
+    config = dataclasses.replace(config, warp_coverage=True, gate_coverage=True)
+    model = EditByTrack(
+        wan,
+        config.conditioner,
+        rngs=nnx.Rngs(0),
+        source_skip=True,
+        warp_prior=True,
+        warp_coverage=True,
+        source_gate=True,
+        gate_coverage=True,
+    )
+    model.gate_head.bias[...] = jnp.zeros_like(model.gate_head.bias[...])
+    model.gate_prior.kernel[...] = 100.0 * jnp.eye(model.gate_prior.kernel[...].shape[0])
+    pipe = EditPipeline(model, SpaceToDepthVAE(config.vae), config)
+    out = pipe.edit(frames, tracks, camera, target, camera, num_steps=2, seed=4, source_depth=depth)
+    cov = out.inputs.warp_coverage[:F].astype(int)
+    expected = np.where(cov > 127, frames, out.inputs.warp).astype(int)
+    clear = np.abs(cov - 127.5) > 8  # sigmoid(100 * latent) is within 1e-5 of 0 or 1 there
+    clear[0] = False  # frame 0 is decoded as the mean of its four copies
+    assert (cov[clear] > 127).any() and (cov[clear] < 128).any()
+    assert np.abs(out.video.astype(int) - expected)[clear].max() <= 1

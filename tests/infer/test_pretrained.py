@@ -213,6 +213,23 @@ def test_a_gated_warp_model_round_trips(tmp_path):
     np.testing.assert_array_equal(np.asarray(run(loaded.model)), np.asarray(run(model)))
 
 
+def test_the_gate_coverage_flag_survives_config_json():
+    """`model.gate_coverage` is recorded by export and read back; a config.json without it reads as off."""
+    from trackedit_jax.configuration import load_config
+
+    flags = [
+        "--config.model.source_gate=true",
+        "--config.model.warp_coverage=true",
+        "--config.model.gate_coverage=true",
+    ]
+    cfg = PretrainedConfig.from_train_config(load_config("configs/demo_cpu.py", flags))
+    assert cfg.gate_coverage and cfg.to_json()["model"]["gate_coverage"] is True
+    assert PretrainedConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    old = cfg.to_json()
+    del old["model"]["gate_coverage"]
+    assert not PretrainedConfig.from_json(old).gate_coverage
+
+
 def test_missing_pieces_are_named(tiny_checkpoint, tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_pretrained(tmp_path / "nope")

@@ -290,3 +290,40 @@ def test_source_gate_blends_the_source_into_the_warp_value_by_value():
     for kw in (dict(source_skip=True), dict(warp_prior=True), {}):
         with pytest.raises(ValueError, match="source_gate .* needs source_skip and warp_prior"):
             EditByTrack(_wan(), COND, source_gate=True, rngs=nnx.Rngs(0), **kw)
+
+
+def test_gate_coverage_lets_the_coverage_clip_set_the_gate_value_by_value():
+    """A `gate_coverage` model adds a linear map of the coverage clip's patches to the gate: untrained (zero
+    map, created last) it equals the gated coverage model with the same seed; with a zero gate head and the
+    map c * identity, gate = sigmoid(c * z_cov) value by value, so output = warp + sigmoid(c * z_cov) *
+    (source - warp) exactly; its kernel receives gradient; it needs source_gate and warp_coverage."""
+    kw = dict(source_skip=True, warp_prior=True, warp_coverage=True, source_gate=True)
+    model = EditByTrack(_wan(), COND, gate_coverage=True, rngs=nnx.Rngs(4), **kw)
+    plain = EditByTrack(_wan(), COND, rngs=nnx.Rngs(4), **kw)
+    x_t, t, ctx, z_src, src, tgt, valid = _inputs(11)
+    rng = np.random.default_rng(12)
+    z_warp = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
+    z_cov = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
+    both = jnp.concatenate([z_warp, z_cov], axis=-1)
+    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
+    run = lambda m: fwd(m, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both)  # noqa: E731
+    np.testing.assert_array_equal(run(model), run(plain))
+
+    gate = model.gate_head
+    gate.kernel[...] = jnp.zeros_like(gate.kernel[...])
+    gate.bias[...] = jnp.zeros_like(gate.bias[...])
+    c = 1.7
+    model.gate_prior.kernel[...] = c * jnp.eye(model.gate_prior.kernel[...].shape[0], dtype=jnp.float32)
+    expect = z_warp + jax.nn.sigmoid(c * z_cov) * (z_src - z_warp)  # the head is zero: no change on top
+    np.testing.assert_allclose(run(model), expect, rtol=1e-5, atol=1e-5)
+
+    model.gate_prior.kernel[...] = jnp.zeros_like(model.gate_prior.kernel[...])
+    loss = lambda m: jnp.mean(  # noqa: E731
+        (m.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=both) - z_src) ** 2
+    )
+    grads = jax.jit(nnx.grad(loss))(model)
+    assert float(jnp.abs(grads["gate_prior"]["kernel"][...]).max()) > 0
+
+    for bad in (dict(kw, source_gate=False), dict(kw, warp_coverage=False)):
+        with pytest.raises(ValueError, match="gate_coverage .* needs source_gate and warp_coverage"):
+            EditByTrack(_wan(), COND, gate_coverage=True, rngs=nnx.Rngs(0), **bad)

@@ -83,6 +83,7 @@ class PretrainedConfig:
       warp_prior: the model takes the classical warp as a prior (`EditByTrack(warp_prior=)`).
       warp_coverage: the prior includes the warp's coverage (`EditByTrack(warp_coverage=)`).
       source_gate: the model blends the source into the warp value by value (`EditByTrack(source_gate=)`).
+      gate_coverage: the gate also reads the coverage clip (`EditByTrack(gate_coverage=)`).
       source: provenance (run directory, step, EMA, ...), free-form.
     """
 
@@ -103,6 +104,7 @@ class PretrainedConfig:
     warp_prior: bool = False
     warp_coverage: bool = False
     source_gate: bool = False
+    gate_coverage: bool = False
     source: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -153,6 +155,7 @@ class PretrainedConfig:
             warp_prior=bool(config.model.get("warp_prior", False)),
             warp_coverage=bool(config.model.get("warp_coverage", False)),
             source_gate=bool(config.model.get("source_gate", False)),
+            gate_coverage=bool(config.model.get("gate_coverage", False)),
             source=dict(source or {}),
         )
 
@@ -177,6 +180,7 @@ class PretrainedConfig:
                 "warp_prior": self.warp_prior,
                 "warp_coverage": self.warp_coverage,
                 "source_gate": self.source_gate,
+                "gate_coverage": self.gate_coverage,
             },
             "vae": vae,
             "text": {"text_len": self.text_len, "text_dim": self.wan.text_dim},
@@ -226,6 +230,7 @@ class PretrainedConfig:
                 warp_prior=bool(m.get("warp_prior", False)),
                 warp_coverage=bool(m.get("warp_coverage", False)),
                 source_gate=bool(m.get("source_gate", False)),
+                gate_coverage=bool(m.get("gate_coverage", False)),
                 source=dict(data.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -483,6 +488,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, load_text_encoder: b
             warp_prior=config.warp_prior,
             warp_coverage=config.warp_coverage,
             source_gate=config.source_gate,
+            gate_coverage=config.gate_coverage,
             rngs=nnx.Rngs(0),
         )
     )

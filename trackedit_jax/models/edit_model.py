@@ -18,6 +18,11 @@
            so the model can take any pixel from the source instead of the warp (where an object turns in
            place, the source is closer than the warp's fragments of it), which a change of rank D per token
            cannot express; its bias starts at -4 (g = 0.018: an untrained model is nearly the warp).
+  gate_coverage (option, source_gate + warp_coverage models): the gate also reads the coverage clip's
+           patches directly, gate = gate_head(features) + Linear(patches(z_coverage)) (zero-initialised),
+           so the choice can follow, pixel by pixel, where the warp guessed and how far the source's own
+           pixel moved (a token's final features do not resolve single pixels). It does not depend on the
+           noise level and is computed once, in `encode_source`.
 
 The source path (patchify of z_src, the conditioner) does not depend on the noise level, so
 `encode_source` computes it once and `__call__` reuses it at every sampling step.
@@ -54,19 +59,22 @@ class SourceCache:
       models), added to the head's output (`source_skip` models), else None.
     source_gap: (B, L, pt*ph*pw*C) float32 raw source patches minus warp patches, scaled by the gate
       and added to the output (`source_gate` models), else None.
+    gate_logits: (B, L, pt*ph*pw*C) float32 the gate's term read from the coverage clip, added to the gate
+      head's output before the sigmoid (`gate_coverage` models), else None.
     """
 
     source_tokens: Any
     target_tracks: Any
     source_patches: Any = None
     source_gap: Any = None
+    gate_logits: Any = None
 
 
 class EditByTrack(nnx.Module):
     """The edit model. Parameters: `dit` (the Wan backbone, optionally with LoRA), `conditioner`,
     in "shared" RoPE mode `side_embedding` (2, D), and in `warp_prior` models `prior_embedding`
-    (pt*ph*pw*C_in*k -> D, k = 2 with `warp_coverage`, else 1), and in `source_gate` models `gate_head`
-    (D -> pt*ph*pw*C_out).
+    (pt*ph*pw*C_in*k -> D, k = 2 with `warp_coverage`, else 1), in `source_gate` models `gate_head`
+    (D -> pt*ph*pw*C_out), and in `gate_coverage` models `gate_prior` (pt*ph*pw*C_in -> pt*ph*pw*C_out).
 
     Args:
       wan: `WanConfig` of the backbone (set `lora_rank` for LoRA fine-tuning).
@@ -80,6 +88,8 @@ class EditByTrack(nnx.Module):
         how far it moved each source pixel.
       source_gate: a learned per-value choice between the warp and the source (see module docstring);
         needs source_skip and warp_prior.
+      gate_coverage: the gate also reads the coverage clip (see module docstring); needs source_gate and
+        warp_coverage.
     """
 
     GATE_BIAS = -4.0  # sigmoid(-4) = 0.018: an untrained gated model is the warp to within 2% of (source - warp)
@@ -94,6 +104,7 @@ class EditByTrack(nnx.Module):
         warp_prior: bool = False,
         warp_coverage: bool = False,
         source_gate: bool = False,
+        gate_coverage: bool = False,
         rngs: nnx.Rngs,
     ):
         if rope_mode not in ROPE_MODES:
@@ -109,6 +120,11 @@ class EditByTrack(nnx.Module):
         if source_gate and not (source_skip and warp_prior):
             raise ValueError("source_gate chooses between the source and the warp: it needs source_skip and warp_prior")
         self.source_gate = source_gate
+        if gate_coverage and not (source_gate and warp_coverage):
+            raise ValueError(
+                "gate_coverage feeds the coverage clip to the source gate: it needs source_gate and warp_coverage"
+            )
+        self.gate_coverage = gate_coverage
         self.prior_clips = (2 if warp_coverage else 1) if warp_prior else 0
         self.dit = WanDiT(wan, rngs=rngs)
         if source_skip:
@@ -139,9 +155,20 @@ class EditByTrack(nnx.Module):
             )
             self.gate_head.kernel[...] = jnp.zeros_like(self.gate_head.kernel[...])
             self.gate_head.bias[...] = jnp.full_like(self.gate_head.bias[...], self.GATE_BIAS)
+        if gate_coverage:  # last again; zero: an untrained model gates exactly as one without it
+            self.gate_prior = LoRALinear(
+                wan.patch_volume * wan.in_dim,
+                wan.patch_volume * wan.out_dim,
+                logical_axes=("patch", "patch"),
+                param_dtype=wan.param_dtype,
+                dtype=wan.dtype,
+                rngs=rngs,
+            )
+            self.gate_prior.kernel[...] = jnp.zeros_like(self.gate_prior.kernel[...])
+            self.gate_prior.bias[...] = jnp.zeros_like(self.gate_prior.bias[...])
 
     # the parameters that train besides LoRA adapters in "lora" mode (paths contain these names)
-    EXTRA_TRAINABLE = ("conditioner", "side_embedding", "prior_embedding", "gate_head")
+    EXTRA_TRAINABLE = ("conditioner", "side_embedding", "prior_embedding", "gate_head", "gate_prior")
 
     def _check_latents(self, name: str, z: jax.Array) -> None:
         c = self.wan_config.in_dim
@@ -203,7 +230,9 @@ class EditByTrack(nnx.Module):
         source_patches = self.dit.patches(source_latents)[0]
         skip = source_patches if skip is None else skip
         gap = (source_patches - skip).astype(jnp.float32) if self.source_gate else None
-        return SourceCache(src, tgt, skip.astype(jnp.float32), gap)
+        # clips[1] is the coverage clip (gate_coverage needs warp_coverage)
+        logits = self.gate_prior(clips[1].astype(nu_src.dtype)).astype(jnp.float32) if self.gate_coverage else None
+        return SourceCache(src, tgt, skip.astype(jnp.float32), gap, logits)
 
     def positions(self, grid: tuple[int, int, int]) -> jax.Array:
         """(2L, 3) int RoPE positions of [source, target] tokens for a token grid (f, h, w)."""
@@ -240,7 +269,10 @@ class EditByTrack(nnx.Module):
         features = self.dit.head.features(tokens[:, L:], e)
         out = self.dit.head.linear(features).astype(jnp.float32)  # = self.dit.head(tokens[:, L:], e)
         if self.source_gate:
-            out = out + jax.nn.sigmoid(self.gate_head(features).astype(jnp.float32)) * cache.source_gap
+            gate = self.gate_head(features).astype(jnp.float32)
+            if cache.gate_logits is not None:
+                gate = gate + cache.gate_logits
+            out = out + jax.nn.sigmoid(gate) * cache.source_gap
         if cache.source_patches is not None:
             out = out + cache.source_patches
         return self.dit.unpatchify(out, grid)

@@ -262,6 +262,7 @@ def plan_training_step(
         warp_prior=build.warp_prior(config),
         prior_clips=2 if build.warp_coverage(config) else 1,
         source_gate=build.source_gate(config),
+        gate_coverage=build.gate_coverage(config),
     )
     model = 3.0 * B * sum(parts.values())
     executed = executed_train_step_flops(

@@ -90,6 +90,7 @@ def build_edit_model(config: ConfigDict, *, seed: int = 0) -> EditByTrack:
         warp_prior=warp_prior(config),
         warp_coverage=warp_coverage(config),
         source_gate=source_gate(config),
+        gate_coverage=gate_coverage(config),
         rngs=nnx.Rngs(seed),
     )
 
@@ -108,6 +109,11 @@ def warp_coverage(config: ConfigDict) -> bool:
 def source_gate(config: ConfigDict) -> bool:
     """Whether the model chooses, value by value, between the warp and the source (`model.source_gate`)."""
     return bool(config.model.get("source_gate", False))
+
+
+def gate_coverage(config: ConfigDict) -> bool:
+    """Whether the source gate also reads the warp's coverage clip directly (`model.gate_coverage`)."""
+    return bool(config.model.get("gate_coverage", False))
 
 
 def trainable(config: ConfigDict):
@@ -195,6 +201,11 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
     if source_gate(config) and not (config.model.get("source_skip", False) and warp_prior(config)):
         raise ConfigError(
             "model.source_gate chooses between the source and the warp: it needs model.source_skip and model.warp_prior"
+        )
+    if gate_coverage(config) and not (source_gate(config) and warp_coverage(config)):
+        raise ConfigError(
+            "model.gate_coverage feeds the coverage clip to the source gate: it needs model.source_gate and "
+            "model.warp_coverage (with model.warp_prior)"
         )
     if config.diffusion.get("weighting", "none") not in WEIGHTINGS:
         raise ConfigError(f"diffusion.weighting must be one of {WEIGHTINGS}; got {config.diffusion.weighting!r}")

@@ -66,6 +66,7 @@ def edit_model_forward_parts(
     warp_prior: bool = False,
     prior_clips: int = 1,
     source_gate: bool = False,
+    gate_coverage: bool = False,
 ) -> dict[str, float]:
     """Forward matmul FLOPs of one example through `EditByTrack`, by kind (all floats):
 
@@ -78,12 +79,14 @@ def edit_model_forward_parts(
     conditioner_inputs  its Fourier-feature encodings of points, grid cells and z (no input gradient);
     conditioner_attention  its attention cores;
     prior_inputs   the warp prior's patch embedding (`warp_prior` models; trained, applied to inputs);
-    gate_head      the source gate's projection of the target tokens (`source_gate` models).
+    gate_head      the source gate's projection of the target tokens (`source_gate` models), plus its
+                   projection of the coverage clip's patches (`gate_coverage` models).
 
     Args:
       wan: `WanConfig`; cond: `ConditionerConfig`; latent_shape: (f, h, w) latent grid of one side;
       num_tracks: N (the padded track count the model sees); text_tokens: T; warp_prior: the model's flag;
-      prior_clips: clips the prior stacks (2 with `warp_coverage`); source_gate: the model's flag.
+      prior_clips: clips the prior stacks (2 with `warp_coverage`); source_gate, gate_coverage: the model's
+      flags.
     """
     f, h, w = latent_shape
     pt, ph, pw = wan.patch_size
@@ -128,7 +131,8 @@ def edit_model_forward_parts(
         "conditioner_inputs": float(encodings),
         "conditioner_attention": float(cattn + temporal_attn),
         "prior_inputs": float(2 * L * wan.in_dim * prior_clips * pt * ph * pw * d if warp_prior else 0),
-        "gate_head": float(2 * L * d * wan.out_dim * pt * ph * pw if source_gate else 0),
+        "gate_head": float(2 * L * d * wan.out_dim * pt * ph * pw if source_gate else 0)
+        + float(2 * L * wan.in_dim * wan.out_dim * (pt * ph * pw) ** 2 if gate_coverage else 0),
     }
 
 
