@@ -34,6 +34,8 @@ diffusion          timestep distribution ("uniform" | "logit_normal"), logit_mea
                    pixels whose target differs from the source by more than edit_threshold; 0 = off);
                    temporal_weight (weight of a third term: the frame-to-frame change of the decoded
                    clean-sample error, `flow.temporal_difference_error`; 0 = off);
+                   gate_weight (`model.source_gate` models: weight of the gate's cross-entropy against
+                   whichever of source and warp is nearer the target, `flow.gate_choice_loss`; 0 = off);
                    optional sample_shift / sample_steps: the exported model's sampler defaults
 train              num_steps, seed, batch_size, grad_accum, lr, warmup_steps, weight_decay, clip_norm,
                    ema_decay (0 = off), log_every, val_every, val_batches, fingerprint_data (log a CRC
@@ -108,6 +110,7 @@ def base_config() -> ConfigDict:
             edit_weight=0.0,
             edit_threshold=0.2,
             temporal_weight=0.0,
+            gate_weight=0.0,
         )
     )
     c.train = ConfigDict(

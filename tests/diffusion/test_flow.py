@@ -246,3 +246,25 @@ def test_temporal_difference_error_is_the_mean_squared_jump_of_the_error():
     np.testing.assert_allclose(flow.temporal_difference_error(jnp.asarray(jumped), jnp.asarray(target)), 0.25)
     with pytest.raises(ValueError, match="F >= 2"):
         flow.temporal_difference_error(jnp.asarray(pred[:, :1]), jnp.asarray(target[:, :1]))
+
+
+def test_gate_choice_loss_is_optax_cross_entropy_weighted_by_the_disagreement():
+    """Against optax's sigmoid cross-entropy, averaged per example with weights |source - warp|; a gate
+    that saturates towards the nearer input costs (almost) nothing, the opposite choice costs its logit."""
+    import optax
+
+    r = np.random.default_rng(4)
+    logits, src, warp, tgt = r.normal(size=(4, 2, 3, 4, 5, 6)).astype(np.float32)
+    nearer_source = (np.abs(src - tgt) < np.abs(warp - tgt)).astype(np.float32)
+    weight = np.abs(src - warp)
+    ce = np.asarray(optax.sigmoid_binary_cross_entropy(jnp.asarray(logits), jnp.asarray(nearer_source)))
+    want = (weight * ce).sum(axis=(1, 2, 3, 4)) / weight.sum(axis=(1, 2, 3, 4))
+    got = flow.gate_choice_loss(*map(jnp.asarray, (logits, src, warp, tgt)))
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    right = np.where(nearer_source > 0, 30.0, -30.0).astype(np.float32)
+    np.testing.assert_allclose(flow.gate_choice_loss(*map(jnp.asarray, (right, src, warp, tgt))), 0, atol=1e-10)
+    np.testing.assert_allclose(flow.gate_choice_loss(*map(jnp.asarray, (-right, src, warp, tgt))), 30, rtol=1e-6)
+    np.testing.assert_allclose(flow.gate_choice_loss(*map(jnp.asarray, (logits, src, src, tgt))), 0)  # no choice
+    with pytest.raises(ValueError, match="one shape"):
+        flow.gate_choice_loss(*map(jnp.asarray, (logits[..., :3], src, warp, tgt)))

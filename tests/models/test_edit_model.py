@@ -296,7 +296,8 @@ def test_gate_coverage_lets_the_coverage_clip_set_the_gate_value_by_value():
     """A `gate_coverage` model adds a linear map of the coverage clip's patches to the gate: untrained (zero
     map, created last) it equals the gated coverage model with the same seed; with a zero gate head and the
     map c * identity, gate = sigmoid(c * z_cov) value by value, so output = warp + sigmoid(c * z_cov) *
-    (source - warp) exactly; its kernel receives gradient; it needs source_gate and warp_coverage."""
+    (source - warp) exactly, and `return_gate` gives those logits c * z_cov; its kernel receives gradient; it
+    needs source_gate and warp_coverage."""
     kw = dict(source_skip=True, warp_prior=True, warp_coverage=True, source_gate=True)
     model = EditByTrack(_wan(), COND, gate_coverage=True, rngs=nnx.Rngs(4), **kw)
     plain = EditByTrack(_wan(), COND, rngs=nnx.Rngs(4), **kw)
@@ -316,6 +317,13 @@ def test_gate_coverage_lets_the_coverage_clip_set_the_gate_value_by_value():
     model.gate_prior.kernel[...] = c * jnp.eye(model.gate_prior.kernel[...].shape[0], dtype=jnp.float32)
     expect = z_warp + jax.nn.sigmoid(c * z_cov) * (z_src - z_warp)  # the head is zero: no change on top
     np.testing.assert_allclose(run(model), expect, rtol=1e-5, atol=1e-5)
+    out, logits = model.forward(x_t, t, ctx, z_src, src, tgt, valid, valid, prior_latents=both, return_gate=True)
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, c * z_cov, rtol=1e-5, atol=1e-5)  # the logits a training loss reads
+    with pytest.raises(ValueError, match="return_gate: this model has no source gate"):
+        EditByTrack(_wan(), COND, rngs=nnx.Rngs(4)).forward(
+            x_t, t, ctx, z_src, src, tgt, valid, valid, return_gate=True
+        )
 
     model.gate_prior.kernel[...] = jnp.zeros_like(model.gate_prior.kernel[...])
     loss = lambda m: jnp.mean(  # noqa: E731

@@ -31,6 +31,7 @@ def _tiny(*overrides):
         (["--config.model.source_skip=true"], 1, "model.source_skip"),  # tiny_cpu predicts the velocity
         (["--config.model.source_gate=true"], 1, "model.source_gate"),  # tiny_cpu has no warp prior
         (["--config.model.gate_coverage=true"], 1, "model.gate_coverage"),  # tiny_cpu has no source gate
+        (["--config.diffusion.gate_weight=1.0"], 1, "diffusion.gate_weight"),  # tiny_cpu has no source gate
         (["--config.diffusion.weighting=snr"], 1, "diffusion.weighting"),
     ],
 )

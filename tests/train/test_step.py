@@ -1,5 +1,5 @@
 """The training step in-process: gradient accumulation is the same step, EMA follows its formula, the
-edit-region and temporal loss terms follow their definitions."""
+edit-region, temporal and gate loss terms follow their definitions."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +7,7 @@ import numpy as np
 from flax import nnx
 
 from trackedit_jax.configuration import load_config
+from trackedit_jax.diffusion import flow
 from trackedit_jax.parallel.mesh import make_mesh
 from trackedit_jax.train import build
 from trackedit_jax.train.loop import TrainingSetup
@@ -137,3 +138,44 @@ def test_temporal_loss_term_is_the_jump_of_the_decoded_clean_sample_error():
     err = frames(outputs[-1]) - frames(batch["target_latents"])
     jump = np.mean((err[:, 1:] - err[:, :-1]) ** 2, axis=(1, 2, 3, 4))
     np.testing.assert_allclose(weighted, plain + 0.5 * jump.mean(), rtol=1e-5)
+
+
+def test_gate_loss_term_is_the_gate_choice_loss_of_the_model_gate():
+    """In a source-gate model the loss is plain + w * `gate_choice_loss` of the gate logits the model
+    returns, the source latents, the warp's (the prior's first channels) and the target; the term is zero
+    where source and warp agree everywhere, whatever the gate."""
+    config = _config(
+        "--config.model.warp_prior=true",
+        "--config.model.source_skip=true",
+        "--config.model.source_gate=true",
+        "--config.diffusion.prediction=sample",
+        "--config.diffusion.weighting=x0",
+    )
+    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    params, frozen = setup.init_params()
+    model = nnx.merge(setup.graphdef, params, frozen)
+    vae = build.build_vae(config)
+    keys = example_keys(jax.random.PRNGKey(7), jnp.int32(0), B)
+    batch = {k: jnp.asarray(v) for k, v in _batch().items()}
+    batch["warp_latents"] = jnp.asarray(
+        np.random.default_rng(3).normal(size=batch["source_latents"].shape), jnp.float32
+    )
+
+    def loss(batch, weight):
+        cfg = config.copy_and_resolve_references()
+        cfg.diffusion.gate_weight = weight
+        return float(flow_loss(model, vae, batch, keys, cfg, (H, W))[0])
+
+    outputs = []
+    forward = model.forward
+    model.forward = lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1]
+    plain, weighted = loss(batch, 0.0), loss(batch, 0.5)
+    agreeing = {**batch, "warp_latents": batch["source_latents"]}
+    assert loss(agreeing, 0.5) == loss(agreeing, 0.0)
+    model.forward = forward
+
+    out, gate = outputs[1]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(outputs[0]))  # the gate costs the output nothing
+    term = flow.gate_choice_loss(gate, batch["source_latents"], batch["warp_latents"], batch["target_latents"])
+    assert float(jnp.mean(term)) > 0
+    np.testing.assert_allclose(weighted, plain + 0.5 * float(jnp.mean(term)), rtol=1e-5)

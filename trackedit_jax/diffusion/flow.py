@@ -167,6 +167,25 @@ def edit_region(source: jax.Array, target: jax.Array, threshold: float) -> jax.A
     return jnp.any(diff > threshold, axis=-1)
 
 
+def gate_choice_loss(gate_logits: jax.Array, source: jax.Array, warp: jax.Array, target: jax.Array) -> jax.Array:
+    """(B,) float32: the cross-entropy of a source gate's choice against the better of its two inputs.
+
+    gate_logits, source, warp, target: (B, f, h, w, C) (logits; normalised latents). The gate should be 1
+    where the source is nearer the target than the warp is, and 0 where the warp is nearer; each value weighs
+    |source - warp|, so a choice between equal inputs costs nothing. The mean per example is weighted by
+    that, so the few values of a small object edit where the source is stale teach the gate directly instead
+    of only through the reconstruction error, which reaches the gate through (source - warp) alone."""
+    shapes = {a.shape for a in (gate_logits, source, warp, target)}
+    if len(shapes) != 1:
+        raise ValueError(f"gate logits, source, warp and target must have one shape; got {sorted(shapes)}")
+    x, s, w, t = (a.astype(jnp.float32) for a in (gate_logits, source, warp, target))
+    choose_source = (jnp.abs(s - t) < jnp.abs(w - t)).astype(jnp.float32)
+    weight = jnp.abs(s - w)
+    cross_entropy = jax.nn.softplus(x) - x * choose_source  # -y log sigmoid(x) - (1 - y) log(1 - sigmoid(x))
+    axes = tuple(range(1, x.ndim))
+    return jnp.sum(weight * cross_entropy, axes) / jnp.maximum(jnp.sum(weight, axes), 1e-6)
+
+
 def temporal_difference_error(prediction: jax.Array, target: jax.Array) -> jax.Array:
     """(B,) float32: the mean over frames 1.. of |(p_f - p_{f-1}) - (t_f - t_{f-1})|^2, for videos (B, F, ...).
 

@@ -240,7 +240,9 @@ class EditByTrack(nnx.Module):
         offset = f if self.rope_mode == "sequential" else 0
         return jnp.concatenate([jnp.asarray(grid_positions(f, h, w)), jnp.asarray(grid_positions(f, h, w, offset))])
 
-    def __call__(self, x_t: jax.Array, t: jax.Array, context: jax.Array, cache: SourceCache) -> jax.Array:
+    def __call__(
+        self, x_t: jax.Array, t: jax.Array, context: jax.Array, cache: SourceCache, return_gate: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Predict the velocity of the target latents.
 
         Args:
@@ -248,10 +250,14 @@ class EditByTrack(nnx.Module):
           t: (B,) timesteps in [0, 1000].
           context: (B, L_text, text_dim) text embeddings.
           cache: from `encode_source` for the same clip (same f, h, w).
+          return_gate: also return the source gate's logits (`source_gate` models; a training loss reads them).
         Returns:
           (B, f, h, w, C_out) float32 network output: the velocity, or the clean target (x0) for a model
-          trained with diffusion.prediction "sample" (always so for `source_skip` models).
+          trained with diffusion.prediction "sample" (always so for `source_skip` models); with return_gate,
+          (output, (B, f, h, w, C_out) float32 gate logits), the gate being their sigmoid.
         """
+        if return_gate and not self.source_gate:
+            raise ValueError("return_gate: this model has no source gate (model.source_gate)")
         self._check_latents("x_t", x_t)
         nu_tgt, grid = self.dit.patchify(x_t)
         if cache.source_tokens.shape != nu_tgt.shape:
@@ -275,13 +281,25 @@ class EditByTrack(nnx.Module):
             out = out + jax.nn.sigmoid(gate) * cache.source_gap
         if cache.source_patches is not None:
             out = out + cache.source_patches
+        if return_gate:
+            return self.dit.unpatchify(out, grid), self.dit.unpatchify(gate, grid)
         return self.dit.unpatchify(out, grid)
 
     def forward(
-        self, x_t, t, context, source_latents, source_xyz, target_xyz, source_valid, target_valid, prior_latents=None
+        self,
+        x_t,
+        t,
+        context,
+        source_latents,
+        source_xyz,
+        target_xyz,
+        source_valid,
+        target_valid,
+        prior_latents=None,
+        return_gate=False,
     ):
         """`encode_source` then `__call__` (training: one noise level per example, nothing to reuse)."""
         cache = self.encode_source(
             source_latents, source_xyz, target_xyz, source_valid, target_valid, prior_latents=prior_latents
         )
-        return self(x_t, t, context, cache)
+        return self(x_t, t, context, cache, return_gate=return_gate)

@@ -207,6 +207,8 @@ def validate_config(config: ConfigDict, num_devices: int | None = None, *, plann
             "model.gate_coverage feeds the coverage clip to the source gate: it needs model.source_gate and "
             "model.warp_coverage (with model.warp_prior)"
         )
+    if config.diffusion.get("gate_weight", 0.0) and not source_gate(config):
+        raise ConfigError("diffusion.gate_weight trains the source gate: it needs model.source_gate")
     if config.diffusion.get("weighting", "none") not in WEIGHTINGS:
         raise ConfigError(f"diffusion.weighting must be one of {WEIGHTINGS}; got {config.diffusion.weighting!r}")
     if not 1 <= d.min_tracks <= d.max_tracks:

@@ -11,6 +11,8 @@
          target latents differ from the source's), so that whole-frame edits do not drown out small ones;
          + diffusion.temporal_weight * `temporal_difference_error` of the decoded clean-sample estimate
          (frame-to-frame changes of its error, in pixels / vae scale: meant for cheap decoders);
+         + diffusion.gate_weight * `gate_choice_loss` (`source_gate` models: the gate's cross-entropy
+         against whichever of source and warp is nearer the target, weighted by |source - warp|);
          v_hat = the model's output (diffusion.prediction "velocity") or (x_t - output) / max(sigma, 0.05)
          ("sample": the model predicts x0)
 
@@ -34,6 +36,7 @@ from ml_collections import ConfigDict
 from trackedit_jax.diffusion.flow import (
     edit_region,
     flow_matching_loss,
+    gate_choice_loss,
     noisy_sample,
     sample_sigmas,
     sigmas_to_timesteps,
@@ -148,6 +151,8 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
     noise = jax.vmap(lambda k: jax.random.normal(k, z_tgt.shape[1:], jnp.float32))(k_noise)
     x_t = noisy_sample(z_tgt, noise, sigma)
     target = velocity_target(z_tgt, noise)
+    prior = batch_prior(vae, batch)
+    gate_weight = d.get("gate_weight", 0.0)
     out = model.forward(
         x_t,
         sigmas_to_timesteps(sigma),
@@ -157,8 +162,11 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
         cond.target,
         cond.source_valid,
         cond.target_valid,
-        prior_latents=batch_prior(vae, batch),
+        prior_latents=prior,
+        return_gate=bool(gate_weight),
     )
+    if gate_weight:
+        out, gate_logits = out
     v = velocity_from_output(out, x_t, sigma, d.get("prediction", "velocity"))
     # per-example means, then their mean: every example weighs the same in any micro-batch split
     weighting = d.get("weighting", "none")
@@ -175,6 +183,11 @@ def flow_loss(model, vae, batch: dict, keys: jax.Array, config: ConfigDict, imag
         frames = lambda z: vae.decode_frames(z, clamp=False)  # noqa: E731
         jump = temporal_difference_error(frames(x0_from_velocity(x_t, v, sigma)), frames(z_tgt))
         per_example = per_example + d.temporal_weight * jump
+    if gate_weight:
+        # the reconstruction error reaches the gate only through (source - warp), a few thousand values of
+        # an object edit: this term tells it directly which of the two is right there
+        warp = prior[..., : z_src.shape[-1]]
+        per_example = per_example + gate_weight * gate_choice_loss(gate_logits, z_src, warp, z_tgt)
     return jnp.mean(per_example), {"sigma_mean": jnp.mean(sigma)}
 
 
