@@ -50,6 +50,13 @@ def _config(*overrides):
     )
 
 
+def _model_and_vae(config):
+    """The initialised model (one device) and the VAE of a config, for calling `flow_loss` directly."""
+    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    params, frozen = setup.init_params()
+    return nnx.merge(setup.graphdef, params, frozen), build.build_vae(config)
+
+
 def _step(accum: int, ema: float = 0.0):
     config = _config(f"--config.train.grad_accum={accum}", f"--config.train.ema_decay={ema}")
     setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
@@ -79,10 +86,7 @@ def test_edit_loss_term_is_the_mean_over_the_changed_latent_pixels():
     """Two exact identities of loss = plain + w * edit-region mean: with the target equal to the source the
     region is empty and the term vanishes; with every latent pixel changed it is the plain mean again."""
     config = _config()
-    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
-    params, frozen = setup.init_params()
-    model = nnx.merge(setup.graphdef, params, frozen)
-    vae = build.build_vae(config)
+    model, vae = _model_and_vae(config)
     keys = example_keys(jax.random.PRNGKey(3), jnp.int32(0), B)
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
 
@@ -109,10 +113,7 @@ def test_temporal_loss_term_is_the_jump_of_the_decoded_clean_sample_error():
         "--config.diffusion.weighting=x0",
         "--config.diffusion.pure_noise_fraction=0.5",
     )
-    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
-    params, frozen = setup.init_params()
-    model = nnx.merge(setup.graphdef, params, frozen)
-    vae = build.build_vae(config)
+    model, vae = _model_and_vae(config)
     keys = example_keys(jax.random.PRNGKey(5), jnp.int32(0), B)
     r = np.random.default_rng(1)
     latents = lambda: jnp.asarray(r.normal(size=(B, 2, H // 4, W // 4, 192)), jnp.float32)  # noqa: E731
@@ -151,10 +152,7 @@ def test_gate_loss_term_is_the_gate_choice_loss_of_the_model_gate():
         "--config.diffusion.prediction=sample",
         "--config.diffusion.weighting=x0",
     )
-    setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
-    params, frozen = setup.init_params()
-    model = nnx.merge(setup.graphdef, params, frozen)
-    vae = build.build_vae(config)
+    model, vae = _model_and_vae(config)
     keys = example_keys(jax.random.PRNGKey(7), jnp.int32(0), B)
     batch = {k: jnp.asarray(v) for k, v in _batch().items()}
     batch["warp_latents"] = jnp.asarray(
