@@ -1,6 +1,8 @@
 """The training step in-process: gradient accumulation is the same step, EMA follows its formula, the
 edit-region, temporal and gate loss terms follow their definitions."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,17 @@ def _model_and_vae(config):
     setup = TrainingSetup.create(config, make_mesh({"data": 1}, devices=jax.devices()[:1]))
     params, frozen = setup.init_params()
     return nnx.merge(setup.graphdef, params, frozen), build.build_vae(config)
+
+
+@contextlib.contextmanager
+def _recorded_outputs(model):
+    """Inside, every `model.forward` call also appends its result to the yielded list."""
+    outputs, forward = [], model.forward
+    model.forward = lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1]
+    try:
+        yield outputs
+    finally:
+        model.forward = forward
 
 
 def _step(accum: int, ema: float = 0.0):
@@ -125,11 +138,8 @@ def test_temporal_loss_term_is_the_jump_of_the_decoded_clean_sample_error():
         cfg.diffusion.temporal_weight = weight
         return float(flow_loss(model, vae, batch, keys, cfg, (H, W))[0])
 
-    outputs = []
-    forward = model.forward
-    model.forward = lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1]
-    plain, weighted = loss(0.0), loss(0.5)
-    model.forward = forward
+    with _recorded_outputs(model) as outputs:
+        plain, weighted = loss(0.0), loss(0.5)
 
     def frames(z):  # (B, 2, h, w, 4*4*4*3) -> (B, 5, H, W, 3): frame 0 (its 4 copies averaged), then 4 frames
         z = np.asarray(z).reshape(B, 2, H // 4, W // 4, 4, 4, 4, 3).transpose(0, 1, 4, 2, 5, 3, 6, 7)
@@ -164,13 +174,10 @@ def test_gate_loss_term_is_the_gate_choice_loss_of_the_model_gate():
         cfg.diffusion.gate_weight = weight
         return float(flow_loss(model, vae, batch, keys, cfg, (H, W))[0])
 
-    outputs = []
-    forward = model.forward
-    model.forward = lambda *a, **k: outputs.append(forward(*a, **k)) or outputs[-1]
-    plain, weighted = loss(batch, 0.0), loss(batch, 0.5)
+    with _recorded_outputs(model) as outputs:
+        plain, weighted = loss(batch, 0.0), loss(batch, 0.5)
     agreeing = {**batch, "warp_latents": batch["source_latents"]}
     assert loss(agreeing, 0.5) == loss(agreeing, 0.0)
-    model.forward = forward
 
     out, gate = outputs[1]
     np.testing.assert_array_equal(np.asarray(out), np.asarray(outputs[0]))  # the gate costs the output nothing
