@@ -28,6 +28,18 @@ def _wan(**kw):
 COND = ConditionerConfig(dim=16, heads=2, temporal_layers=1, num_freqs=4)
 
 
+# a model's forward pass given a prior (the warp, or the warp and its coverage), jitted once for all tests
+_forward_with_prior = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
+
+
+def _warp_and_coverage(seed, shape):
+    """Random warp and coverage latents of `shape`, and the two stacked on the channel axis (the prior)."""
+    rng = np.random.default_rng(seed)
+    z_warp = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    z_cov = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    return z_warp, z_cov, jnp.concatenate([z_warp, z_cov], axis=-1)
+
+
 def _inputs(seed=0):
     r = np.random.default_rng(seed)
     z_src = jnp.asarray(r.normal(size=(B, f, h, w, C)), jnp.float32)
@@ -179,10 +191,11 @@ def test_warp_prior_starts_as_the_warp_and_its_embedding_joins_the_target_tokens
     model = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, rngs=nnx.Rngs(4))
     x_t, t, ctx, z_src, src, tgt, valid = _inputs(6)
     z_warp = jnp.asarray(np.random.default_rng(7).normal(size=z_src.shape), jnp.float32)
-    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
-    np.testing.assert_array_equal(fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp), z_warp)
     np.testing.assert_array_equal(
-        fwd(model, -x_t, t * 0.3, ctx, -z_src, src, -tgt, valid, ~valid, prior=z_warp), z_warp
+        _forward_with_prior(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp), z_warp
+    )
+    np.testing.assert_array_equal(
+        _forward_with_prior(model, -x_t, t * 0.3, ctx, -z_src, src, -tgt, valid, ~valid, prior=z_warp), z_warp
     )
 
     plain = EditByTrack(_wan(), COND, rngs=nnx.Rngs(4))
@@ -190,15 +203,15 @@ def test_warp_prior_starts_as_the_warp_and_its_embedding_joins_the_target_tokens
     kernel = model.prior_embedding.kernel
     kernel[...] = jnp.zeros_like(kernel[...])
     model.prior_embedding.bias[...] = jnp.zeros_like(model.prior_embedding.bias[...])
-    with_zero_prior = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
+    with_zero_prior = _forward_with_prior(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
     np.testing.assert_allclose(
         with_zero_prior,
-        z_warp + fwd(plain, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=None),
+        z_warp + _forward_with_prior(plain, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=None),
         rtol=1e-6,
         atol=1e-6,
     )
     kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(8), kernel[...].shape)
-    changed = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
+    changed = _forward_with_prior(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
     assert float(jnp.abs(changed - with_zero_prior).max()) > 1e-3
 
     with pytest.raises(ValueError, match="prior_latents .* is required"):
@@ -216,12 +229,10 @@ def test_a_coverage_model_reads_the_coverage_but_skips_only_the_warp():
     of one clip's width is refused, as is coverage without a warp prior."""
     model = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, warp_coverage=True, rngs=nnx.Rngs(4))
     x_t, t, ctx, z_src, src, tgt, valid = _inputs(6)
-    rng = np.random.default_rng(7)
-    z_warp = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
-    z_cov = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
-    both = jnp.concatenate([z_warp, z_cov], axis=-1)
-    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
-    np.testing.assert_array_equal(fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both), z_warp)
+    z_warp, z_cov, both = _warp_and_coverage(7, z_src.shape)
+    np.testing.assert_array_equal(
+        _forward_with_prior(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both), z_warp
+    )
 
     warp_only = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, rngs=nnx.Rngs(9))
     for m in (model, warp_only):  # non-zero heads, shared weights
@@ -232,12 +243,12 @@ def test_a_coverage_model_reads_the_coverage_but_skips_only_the_warp():
     model.prior_embedding.bias[...] = warp_only.prior_embedding.bias[...]
     state = nnx.state(warp_only, nnx.Not(nnx.PathContains("prior_embedding")))
     nnx.update(model, state)
-    base = fwd(warp_only, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
+    base = _forward_with_prior(warp_only, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)
     np.testing.assert_allclose(
-        fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both), base, rtol=1e-5, atol=1e-5
+        _forward_with_prior(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both), base, rtol=1e-5, atol=1e-5
     )
     model.prior_embedding.kernel[...] = jnp.concatenate([k_warp, k_warp], axis=0)
-    changed = fwd(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both)
+    changed = _forward_with_prior(model, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both)
     assert float(jnp.abs(changed - base).max()) > 1e-3
 
     with pytest.raises(ValueError, match="prior_latents must have shape"):
@@ -255,8 +266,7 @@ def test_source_gate_blends_the_source_into_the_warp_value_by_value():
     warp_only = EditByTrack(_wan(), COND, source_skip=True, warp_prior=True, rngs=nnx.Rngs(4))
     x_t, t, ctx, z_src, src, tgt, valid = _inputs(8)
     z_warp = jnp.asarray(np.random.default_rng(9).normal(size=z_src.shape), jnp.float32)
-    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
-    run = lambda m: fwd(m, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)  # noqa: E731
+    run = lambda m: _forward_with_prior(m, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=z_warp)  # noqa: E731
     g0 = 1.0 / (1.0 + np.exp(4.0))
     np.testing.assert_allclose(run(gated), z_warp + g0 * (z_src - z_warp), rtol=1e-6, atol=1e-6)
 
@@ -302,12 +312,8 @@ def test_gate_coverage_lets_the_coverage_clip_set_the_gate_value_by_value():
     model = EditByTrack(_wan(), COND, gate_coverage=True, rngs=nnx.Rngs(4), **kw)
     plain = EditByTrack(_wan(), COND, rngs=nnx.Rngs(4), **kw)
     x_t, t, ctx, z_src, src, tgt, valid = _inputs(11)
-    rng = np.random.default_rng(12)
-    z_warp = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
-    z_cov = jnp.asarray(rng.normal(size=z_src.shape), jnp.float32)
-    both = jnp.concatenate([z_warp, z_cov], axis=-1)
-    fwd = jax.jit(lambda m, *a, prior: m.forward(*a, prior_latents=prior))
-    run = lambda m: fwd(m, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both)  # noqa: E731
+    z_warp, z_cov, both = _warp_and_coverage(12, z_src.shape)
+    run = lambda m: _forward_with_prior(m, x_t, t, ctx, z_src, src, tgt, valid, valid, prior=both)  # noqa: E731
     np.testing.assert_array_equal(run(model), run(plain))
 
     gate = model.gate_head
